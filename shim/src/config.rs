@@ -1,0 +1,178 @@
+//! The runtime configuration, `/etc/husk/config.toml`.
+//!
+//! Every field is optional; a missing file means all defaults. Unknown fields are
+//! refused (a typo must not silently fall back to a default). See docs/configuration.md.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the configuration is read from unless told otherwise.
+pub const DEFAULT_PATH: &str = "/etc/husk/config.toml";
+
+/// Smallest VM memory accepted: a Linux guest with the agent needs about this much.
+pub const MIN_MEMORY_MIB: u32 = 64;
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub vm: VmDefaults,
+    /// Where guest images and converted container images are kept.
+    pub state_dir: PathBuf,
+    /// Where each pod's runtime state lives (`<run_dir>/<pod-id>/`).
+    pub run_dir: PathBuf,
+}
+
+/// The size of a VM when neither annotations nor command-line flags say otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmDefaults {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// A guest kernel to use instead of the guest image's (for PVM hosts, which need a
+    /// PVM-enabled kernel).
+    pub kernel: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            vm: VmDefaults::default(),
+            state_dir: PathBuf::from("/var/lib/husk"),
+            run_dir: PathBuf::from("/run/husk"),
+        }
+    }
+}
+
+impl Default for VmDefaults {
+    fn default() -> Self {
+        VmDefaults {
+            vcpus: 1,
+            memory_mib: 256,
+            kernel: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`; a missing file gives the defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Parses `text` (read from `path`, which errors name) and checks the values.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config.check(path)?;
+        Ok(config)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |field, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            message,
+        };
+        if self.vm.vcpus == 0 {
+            return Err(invalid("vm.vcpus", "must be at least 1".into()));
+        }
+        if self.vm.memory_mib < MIN_MEMORY_MIB {
+            return Err(invalid(
+                "vm.memory_mib",
+                format!(
+                    "{} MiB is below the {MIN_MEMORY_MIB} MiB a guest needs",
+                    self.vm.memory_mib
+                ),
+            ));
+        }
+        for (field, p) in [("state_dir", &self.state_dir), ("run_dir", &self.run_dir)] {
+            if !p.is_absolute() {
+                return Err(invalid(
+                    field,
+                    format!("{} is not an absolute path", p.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_file_gives_defaults() {
+        let d = tempfile::tempdir().unwrap();
+        let c = Config::load(&d.path().join("none.toml")).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!((c.vm.vcpus, c.vm.memory_mib), (1, 256));
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let c = Config::parse(Path::new("c.toml"), "[vm]\nmemory_mib = 512\n").unwrap();
+        assert_eq!(c.vm.memory_mib, 512);
+        assert_eq!(c.vm.vcpus, 1);
+        assert_eq!(c.run_dir, Path::new("/run/husk"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_the_file_named() {
+        let e = Config::parse(Path::new("/etc/husk/config.toml"), "[vm]\nmemory = 512\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/etc/husk/config.toml: "), "{e}");
+        assert!(e.contains("unknown field `memory`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let e = Config::parse(Path::new("c.toml"), "[vm]\nvcpus = 0\n").unwrap_err();
+        assert_eq!(e.to_string(), "c.toml: vm.vcpus: must be at least 1");
+        let e = Config::parse(Path::new("c.toml"), "[vm]\nmemory_mib = 8\n").unwrap_err();
+        assert!(e.to_string().starts_with("c.toml: vm.memory_mib: 8 MiB"));
+        let e = Config::parse(Path::new("c.toml"), "run_dir = \"run\"\n").unwrap_err();
+        assert!(e.to_string().starts_with("c.toml: run_dir: "));
+        let e = Config::parse(Path::new("c.toml"), "[vm]\nvcpus = \"two\"\n").unwrap_err();
+        assert!(e.to_string().contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn unreadable_file_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        // A folder where the file should be.
+        let e = Config::load(d.path()).unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }));
+    }
+}
