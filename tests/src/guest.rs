@@ -1,0 +1,42 @@
+//! Small guests for system tests: Debian's cloud kernel (fetched once by
+//! `guest-image/debian-kernel`) and busybox initramfs images built by
+//! `tests/lab/mkinitramfs`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::repo_root;
+
+fn run_tool(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{:?} failed: {}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The Debian cloud kernel (bzImage), downloaded once into the project's cache.
+pub fn debian_kernel() -> Result<PathBuf, String> {
+    run_tool(Command::new(repo_root().join("guest-image/debian-kernel")).arg("vmlinuz"))
+        .map(PathBuf::from)
+}
+
+/// Builds a busybox initramfs at `out` whose `/init` is `init_script`, with the Debian
+/// kernel's `modules` (and their dependencies) in `/modules`, listed in load order in
+/// `/modules/order`.
+pub fn busybox_initramfs(out: &Path, init_script: &str, modules: &[&str]) -> Result<(), String> {
+    let init = out.with_extension("init.sh");
+    std::fs::write(&init, init_script).map_err(|e| format!("{}: {e}", init.display()))?;
+    let mut cmd = Command::new(repo_root().join("tests/lab/mkinitramfs"));
+    if !modules.is_empty() {
+        cmd.arg("--modules").arg(modules.join(" "));
+    }
+    cmd.arg(out).arg(&init);
+    run_tool(&mut cmd).map(|_| ())
+}

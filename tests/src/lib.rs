@@ -1,0 +1,32 @@
+//! Helpers for husk's system tests: running commands in the lab (`tests/lab/run`), which
+//! gives a Linux whose `/dev/kvm` boots stock guest kernels on any host, and building the
+//! small guests the tests boot.
+//!
+//! A system test starts with [`require_lab!`]: where the lab cannot run, the test says
+//! so on stderr and returns, unless `HUSK_REQUIRE_LAB=1` (set by `make test`), where it
+//! fails instead. A test never passes without having run.
+
+pub mod guest;
+pub mod lab;
+
+use std::path::PathBuf;
+
+/// The repository's root folder.
+pub fn repo_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(PathBuf::from).unwrap_or(here)
+}
+
+/// A fresh temporary folder under `build/tmp/` of the repository, removed on drop.
+/// The lab sees the host's root read-only, `/tmp` included, so files here are visible
+/// inside it at the same path.
+pub fn scratch_dir() -> tempfile::TempDir {
+    let base = repo_root().join("build/tmp");
+    if let Err(e) = std::fs::create_dir_all(&base) {
+        panic!("cannot create {}: {e}", base.display());
+    }
+    match tempfile::Builder::new().prefix("test-").tempdir_in(&base) {
+        Ok(d) => d,
+        Err(e) => panic!("cannot create a folder in {}: {e}", base.display()),
+    }
+}
