@@ -1,0 +1,69 @@
+# husk — see README.md. Every target does its own set-up (`setup` is idempotent).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ROOT  := $(CURDIR)
+TOOLS := $(ROOT)/.tools
+CARGO ?= cargo
+
+# Debian packages the project needs (build, lab, system tests, images).
+APT_PACKAGES := qemu-system-x86 containerd runc busybox-static cpio umoci erofs-utils \
+	libseccomp-dev libcap-ng-dev pkg-config kmod xz-utils zstd iproute2 e2fsprogs procps
+# Tools from crates.io, installed into $(TOOLS) (not ~/.cargo): name@version.
+VIRTIOFSD_VERSION := 1.14.0
+
+.PHONY: help setup setup-apt setup-tools build test lint unit-test lab-shell demo clean
+
+help:
+	@echo "make demo       run a container in a microVM (not finished yet: see README)"
+	@echo "make test       set up, then fmt check, clippy, unit, integration and system tests"
+	@echo "make setup      install the Debian packages and tools the project needs (idempotent)"
+	@echo "make build      build the workspace"
+	@echo "make lab-shell  an interactive shell inside the lab (a Linux with hardware-style KVM)"
+	@echo "make clean      remove build outputs (keeps the downloaded kernel in build/cache)"
+
+setup: setup-apt setup-tools
+
+# Installs only what is missing; `apt-get update` only when something is.
+setup-apt:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "setup: installing Debian packages:" $$missing; \
+		sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+		$$sudo apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends $$missing; \
+	else echo "setup: Debian packages present"; fi
+
+setup-tools: $(TOOLS)/bin/virtiofsd
+
+$(TOOLS)/bin/virtiofsd:
+	@echo "setup: building virtiofsd $(VIRTIOFSD_VERSION) into $(TOOLS) (once, a few minutes)"
+	$(CARGO) install --quiet --locked --root $(TOOLS) virtiofsd@$(VIRTIOFSD_VERSION)
+
+build:
+	$(CARGO) build --workspace
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# System tests fail (instead of skipping) when the lab cannot run: `make test` has set
+# up everything the lab needs.
+unit-test:
+	HUSK_REQUIRE_LAB=1 $(CARGO) test --workspace
+
+test: setup lint unit-test
+
+lab-shell: setup
+	tests/lab/run --interactive --timeout 0 -- bash -l
+
+demo:
+	@echo "make demo: not finished yet. It needs husk-vmm to boot a guest, the guest agent"
+	@echo "and 'husk run' (issues #3, #4, #5); see the status table in README.md."
+	@exit 1
+
+clean:
+	$(CARGO) clean
+	rm -rf build/tmp build/lab.lock
