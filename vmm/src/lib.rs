@@ -1,6 +1,17 @@
 //! husk-vmm: the virtual machine monitor of husk (one KVM microVM per process).
 //!
-//! What exists so far: [`host`], the probe of what this host offers (KVM API, which
-//! backend, vhost, tun). Booting a guest is not written yet; see the README's status.
+//! - [`config`]: the VM configuration (JSON);
+//! - [`memory`]: memfd-backed guest RAM around the MMIO gap;
+//! - [`boot`]: kernel loading, ACPI, CPUID, initial vCPU state (x86_64);
+//! - [`vstate`]: the KVM VM and vCPU threads;
+//! - [`devices`]: serial, i8042, ACPI sleep/reset registers;
+//! - [`machine`]: all of it put together;
+//! - [`host`]: what this host offers (`husk-vmm check`).
 
+pub mod boot;
+pub mod config;
+pub mod devices;
 pub mod host;
+pub mod machine;
+pub mod memory;
+pub mod vstate;

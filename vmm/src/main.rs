@@ -1,13 +1,36 @@
 //! `husk-vmm`: thin command-line front of the husk-vmm library.
+//!
+//! Exit status: 0 when the guest powered off or reset; 1 when it crashed; 2 for a bad
+//! configuration or command line; 3 when the host failed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use husk_vmm::config::VmConfig;
+use husk_vmm::devices::ExitReason;
 use husk_vmm::host::HostReport;
+use husk_vmm::machine::{Machine, MachineError};
+
+const EXIT_GUEST_CRASH: u8 = 1;
+const EXIT_BAD_CONFIG: u8 = 2;
+const EXIT_HOST_ERROR: u8 = 3;
 
 #[derive(Parser, Debug)]
-#[command(name = "husk-vmm", version, about = "husk's virtual machine monitor")]
+#[command(
+    name = "husk-vmm",
+    version,
+    about = "husk's virtual machine monitor: runs one KVM microVM",
+    subcommand_negates_reqs = true,
+    after_help = "Exit status: 0 guest powered off or reset, 1 guest crashed, \
+                  2 bad configuration, 3 host failure."
+)]
 struct Cli {
+    /// The VM configuration (JSON; see docs/vmm-config.md).
+    #[arg(long, value_name = "FILE", required = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -22,20 +45,97 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HUSK_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::Check { json } => {
-            let report = HostReport::probe();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+    if let Some(Command::Check { json }) = cli.command {
+        return check(json);
+    }
+    let Some(path) = cli.config else {
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    };
+    match run(&path) {
+        Ok(ExitReason::Poweroff) => {
+            tracing::info!("guest powered off");
+            ExitCode::SUCCESS
+        }
+        Ok(ExitReason::Reset) => {
+            tracing::info!("guest reset");
+            ExitCode::SUCCESS
+        }
+        Ok(ExitReason::Crash(why)) => {
+            eprintln!("husk-vmm: the guest crashed: {why}");
+            ExitCode::from(EXIT_GUEST_CRASH)
+        }
+        Ok(ExitReason::HostError(why)) => {
+            eprintln!("husk-vmm: host failure: {why}");
+            ExitCode::from(EXIT_HOST_ERROR)
+        }
+        Err(e) => {
+            eprintln!("husk-vmm: {}", chain(&e));
+            ExitCode::from(if e.is_config_error() {
+                EXIT_BAD_CONFIG
             } else {
-                print!("{}", report.to_text());
-            }
-            if !report.boots_stock_kernels() {
-                std::process::exit(1);
-            }
+                EXIT_HOST_ERROR
+            })
         }
     }
-    Ok(())
+}
+
+fn run(path: &std::path::Path) -> Result<ExitReason, MachineError> {
+    let config = VmConfig::from_file(path)?;
+    // KVM's real limit is checked again once /dev/kvm is open.
+    config.validate(usize::from(u8::MAX))?;
+    Machine::from_config(&config)?.run()
+}
+
+/// An error and its causes on one line: "a: b: c".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s += &format!(": {c}");
+        src = c.source();
+    }
+    s
+}
+
+fn check(json: bool) -> ExitCode {
+    let report = HostReport::probe();
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("husk-vmm: {e}");
+                return ExitCode::from(EXIT_HOST_ERROR);
+            }
+        }
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.boots_stock_kernels() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+        assert!(Cli::try_parse_from(["husk-vmm"]).is_err());
+        assert!(Cli::try_parse_from(["husk-vmm", "check"]).is_ok());
+        assert!(Cli::try_parse_from(["husk-vmm", "--config", "vm.json"]).is_ok());
+    }
 }

@@ -1,0 +1,21 @@
+//! Emulated devices. Legacy port-I/O devices (serial, i8042, the ACPI sleep/reset
+//! registers) sit on a [`pio::PioBus`]; virtio-mmio devices come later.
+
+pub mod acpi_pm;
+pub mod i8042;
+pub mod pio;
+pub mod serial;
+
+/// Why the VM stops, as a device or a vCPU reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitReason {
+    /// The guest powered off (ACPI S5).
+    Poweroff,
+    /// The guest reset itself (i8042 or the ACPI reset register); husk-vmm does not
+    /// reboot: the VM ends, as with Firecracker.
+    Reset,
+    /// The guest crashed: triple fault, KVM internal error, failed entry.
+    Crash(String),
+    /// The host failed (an ioctl, a thread).
+    HostError(String),
+}

@@ -1,0 +1,133 @@
+//! vCPU threads: each runs KVM_RUN in a loop, hands port I/O to the bus, and reports
+//! why it stopped. Stopping: [`VcpuSet::stop`] raises a flag and kicks every thread out
+//! of KVM_RUN with a signal until all have returned.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+
+use crate::devices::ExitReason;
+use crate::devices::pio::PioBus;
+
+/// The signal that kicks a vCPU thread out of KVM_RUN.
+fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn noop_handler(_: i32, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Running vCPU threads.
+#[derive(Debug)]
+pub struct VcpuSet {
+    threads: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Why the vCPU threads could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("cannot install the vCPU kick signal handler")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+    #[error("cannot start a vCPU thread")]
+    Spawn(#[source] std::io::Error),
+}
+
+impl VcpuSet {
+    /// Starts one thread per vCPU. The first reason any of them stops for is sent on
+    /// `exits` (later ones too; the receiver takes the first).
+    pub fn start(
+        vcpus: Vec<VcpuFd>,
+        pio: Arc<PioBus>,
+        exits: Sender<ExitReason>,
+    ) -> Result<VcpuSet, VcpuError> {
+        // The handler does nothing: its only effect is that KVM_RUN returns EINTR.
+        register_signal_handler(kick_signal(), noop_handler).map_err(VcpuError::Signal)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (i, vcpu) in vcpus.into_iter().enumerate() {
+            let pio = pio.clone();
+            let exits = exits.clone();
+            let stop = stop.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("vcpu{i}"))
+                .spawn(move || {
+                    let reason = run_loop(vcpu, &pio, &stop);
+                    if let Some(r) = reason {
+                        tracing::debug!(vcpu = i, reason = ?r, "vcpu stopped");
+                        let _ = exits.send(r);
+                    }
+                })
+                .map_err(VcpuError::Spawn)?;
+            threads.push(t);
+        }
+        Ok(VcpuSet { threads, stop })
+    }
+
+    /// Stops every vCPU thread and waits for them.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            // A thread may be between two KVM_RUNs when the signal lands: kick until it
+            // has seen the flag.
+            while !t.is_finished() {
+                let _ = t.kill(kick_signal());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs one vCPU until the guest or the host stops it; `None` when told to stop.
+fn run_loop(mut vcpu: VcpuFd, pio: &PioBus, stop: &AtomicBool) -> Option<ExitReason> {
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        match vcpu.run() {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                if let Some(r) = pio.write(port, data) {
+                    return Some(r);
+                }
+            }
+            Ok(VcpuExit::IoIn(port, data)) => pio.read(port, data),
+            // No MMIO device yet: reads find nothing, writes are dropped.
+            Ok(VcpuExit::MmioRead(_, data)) => data.fill(0),
+            Ok(VcpuExit::MmioWrite(..)) => {}
+            // With the in-kernel irqchip KVM handles HLT itself; an exit means the
+            // guest halted with nothing left to wake it.
+            Ok(VcpuExit::Hlt) => return Some(ExitReason::Crash("vCPU halted for good".into())),
+            Ok(VcpuExit::Shutdown) => {
+                return Some(ExitReason::Crash("triple fault (KVM_EXIT_SHUTDOWN)".into()));
+            }
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                return Some(ExitReason::Crash(format!(
+                    "KVM failed to enter the guest: hardware reason {reason:#x} on cpu {cpu}"
+                )));
+            }
+            Ok(VcpuExit::InternalError) => {
+                return Some(ExitReason::Crash("KVM internal error".into()));
+            }
+            Ok(VcpuExit::SystemEvent(kind, _)) => {
+                return Some(match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => ExitReason::Poweroff,
+                    KVM_SYSTEM_EVENT_RESET => ExitReason::Reset,
+                    KVM_SYSTEM_EVENT_CRASH => ExitReason::Crash("guest crash event".into()),
+                    other => ExitReason::Crash(format!("unknown system event {other}")),
+                });
+            }
+            Ok(VcpuExit::Intr) => {}
+            Ok(other) => {
+                return Some(ExitReason::Crash(format!("unexpected vCPU exit {other:?}")));
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+            Err(e) => return Some(ExitReason::HostError(format!("KVM_RUN failed: {e}"))),
+        }
+    }
+}

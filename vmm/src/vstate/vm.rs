@@ -1,0 +1,107 @@
+//! The KVM VM: in-kernel irqchip (PIC, IOAPIC, LAPICs) and PIT, guest memory slots,
+//! irqfds.
+
+use kvm_bindings::{
+    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config,
+    kvm_userspace_memory_region,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::cpuid;
+
+/// Where KVM puts the three pages of the TSS it needs on Intel (just below the BIOS).
+const TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Why KVM refused the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("KVM refused to {what}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] std::io::Error),
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::Kvm { what, source }
+}
+
+/// A KVM VM with its memory registered.
+#[derive(Debug)]
+pub struct Vm {
+    kvm: Kvm,
+    fd: VmFd,
+    supported_cpuid: CpuId,
+}
+
+impl Vm {
+    /// Creates the VM, its irqchip and PIT, and registers `mem` with it.
+    pub fn new(mem: &GuestMemoryMmap) -> Result<Vm, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let fd = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+        fd.set_tss_address(TSS_ADDRESS)
+            .map_err(kvm_err("set the TSS address"))?;
+        fd.create_irq_chip()
+            .map_err(kvm_err("create the in-kernel irqchip"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(kvm_err("create the PIT"))?;
+        for (slot, region) in mem.iter().enumerate() {
+            let r = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mapping owned by `mem`, which the caller keeps
+            // alive as long as the VM (both live until the VMM exits); KVM only accesses
+            // guest pages inside it.
+            unsafe { fd.set_user_memory_region(r) }.map_err(kvm_err("register guest memory"))?;
+        }
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("report its supported CPUID"))?;
+        Ok(Vm {
+            kvm,
+            fd,
+            supported_cpuid,
+        })
+    }
+
+    /// KVM's vCPU limit.
+    pub fn max_vcpus(&self) -> usize {
+        self.kvm.get_max_vcpus()
+    }
+
+    /// An eventfd that raises `gsi` when written.
+    pub fn irqfd(&self, gsi: u32) -> Result<EventFd, VmError> {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        self.fd
+            .register_irqfd(&evt, gsi)
+            .map_err(kvm_err("register an irqfd"))?;
+        Ok(evt)
+    }
+
+    /// Creates vCPU `index` of `count` with its CPUID set.
+    pub fn create_vcpu(&self, index: u8, count: u8) -> Result<VcpuFd, VmError> {
+        let vcpu = self
+            .fd
+            .create_vcpu(u64::from(index))
+            .map_err(kvm_err("create a vCPU"))?;
+        let mut c = self.supported_cpuid.clone();
+        cpuid::filter(&mut c, index, count);
+        vcpu.set_cpuid2(&c)
+            .map_err(kvm_err("set the vCPU's CPUID"))?;
+        Ok(vcpu)
+    }
+}
