@@ -7,16 +7,24 @@ use std::sync::{Arc, Mutex};
 use kvm_ioctls::VcpuFd;
 use vm_memory::GuestMemoryMmap;
 
-use crate::boot::layout::{ACPI_SLEEP_CONTROL_PORT, COM1_PORT, I8042_DATA_PORT, SERIAL_IRQ};
+use crate::boot::acpi::MmioDeviceInfo;
+use crate::boot::layout::{
+    ACPI_SLEEP_CONTROL_PORT, COM1_PORT, I8042_DATA_PORT, SERIAL_IRQ, VIRTIO_IRQ_FIRST,
+    VIRTIO_IRQ_LAST, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
+};
 use crate::boot::{acpi, kernel, regs};
 use crate::config::VmConfig;
 use crate::devices::ExitReason;
 use crate::devices::acpi_pm::AcpiPm;
+use crate::devices::bus::{Bus, BusError};
 use crate::devices::i8042::I8042;
-use crate::devices::pio::{PioBus, PioError};
 use crate::devices::serial::{SerialDevice, SerialError, SerialOut};
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::mmio::{MmioError, MmioTransport, REG_QUEUE_NOTIFY};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::memory::{MemoryError, create_guest_memory};
-use crate::vstate::vcpu::{VcpuError, VcpuSet};
+use crate::vstate::vcpu::{Buses, VcpuError, VcpuSet};
 use crate::vstate::vm::{Vm, VmError};
 
 /// Why a VM could not be built or started.
@@ -31,7 +39,7 @@ pub enum MachineError {
     #[error("serial console")]
     Serial(#[from] SerialError),
     #[error("device bus")]
-    Pio(#[from] PioError),
+    Pio(#[from] BusError),
     #[error(transparent)]
     Kernel(#[from] kernel::KernelError),
     #[error("ACPI tables")]
@@ -40,6 +48,12 @@ pub enum MachineError {
     Regs(#[from] regs::RegsError),
     #[error("vCPU threads")]
     Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    #[error("virtio-mmio transport")]
+    Mmio(#[from] MmioError),
+    #[error("too many virtio devices: IRQs {VIRTIO_IRQ_FIRST}-{VIRTIO_IRQ_LAST} are all taken")]
+    TooManyDevices,
 }
 
 impl MachineError {
@@ -49,6 +63,8 @@ impl MachineError {
             self,
             MachineError::Config(_)
                 | MachineError::Serial(_)
+                | MachineError::Block(_)
+                | MachineError::TooManyDevices
                 | MachineError::Kernel(
                     kernel::KernelError::NotAKernel { .. }
                         | kernel::KernelError::Open { .. }
@@ -63,8 +79,10 @@ impl MachineError {
 pub struct Machine {
     mem: GuestMemoryMmap,
     vm: Vm,
-    pio: Arc<PioBus>,
+    pio: Bus,
+    mmio: Bus,
     serial: Arc<Mutex<SerialDevice>>,
+    virtio: Vec<(MmioDeviceInfo, Arc<Mutex<MmioTransport>>)>,
     vcpus: Vec<VcpuFd>,
 }
 
@@ -90,36 +108,89 @@ impl Machine {
             vm.irqfd(SERIAL_IRQ)?,
             serial_out,
         )));
-        let mut pio = PioBus::new();
-        pio.insert(COM1_PORT, 8, serial.clone())?;
-        pio.insert(I8042_DATA_PORT, 5, Arc::new(Mutex::new(I8042)))?;
-        pio.insert(ACPI_SLEEP_CONTROL_PORT, 3, Arc::new(Mutex::new(AcpiPm)))?;
+        let mut pio = Bus::new();
+        pio.insert(COM1_PORT.into(), 8, serial.clone())?;
+        pio.insert(I8042_DATA_PORT.into(), 5, Arc::new(Mutex::new(I8042)))?;
+        pio.insert(
+            ACPI_SLEEP_CONTROL_PORT.into(),
+            3,
+            Arc::new(Mutex::new(AcpiPm)),
+        )?;
         let vcpus = (0..vcpus)
             .map(|i| vm.create_vcpu(i, vcpus))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Machine {
             mem,
             vm,
-            pio: Arc::new(pio),
+            pio,
+            mmio: Bus::new(),
             serial,
+            virtio: Vec::new(),
             vcpus,
         })
+    }
+
+    /// Puts a virtio device on the MMIO bus: the next free window and IRQ, an irqfd, and
+    /// one ioeventfd per queue on its QueueNotify register.
+    pub fn add_virtio(&mut self, device: Box<dyn VirtioDevice>) -> Result<(), MachineError> {
+        let n = self.virtio.len() as u64;
+        let irq = VIRTIO_IRQ_FIRST + n as u32;
+        if irq > VIRTIO_IRQ_LAST {
+            return Err(MachineError::TooManyDevices);
+        }
+        let base = VIRTIO_MMIO_START + n * VIRTIO_MMIO_SIZE;
+        let queue_evts = (0..device.queue_max_sizes().len())
+            .map(|q| self.vm.ioeventfd(base + REG_QUEUE_NOTIFY, q as u32))
+            .collect::<Result<Vec<_>, _>>()?;
+        let interrupt = Arc::new(Interrupt::new(self.vm.irqfd(irq)?));
+        let t = Arc::new(Mutex::new(MmioTransport::new(
+            device,
+            self.mem.clone(),
+            interrupt,
+            queue_evts,
+        )?));
+        self.mmio.insert(base, VIRTIO_MMIO_SIZE, t.clone())?;
+        let info = MmioDeviceInfo {
+            base,
+            size: VIRTIO_MMIO_SIZE,
+            irq,
+        };
+        self.virtio.push((info, t));
+        Ok(())
     }
 
     /// Builds the VM `config` describes, with the kernel loaded and vCPUs set to enter it.
     pub fn from_config(config: &VmConfig) -> Result<Machine, MachineError> {
         let out = SerialOut::open(&config.serial.0)?;
-        let m = Machine::bare(config.memory_mib, config.vcpus, out)?;
+        let mut m = Machine::bare(config.memory_mib, config.vcpus, out)?;
         if usize::from(config.vcpus) > m.vm.max_vcpus() {
             config.validate(m.vm.max_vcpus())?;
+        }
+        for (i, b) in config.block.iter().enumerate() {
+            m.add_virtio(Box::new(Block::open(&b.path, b.read_only, i)?))?;
+        }
+        if config.rng {
+            m.add_virtio(Box::new(Rng::new()))?;
+        }
+        let infos: Vec<MmioDeviceInfo> = m.virtio.iter().map(|(i, _)| *i).collect();
+        let mut cmdline = config.cmdline.clone();
+        if config.virtio_mmio_cmdline {
+            for d in &infos {
+                cmdline += &format!(
+                    " virtio_mmio.device={}K@{:#x}:{}",
+                    d.size / 1024,
+                    d.base,
+                    d.irq
+                );
+            }
         }
         let loaded = kernel::load(
             &m.mem,
             &config.kernel,
             config.initramfs.as_deref(),
-            &config.cmdline,
+            &cmdline,
         )?;
-        acpi::write(&m.mem, config.vcpus, &[])?;
+        acpi::write(&m.mem, config.vcpus, &infos)?;
         for vcpu in &m.vcpus {
             regs::setup_vcpu(vcpu, &m.mem, loaded.entry.0)?;
         }
@@ -139,7 +210,11 @@ impl Machine {
     /// Runs the guest until it stops; returns why.
     pub fn run(self) -> Result<ExitReason, MachineError> {
         let (tx, rx) = mpsc::channel();
-        let set = VcpuSet::start(self.vcpus, self.pio.clone(), tx)?;
+        let buses = Buses {
+            pio: Arc::new(self.pio),
+            mmio: Arc::new(self.mmio),
+        };
+        let set = VcpuSet::start(self.vcpus, buses, tx)?;
         let reason = rx
             .recv()
             .unwrap_or_else(|_| ExitReason::HostError("every vCPU thread ended".into()));
@@ -148,6 +223,8 @@ impl Machine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .flush();
+        // Stop the device workers before the memory they use goes away.
+        drop(self.virtio);
         Ok(reason)
     }
 }

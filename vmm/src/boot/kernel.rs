@@ -243,10 +243,7 @@ mod tests {
         let mut p = boot_params::default();
         add_e820(&mem, &mut p);
         assert_eq!(p.e820_entries, 3);
-        let t: Vec<(u64, u64)> = p.e820_table[..3]
-            .iter()
-            .map(|e| (e.addr, e.size))
-            .collect();
+        let t: Vec<(u64, u64)> = p.e820_table[..3].iter().map(|e| (e.addr, e.size)).collect();
         assert_eq!(t[0], (0, EBDA_START));
         assert_eq!((t[1].0, t[1].0 + t[1].1), (HIMEM_START, MMIO_GAP_START));
         assert_eq!(t[2].0, MMIO_GAP_END);

@@ -5,7 +5,7 @@
 //! type the DSDT's `\_S5` gives means "power off". Reset: writing the FADT's reset value.
 
 use super::ExitReason;
-use super::pio::PioDevice;
+use super::bus::BusDevice;
 use crate::boot::acpi::S5_SLEEP_TYPE;
 use crate::boot::layout::{
     ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT,
@@ -17,18 +17,21 @@ const SLP_EN: u8 = 1 << 5;
 #[derive(Debug, Default)]
 pub struct AcpiPm;
 
-impl PioDevice for AcpiPm {
-    fn read(&mut self, _offset: u16, data: &mut [u8]) {
+impl BusDevice for AcpiPm {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
         // Sleep status: WAK_STS (bit 7) is never set; the guest never sleeps and wakes.
         data.fill(0);
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> Option<ExitReason> {
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<ExitReason> {
         let v = *data.first()?;
-        let port = ACPI_SLEEP_CONTROL_PORT + offset;
-        if port == ACPI_SLEEP_CONTROL_PORT && v & SLP_EN != 0 && (v >> 2) & 0x7 == S5_SLEEP_TYPE {
+        let port = u64::from(ACPI_SLEEP_CONTROL_PORT) + offset;
+        if port == u64::from(ACPI_SLEEP_CONTROL_PORT)
+            && v & SLP_EN != 0
+            && (v >> 2) & 0x7 == S5_SLEEP_TYPE
+        {
             Some(ExitReason::Poweroff)
-        } else if port == ACPI_RESET_PORT && v == ACPI_RESET_VALUE {
+        } else if port == u64::from(ACPI_RESET_PORT) && v == ACPI_RESET_VALUE {
             Some(ExitReason::Reset)
         } else {
             let _ = ACPI_SLEEP_STATUS_PORT; // writes clear status bits we never set
@@ -49,7 +52,7 @@ mod tests {
         // Sleep type without SLP_EN, or another sleep state: nothing.
         assert_eq!(d.write(0, &[S5_SLEEP_TYPE << 2]), None);
         assert_eq!(d.write(0, &[(3 << 2) | SLP_EN]), None);
-        let reset = ACPI_RESET_PORT - ACPI_SLEEP_CONTROL_PORT;
+        let reset = u64::from(ACPI_RESET_PORT - ACPI_SLEEP_CONTROL_PORT);
         assert_eq!(d.write(reset, &[ACPI_RESET_VALUE]), Some(ExitReason::Reset));
         assert_eq!(d.write(reset, &[2]), None);
         assert_eq!(d.write(1, &[0xff]), None);

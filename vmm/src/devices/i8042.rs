@@ -3,23 +3,23 @@
 //! "no data" so that a probing driver finds nothing to wait for.
 
 use super::ExitReason;
-use super::pio::PioDevice;
+use super::bus::BusDevice;
 
 /// The reset command.
 const CMD_RESET: u8 = 0xfe;
 /// Offset of the command/status port (0x64) from the data port (0x60).
-const CMD_OFFSET: u16 = 4;
+const CMD_OFFSET: u64 = 4;
 
 /// Sits at ports 0x60..=0x64.
 #[derive(Debug, Default)]
 pub struct I8042;
 
-impl PioDevice for I8042 {
-    fn read(&mut self, _offset: u16, data: &mut [u8]) {
+impl BusDevice for I8042 {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> Option<ExitReason> {
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<ExitReason> {
         (offset == CMD_OFFSET && data.first() == Some(&CMD_RESET)).then_some(ExitReason::Reset)
     }
 }

@@ -1,10 +1,11 @@
 //! Emulated devices. Legacy port-I/O devices (serial, i8042, the ACPI sleep/reset
-//! registers) sit on a [`pio::PioBus`]; virtio-mmio devices come later.
+//! registers) sit on a [`pio::Bus`]; virtio-mmio devices come later.
 
 pub mod acpi_pm;
+pub mod bus;
 pub mod i8042;
-pub mod pio;
 pub mod serial;
+pub mod virtio;
 
 /// Why the VM stops, as a device or a vCPU reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

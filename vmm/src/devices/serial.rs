@@ -9,7 +9,7 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::ExitReason;
-use super::pio::PioDevice;
+use super::bus::BusDevice;
 use crate::config::SerialOutput;
 
 /// Raises the serial IRQ by writing to an eventfd that KVM turns into an interrupt.
@@ -109,8 +109,8 @@ impl SerialDevice {
     }
 }
 
-impl PioDevice for SerialDevice {
-    fn read(&mut self, offset: u16, data: &mut [u8]) {
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
         let v = u8::try_from(offset).map_or(0, |o| self.uart.read(o));
         data.fill(0);
         if let Some(b) = data.first_mut() {
@@ -118,7 +118,7 @@ impl PioDevice for SerialDevice {
         }
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) -> Option<ExitReason> {
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<ExitReason> {
         if let (Ok(o), Some(v)) = (u8::try_from(offset), data.first()) {
             // A failed write to the output (a closed pipe) must not stop the guest.
             if let Err(e) = self.uart.write(o, *v) {

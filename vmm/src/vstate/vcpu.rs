@@ -13,7 +13,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::devices::ExitReason;
-use crate::devices::pio::PioBus;
+use crate::devices::bus::Bus;
 
 /// The signal that kicks a vCPU thread out of KVM_RUN.
 fn kick_signal() -> i32 {
@@ -43,7 +43,7 @@ impl VcpuSet {
     /// `exits` (later ones too; the receiver takes the first).
     pub fn start(
         vcpus: Vec<VcpuFd>,
-        pio: Arc<PioBus>,
+        buses: Buses,
         exits: Sender<ExitReason>,
     ) -> Result<VcpuSet, VcpuError> {
         // The handler does nothing: its only effect is that KVM_RUN returns EINTR.
@@ -51,13 +51,13 @@ impl VcpuSet {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for (i, vcpu) in vcpus.into_iter().enumerate() {
-            let pio = pio.clone();
+            let buses = buses.clone();
             let exits = exits.clone();
             let stop = stop.clone();
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{i}"))
                 .spawn(move || {
-                    let reason = run_loop(vcpu, &pio, &stop);
+                    let reason = run_loop(vcpu, &buses, &stop);
                     if let Some(r) = reason {
                         tracing::debug!(vcpu = i, reason = ?r, "vcpu stopped");
                         let _ = exits.send(r);
@@ -84,22 +84,32 @@ impl VcpuSet {
     }
 }
 
+/// The buses a vCPU's exits go to.
+#[derive(Debug, Clone)]
+pub struct Buses {
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+}
+
 /// Runs one vCPU until the guest or the host stops it; `None` when told to stop.
-fn run_loop(mut vcpu: VcpuFd, pio: &PioBus, stop: &AtomicBool) -> Option<ExitReason> {
+fn run_loop(mut vcpu: VcpuFd, buses: &Buses, stop: &AtomicBool) -> Option<ExitReason> {
     loop {
         if stop.load(Ordering::SeqCst) {
             return None;
         }
         match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
-                if let Some(r) = pio.write(port, data) {
+                if let Some(r) = buses.pio.write(port.into(), data) {
                     return Some(r);
                 }
             }
-            Ok(VcpuExit::IoIn(port, data)) => pio.read(port, data),
-            // No MMIO device yet: reads find nothing, writes are dropped.
-            Ok(VcpuExit::MmioRead(_, data)) => data.fill(0),
-            Ok(VcpuExit::MmioWrite(..)) => {}
+            Ok(VcpuExit::IoIn(port, data)) => buses.pio.read(port.into(), data),
+            Ok(VcpuExit::MmioRead(addr, data)) => buses.mmio.read(addr, data),
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
+                if let Some(r) = buses.mmio.write(addr, data) {
+                    return Some(r);
+                }
+            }
             // With the in-kernel irqchip KVM handles HLT itself; an exit means the
             // guest halted with nothing left to wake it.
             Ok(VcpuExit::Hlt) => return Some(ExitReason::Crash("vCPU halted for good".into())),

@@ -5,7 +5,7 @@ use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config,
     kvm_userspace_memory_region,
 };
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -89,6 +89,16 @@ impl Vm {
         self.fd
             .register_irqfd(&evt, gsi)
             .map_err(kvm_err("register an irqfd"))?;
+        Ok(evt)
+    }
+
+    /// An eventfd that KVM signals, without leaving the guest, when the guest writes
+    /// `datamatch` (32 bits) to the MMIO address `addr`.
+    pub fn ioeventfd(&self, addr: u64, datamatch: u32) -> Result<EventFd, VmError> {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(VmError::EventFd)?;
+        self.fd
+            .register_ioevent(&evt, &IoEventAddress::Mmio(addr), datamatch)
+            .map_err(kvm_err("register an ioeventfd"))?;
         Ok(evt)
     }
 

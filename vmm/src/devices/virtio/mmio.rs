@@ -1,0 +1,569 @@
+//! The virtio-mmio transport, version 2 (virtio 1.2, 4.2): one 4 KiB register window per
+//! device, described to the guest in the ACPI DSDT.
+//!
+//! The register state machine follows 3.1.1 (device initialisation): features are
+//! negotiated before FEATURES_OK, queues set up before DRIVER_OK, and the device is
+//! activated at DRIVER_OK. A driver that breaks the order gets its write ignored (and
+//! FEATURES_OK refused for features we did not offer), never a panic.
+
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{ActivateContext, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
+use crate::devices::ExitReason;
+use crate::devices::bus::BusDevice;
+
+const MAGIC: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0x4b53_5548; // "HUSK"
+
+// Register offsets (4.2.2).
+const REG_MAGIC: u64 = 0x000;
+const REG_VERSION: u64 = 0x004;
+const REG_DEVICE_ID: u64 = 0x008;
+const REG_VENDOR_ID: u64 = 0x00c;
+const REG_DEVICE_FEATURES: u64 = 0x010;
+const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
+const REG_DRIVER_FEATURES: u64 = 0x020;
+const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
+const REG_QUEUE_SEL: u64 = 0x030;
+const REG_QUEUE_NUM_MAX: u64 = 0x034;
+const REG_QUEUE_NUM: u64 = 0x038;
+const REG_QUEUE_READY: u64 = 0x044;
+/// QueueNotify: its address is where the ioeventfds are registered.
+pub const REG_QUEUE_NOTIFY: u64 = 0x050;
+const REG_INTERRUPT_STATUS: u64 = 0x060;
+const REG_INTERRUPT_ACK: u64 = 0x064;
+const REG_STATUS: u64 = 0x070;
+const REG_QUEUE_DESC_LOW: u64 = 0x080;
+const REG_QUEUE_DESC_HIGH: u64 = 0x084;
+const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
+const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
+const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
+const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+const REG_SHM_LEN_LOW: u64 = 0x0b0;
+const REG_SHM_LEN_HIGH: u64 = 0x0b4;
+const REG_CONFIG_GENERATION: u64 = 0x0fc;
+const CONFIG_SPACE: u64 = 0x100;
+
+// Device status bits (2.1).
+pub const STATUS_ACKNOWLEDGE: u32 = 1;
+pub const STATUS_DRIVER: u32 = 2;
+pub const STATUS_DRIVER_OK: u32 = 4;
+pub const STATUS_FEATURES_OK: u32 = 8;
+pub const STATUS_NEEDS_RESET: u32 = 64;
+pub const STATUS_FAILED: u32 = 128;
+
+/// A virtio device on the MMIO bus.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<Interrupt>,
+    queue_evts: Vec<EventFd>,
+    queues: Vec<Queue>,
+    status: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    config_generation: u32,
+    activated: bool,
+}
+
+impl std::fmt::Debug for MmioTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmioTransport")
+            .field("device", &self.device.name())
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the transport could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum MmioError {
+    #[error("{name}: a queue of size {size} is invalid")]
+    QueueSize {
+        name: &'static str,
+        size: u16,
+        #[source]
+        source: virtio_queue::Error,
+    },
+    #[error("{name}: {need} queue notification eventfds needed, {got} given")]
+    Eventfds {
+        name: &'static str,
+        need: usize,
+        got: usize,
+    },
+}
+
+impl MmioTransport {
+    /// `queue_evts` has one eventfd per queue (already registered as ioeventfds).
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+        queue_evts: Vec<EventFd>,
+    ) -> Result<MmioTransport, MmioError> {
+        let name = device.name();
+        let sizes = device.queue_max_sizes();
+        if queue_evts.len() != sizes.len() {
+            return Err(MmioError::Eventfds {
+                name,
+                need: sizes.len(),
+                got: queue_evts.len(),
+            });
+        }
+        let queues = sizes
+            .iter()
+            .map(|s| {
+                Queue::new(*s).map_err(|source| MmioError::QueueSize {
+                    name,
+                    size: *s,
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MmioTransport {
+            device,
+            mem,
+            interrupt,
+            queue_evts,
+            queues,
+            status: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+            config_generation: 0,
+            activated: false,
+        })
+    }
+
+    /// The device's metrics.
+    pub fn metrics(&self) -> serde_json::Value {
+        self.device.metrics()
+    }
+
+    pub fn device_name(&self) -> &'static str {
+        self.device.name()
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    /// Queue registers may change only between FEATURES_OK and DRIVER_OK, on a queue
+    /// that is not ready.
+    fn queue_writable(&mut self) -> Option<&mut Queue> {
+        if self.status & STATUS_FEATURES_OK == 0 || self.status & STATUS_DRIVER_OK != 0 {
+            return None;
+        }
+        self.selected_queue().filter(|q| !q.ready())
+    }
+
+    fn reset(&mut self) {
+        if self.activated {
+            self.device.reset();
+            self.activated = false;
+        }
+        for q in &mut self.queues {
+            q.reset();
+        }
+        self.status = 0;
+        self.driver_features = 0;
+        self.device_features_sel = 0;
+        self.driver_features_sel = 0;
+        self.queue_sel = 0;
+        self.interrupt.ack(u32::MAX);
+    }
+
+    fn set_status(&mut self, v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        // Bits may only be added, one step at a time (3.1.1).
+        if v & self.status != self.status {
+            return;
+        }
+        let added = v & !self.status;
+        if added & STATUS_FEATURES_OK != 0 {
+            let offered = self.device.features();
+            let ok = self.driver_features & !offered == 0
+                && self.driver_features & VIRTIO_F_VERSION_1 != 0;
+            if !ok {
+                tracing::warn!(
+                    device = self.device.name(),
+                    driver_features = self.driver_features,
+                    offered,
+                    "driver asked for features not offered (or not VERSION_1)"
+                );
+                self.status = v & !STATUS_FEATURES_OK;
+                return;
+            }
+        }
+        if added & STATUS_DRIVER_OK != 0 && self.status & STATUS_FEATURES_OK != 0 {
+            self.status = v;
+            self.activate();
+            return;
+        }
+        self.status = v;
+    }
+
+    fn activate(&mut self) {
+        let bad = self
+            .queues
+            .iter()
+            .position(|q| q.ready() && !q.is_valid(&self.mem));
+        if let Some(i) = bad {
+            tracing::warn!(
+                device = self.device.name(),
+                queue = i,
+                "invalid queue set up"
+            );
+            self.status |= STATUS_NEEDS_RESET;
+            return;
+        }
+        // The device gets its own copies of the queues (the transport keeps answering
+        // register reads from these).
+        let queues = match self
+            .queues
+            .iter()
+            .map(|q| Queue::try_from(q.state()))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::warn!(device = self.device.name(), error = %e, "invalid queue state");
+                self.status |= STATUS_NEEDS_RESET;
+                return;
+            }
+        };
+        let queue_evts = match self
+            .queue_evts
+            .iter()
+            .map(|e| e.try_clone())
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(device = self.device.name(), error = %e, "cannot clone eventfds");
+                self.status |= STATUS_NEEDS_RESET;
+                return;
+            }
+        };
+        let ctx = ActivateContext {
+            mem: self.mem.clone(),
+            queues,
+            queue_evts,
+            interrupt: self.interrupt.clone(),
+            acked_features: self.driver_features,
+        };
+        match self.device.activate(ctx) {
+            Ok(()) => {
+                self.activated = true;
+                tracing::debug!(device = self.device.name(), "activated");
+            }
+            Err(e) => {
+                tracing::warn!(device = self.device.name(), error = %e, "activation failed");
+                self.status |= STATUS_NEEDS_RESET;
+            }
+        }
+    }
+
+    fn read_u32(&mut self, offset: u64) -> u32 {
+        match offset {
+            REG_MAGIC => MAGIC,
+            REG_VERSION => VERSION,
+            REG_DEVICE_ID => self.device.device_type(),
+            REG_VENDOR_ID => VENDOR_ID,
+            REG_DEVICE_FEATURES => match self.device_features_sel {
+                0 => self.device.features() as u32,
+                1 => (self.device.features() >> 32) as u32,
+                _ => 0,
+            },
+            REG_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
+            REG_QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            REG_INTERRUPT_STATUS => self.interrupt.status(),
+            REG_STATUS => self.status,
+            // No shared memory regions: length all ones (4.2.2).
+            REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH => u32::MAX,
+            REG_CONFIG_GENERATION => self.config_generation,
+            _ => 0,
+        }
+    }
+
+    fn write_u32(&mut self, offset: u64, v: u32) {
+        match offset {
+            REG_DEVICE_FEATURES_SEL => self.device_features_sel = v,
+            REG_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
+            REG_DRIVER_FEATURES => {
+                // Only while negotiating (after DRIVER, before FEATURES_OK).
+                if self.status & STATUS_DRIVER == 0 || self.status & STATUS_FEATURES_OK != 0 {
+                    return;
+                }
+                match self.driver_features_sel {
+                    0 => {
+                        self.driver_features = (self.driver_features & !0xffff_ffff) | u64::from(v)
+                    }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32)
+                    }
+                    _ => {}
+                }
+            }
+            REG_QUEUE_SEL => self.queue_sel = v,
+            REG_QUEUE_NUM => {
+                if let Some(q) = self.queue_writable() {
+                    // set_size ignores sizes that are zero, too large or not a power of
+                    // two; is_valid() then refuses the queue at DRIVER_OK.
+                    q.set_size(v.min(u32::from(u16::MAX)) as u16);
+                }
+            }
+            REG_QUEUE_READY => {
+                if let Some(q) = self.queue_writable() {
+                    q.set_ready(v == 1);
+                } else if v == 0
+                    && self.status & STATUS_DRIVER_OK == 0
+                    && let Some(q) = self.selected_queue()
+                {
+                    q.set_ready(false);
+                }
+            }
+            REG_QUEUE_NOTIFY => {
+                // Normally KVM's ioeventfd catches this write; if it reaches us, pass it on.
+                if let Some(e) = self.queue_evts.get(v as usize) {
+                    let _ = e.write(1);
+                }
+            }
+            REG_INTERRUPT_ACK => self.interrupt.ack(v),
+            REG_STATUS => self.set_status(v),
+            REG_QUEUE_DESC_LOW => self.with_queue(|q| q.set_desc_table_address(Some(v), None)),
+            REG_QUEUE_DESC_HIGH => self.with_queue(|q| q.set_desc_table_address(None, Some(v))),
+            REG_QUEUE_DRIVER_LOW => self.with_queue(|q| q.set_avail_ring_address(Some(v), None)),
+            REG_QUEUE_DRIVER_HIGH => self.with_queue(|q| q.set_avail_ring_address(None, Some(v))),
+            REG_QUEUE_DEVICE_LOW => self.with_queue(|q| q.set_used_ring_address(Some(v), None)),
+            REG_QUEUE_DEVICE_HIGH => self.with_queue(|q| q.set_used_ring_address(None, Some(v))),
+            _ => {
+                tracing::debug!(
+                    device = self.device.name(),
+                    offset,
+                    v,
+                    "write to unknown register"
+                );
+            }
+        }
+    }
+
+    fn with_queue(&mut self, f: impl FnOnce(&mut Queue)) {
+        if let Some(q) = self.queue_writable() {
+            f(q);
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= CONFIG_SPACE {
+            self.device.read_config(offset - CONFIG_SPACE, data);
+            return;
+        }
+        // Registers are 32 bits wide and read as a whole (4.2.2.2).
+        if data.len() != 4 || !offset.is_multiple_of(4) {
+            data.fill(0);
+            return;
+        }
+        data.copy_from_slice(&self.read_u32(offset).to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Option<ExitReason> {
+        if offset >= CONFIG_SPACE {
+            self.device.write_config(offset - CONFIG_SPACE, data);
+            self.config_generation = self.config_generation.wrapping_add(1);
+            return None;
+        }
+        if let Ok(b) = <[u8; 4]>::try_from(data)
+            && offset.is_multiple_of(4)
+        {
+            self.write_u32(offset, u32::from_le_bytes(b));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::virtio::{ActivateError, read_config_bytes};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+    #[derive(Clone, Default)]
+    struct Probe {
+        activations: Arc<AtomicUsize>,
+        resets: Arc<AtomicUsize>,
+        last_features: Arc<Mutex<u64>>,
+    }
+
+    struct Dummy(Probe);
+
+    impl VirtioDevice for Dummy {
+        fn device_type(&self) -> u32 {
+            99
+        }
+        fn name(&self) -> &'static str {
+            "dummy"
+        }
+        fn queue_max_sizes(&self) -> Vec<u16> {
+            vec![16, 16]
+        }
+        fn features(&self) -> u64 {
+            VIRTIO_F_VERSION_1 | 1
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            read_config_bytes(&[0xaa, 0xbb], offset, data)
+        }
+        fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+            *self.0.last_features.lock().unwrap() = ctx.acked_features;
+            self.0.activations.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.0.resets.fetch_add(1, Ordering::SeqCst);
+        }
+        fn metrics(&self) -> serde_json::Value {
+            serde_json::json!({})
+        }
+    }
+
+    fn transport() -> (MmioTransport, Probe) {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let probe = Probe::default();
+        let evts = (0..2)
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+            .collect();
+        let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        let t = MmioTransport::new(Box::new(Dummy(probe.clone())), mem, irq, evts).unwrap();
+        (t, probe)
+    }
+
+    fn r(t: &mut MmioTransport, off: u64) -> u32 {
+        let mut d = [0u8; 4];
+        t.read(off, &mut d);
+        u32::from_le_bytes(d)
+    }
+
+    fn w(t: &mut MmioTransport, off: u64, v: u32) {
+        t.write(off, &v.to_le_bytes());
+    }
+
+    fn setup_queue(t: &mut MmioTransport, sel: u32, base: u32) {
+        w(t, REG_QUEUE_SEL, sel);
+        w(t, REG_QUEUE_NUM, 16);
+        w(t, REG_QUEUE_DESC_LOW, base);
+        w(t, REG_QUEUE_DRIVER_LOW, base + 0x100);
+        w(t, REG_QUEUE_DEVICE_LOW, base + 0x200);
+        w(t, REG_QUEUE_READY, 1);
+    }
+
+    #[test]
+    fn identifies_itself() {
+        let (mut t, _) = transport();
+        assert_eq!(r(&mut t, REG_MAGIC), MAGIC);
+        assert_eq!(r(&mut t, REG_VERSION), 2);
+        assert_eq!(r(&mut t, REG_DEVICE_ID), 99);
+        w(&mut t, REG_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(r(&mut t, REG_DEVICE_FEATURES), 1);
+        w(&mut t, REG_QUEUE_SEL, 1);
+        assert_eq!(r(&mut t, REG_QUEUE_NUM_MAX), 16);
+        w(&mut t, REG_QUEUE_SEL, 7);
+        assert_eq!(r(&mut t, REG_QUEUE_NUM_MAX), 0);
+        let mut c = [0u8; 4];
+        t.read(CONFIG_SPACE + 1, &mut c);
+        assert_eq!(c, [0xbb, 0, 0, 0]);
+    }
+
+    #[test]
+    fn full_initialisation_activates_once() {
+        let (mut t, p) = transport();
+        w(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE);
+        w(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        w(&mut t, REG_DRIVER_FEATURES_SEL, 1);
+        w(&mut t, REG_DRIVER_FEATURES, 1);
+        w(&mut t, REG_DRIVER_FEATURES_SEL, 0);
+        w(&mut t, REG_DRIVER_FEATURES, 1);
+        let s = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+        w(&mut t, REG_STATUS, s);
+        assert_eq!(r(&mut t, REG_STATUS), s);
+        setup_queue(&mut t, 0, 0x1000);
+        setup_queue(&mut t, 1, 0x2000);
+        w(&mut t, REG_STATUS, s | STATUS_DRIVER_OK);
+        assert_eq!(p.activations.load(Ordering::SeqCst), 1);
+        assert_eq!(*p.last_features.lock().unwrap(), VIRTIO_F_VERSION_1 | 1);
+        // Queue registers are frozen now.
+        w(&mut t, REG_QUEUE_SEL, 0);
+        w(&mut t, REG_QUEUE_NUM, 2);
+        assert_eq!(t.queues[0].size(), 16);
+        // Reset stops the device and clears everything.
+        w(&mut t, REG_STATUS, 0);
+        assert_eq!(p.resets.load(Ordering::SeqCst), 1);
+        assert_eq!(r(&mut t, REG_STATUS), 0);
+        assert!(!t.queues[0].ready());
+    }
+
+    #[test]
+    fn features_not_offered_are_refused() {
+        let (mut t, p) = transport();
+        w(&mut t, REG_STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        w(&mut t, REG_DRIVER_FEATURES, 1 << 5); // not offered, and no VERSION_1
+        let s = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+        w(&mut t, REG_STATUS, s);
+        assert_eq!(r(&mut t, REG_STATUS) & STATUS_FEATURES_OK, 0);
+        w(&mut t, REG_STATUS, s | STATUS_DRIVER_OK);
+        assert_eq!(p.activations.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn hostile_register_access_is_harmless() {
+        let (mut t, p) = transport();
+        // Out of order: DRIVER_OK first, queue setup before FEATURES_OK.
+        w(&mut t, REG_STATUS, STATUS_DRIVER_OK);
+        setup_queue(&mut t, 0, 0x1000);
+        assert!(!t.queues[0].ready());
+        // Odd sizes and offsets, queue index out of range, notify of a missing queue.
+        t.write(REG_STATUS, &[1, 2]);
+        t.write(0x3, &[1, 2, 3, 4]);
+        w(&mut t, REG_QUEUE_SEL, u32::MAX);
+        w(&mut t, REG_QUEUE_NUM, 8);
+        w(&mut t, REG_QUEUE_NOTIFY, 1000);
+        let mut big = [0u8; 8];
+        t.read(REG_MAGIC, &mut big);
+        assert_eq!(big, [0; 8]);
+        t.read(u64::MAX - 3, &mut [0u8; 4]);
+        assert_eq!(p.activations.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn queue_outside_guest_memory_is_not_activated() {
+        let (mut t, p) = transport();
+        let s = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
+        w(&mut t, REG_STATUS, s);
+        w(&mut t, REG_DRIVER_FEATURES_SEL, 1);
+        w(&mut t, REG_DRIVER_FEATURES, 1);
+        w(&mut t, REG_STATUS, s | STATUS_FEATURES_OK);
+        setup_queue(&mut t, 0, 0x7fff_0000); // beyond the 1 MiB of guest memory
+        w(
+            &mut t,
+            REG_STATUS,
+            s | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        assert_eq!(p.activations.load(Ordering::SeqCst), 0);
+        assert_ne!(r(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0);
+    }
+}

@@ -1,0 +1,128 @@
+//! Test helpers: split virtqueues in guest memory built with virtio-queue's
+//! `MockSplitQueue`, fed raw (possibly hostile) descriptor chains.
+
+use std::sync::Arc;
+
+use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::Queue;
+use virtio_queue::desc::RawDescriptor;
+use virtio_queue::desc::split::Descriptor as SplitDescriptor;
+use virtio_queue::mock::MockSplitQueue;
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::Interrupt;
+
+/// Flag of a device-writable descriptor.
+pub const W: u16 = VRING_DESC_F_WRITE as u16;
+/// Size of each test queue.
+pub const SIZE: u16 = 16;
+/// Queue `i` lives at `i * QUEUE_STRIDE`; data buffers go at 0x10000 and above.
+const QUEUE_STRIDE: u64 = 0x1000;
+
+/// 4 MiB of guest memory with `n` queues at its start.
+pub struct TestQueue {
+    pub mem: &'static GuestMemoryMmap,
+    pub interrupt: Arc<Interrupt>,
+    mocks: Vec<MockSplitQueue<'static, GuestMemoryMmap>>,
+}
+
+impl std::fmt::Debug for TestQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TestQueue")
+    }
+}
+
+impl Default for TestQueue {
+    fn default() -> Self {
+        TestQueue::new()
+    }
+}
+
+impl TestQueue {
+    /// One queue.
+    pub fn new() -> TestQueue {
+        TestQueue::with_queues(1)
+    }
+
+    pub fn with_queues(n: usize) -> TestQueue {
+        // Leaked so that the mocks may borrow it for the whole test.
+        let mem: &'static GuestMemoryMmap = Box::leak(Box::new(
+            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap(),
+        ));
+        let mocks = (0..n)
+            .map(|i| MockSplitQueue::create(mem, GuestAddress(i as u64 * QUEUE_STRIDE), SIZE))
+            .collect();
+        TestQueue {
+            mem,
+            interrupt: Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap())),
+            mocks,
+        }
+    }
+
+    /// Queue 0, as the driver set it up.
+    pub fn queue(&self) -> Queue {
+        self.queue_n(0)
+    }
+
+    pub fn queue_n(&self, q: usize) -> Queue {
+        self.mocks[q].create_queue().unwrap()
+    }
+
+    /// Adds a chain of `(addr, len, flags)` descriptors to queue 0 at table index
+    /// `first` onwards.
+    pub fn add_chain(&self, first: u16, descs: &[(u64, u32, u16)]) {
+        self.add_chain_n(0, first, descs);
+    }
+
+    pub fn add_chain_n(&self, q: usize, first: u16, descs: &[(u64, u32, u16)]) {
+        let raw: Vec<RawDescriptor> = descs
+            .iter()
+            .enumerate()
+            .map(|(i, (addr, len, flags))| {
+                let last = i + 1 == descs.len();
+                let flags = if last {
+                    *flags
+                } else {
+                    *flags | VRING_DESC_F_NEXT as u16
+                };
+                let next = if last { 0 } else { first + i as u16 + 1 };
+                RawDescriptor::from(SplitDescriptor::new(*addr, *len, flags, next))
+            })
+            .collect();
+        self.mocks[q].add_desc_chains(&raw, first).unwrap();
+    }
+
+    /// Adds a one-descriptor chain to queue 0 whose `next` points back at itself.
+    pub fn add_looping_chain(&self, index: u16, addr: u64) {
+        let d = SplitDescriptor::new(addr, 64, W | VRING_DESC_F_NEXT as u16, index);
+        self.mocks[0]
+            .add_desc_chains(&[RawDescriptor::from(d)], index)
+            .unwrap();
+    }
+
+    /// The length the device reported for queue 0's `n`th used element, once there.
+    pub fn used(&self, n: u16) -> Option<u32> {
+        self.used_n(0, n)
+    }
+
+    pub fn used_n(&self, q: usize, n: u16) -> Option<u32> {
+        let used = self.mocks[q].used_addr();
+        let idx: u16 = self.mem.read_obj(used.unchecked_add(2)).unwrap();
+        if n >= idx {
+            return None;
+        }
+        let elem = used.unchecked_add(4 + 8 * u64::from(n % SIZE));
+        Some(self.mem.read_obj::<u32>(elem.unchecked_add(4)).unwrap())
+    }
+
+    pub fn read(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        self.mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+        v
+    }
+
+    pub fn write(&self, addr: u64, data: &[u8]) {
+        self.mem.write_slice(data, GuestAddress(addr)).unwrap();
+    }
+}
