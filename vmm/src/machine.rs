@@ -22,6 +22,7 @@ use crate::devices::serial::{SerialDevice, SerialError, SerialOut};
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::mmio::{MmioError, MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::memory::{MemoryError, create_guest_memory};
 use crate::vstate::vcpu::{Buses, VcpuError, VcpuSet};
@@ -52,6 +53,8 @@ pub enum MachineError {
     Block(#[from] BlockError),
     #[error("virtio-mmio transport")]
     Mmio(#[from] MmioError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
     #[error("too many virtio devices: IRQs {VIRTIO_IRQ_FIRST}-{VIRTIO_IRQ_LAST} are all taken")]
     TooManyDevices,
 }
@@ -64,6 +67,7 @@ impl MachineError {
             MachineError::Config(_)
                 | MachineError::Serial(_)
                 | MachineError::Block(_)
+                | MachineError::Vsock(_)
                 | MachineError::TooManyDevices
                 | MachineError::Kernel(
                     kernel::KernelError::NotAKernel { .. }
@@ -171,6 +175,9 @@ impl Machine {
         }
         if config.rng {
             m.add_virtio(Box::new(Rng::new()))?;
+        }
+        if let Some(v) = &config.vsock {
+            m.add_virtio(Box::new(Vsock::new(v.cid, &v.uds)?))?;
         }
         let infos: Vec<MmioDeviceInfo> = m.virtio.iter().map(|(i, _)| *i).collect();
         let mut cmdline = config.cmdline.clone();

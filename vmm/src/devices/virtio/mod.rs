@@ -14,7 +14,7 @@ pub mod mmio;
 pub mod rng;
 #[cfg(test)]
 pub mod test_utils;
-// vsock: next
+pub mod vsock;
 pub mod worker;
 
 use std::sync::Arc;
