@@ -29,14 +29,38 @@ pub fn debian_kernel() -> Result<PathBuf, String> {
 
 /// Builds a busybox initramfs at `out` whose `/init` is `init_script`, with the Debian
 /// kernel's `modules` (and their dependencies) in `/modules`, listed in load order in
-/// `/modules/order`.
-pub fn busybox_initramfs(out: &Path, init_script: &str, modules: &[&str]) -> Result<(), String> {
+/// `/modules/order`, and the host programs `bins` (with their libraries) in `/bin`.
+pub fn busybox_initramfs(
+    out: &Path,
+    init_script: &str,
+    modules: &[&str],
+    bins: &[&str],
+) -> Result<(), String> {
     let init = out.with_extension("init.sh");
     std::fs::write(&init, init_script).map_err(|e| format!("{}: {e}", init.display()))?;
     let mut cmd = Command::new(repo_root().join("tests/lab/mkinitramfs"));
     if !modules.is_empty() {
         cmd.arg("--modules").arg(modules.join(" "));
     }
+    for b in bins {
+        cmd.arg("--bin").arg(b);
+    }
     cmd.arg(out).arg(&init);
     run_tool(&mut cmd).map(|_| ())
+}
+
+/// The sha256 of a file, as hex (with the host's sha256sum).
+pub fn sha256_file(path: &Path) -> Result<String, String> {
+    let out = run_tool(Command::new("sha256sum").arg(path))?;
+    out.split_whitespace()
+        .next()
+        .map(str::to_string)
+        .ok_or_else(|| format!("sha256sum printed nothing for {}", path.display()))
+}
+
+/// The value after `key ` on the first line of `text` that starts with it.
+pub fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' ')))
+        .map(str::trim)
 }

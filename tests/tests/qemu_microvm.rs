@@ -26,7 +26,7 @@ fn qemu_microvm_boots_the_debian_kernel_in_the_lab() {
     let dir = husk_tests::scratch_dir();
     let kernel = guest::debian_kernel().unwrap();
     let initrd = dir.path().join("marker.cpio.gz");
-    guest::busybox_initramfs(&initrd, &init_script(), &[]).unwrap();
+    guest::busybox_initramfs(&initrd, &init_script(), &[], &[]).unwrap();
 
     let qemu = format!(
         "qemu-system-x86_64 -M microvm,rtc=on -enable-kvm -cpu host -smp 1 -m 256 \

@@ -10,6 +10,10 @@ use serde::Deserialize;
 /// Largest guest memory accepted, in MiB (1 TiB): anything larger is a typo.
 pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 
+/// Most vCPUs husk-vmm gives a VM: APIC ids in the MADT and CPUID are 8 bits, and 255
+/// is the broadcast id.
+pub const MAX_VCPUS: u32 = 254;
+
 /// Longest path a unix socket address holds (`sun_path` is 108 bytes with its NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
 
@@ -117,7 +121,7 @@ pub struct VmConfig {
     #[serde(default)]
     pub cmdline: String,
     #[serde(default = "default_vcpus")]
-    pub vcpus: u8,
+    pub vcpus: u32,
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u64,
     #[serde(default)]
@@ -134,7 +138,7 @@ pub struct VmConfig {
     pub virtio_mmio_cmdline: bool,
 }
 
-fn default_vcpus() -> u8 {
+fn default_vcpus() -> u32 {
     1
 }
 
@@ -162,16 +166,25 @@ impl VmConfig {
         })
     }
 
-    /// Checks the values: ranges (`max_vcpus` is KVM's limit), files that must exist,
-    /// socket path lengths.
-    pub fn validate(&self, max_vcpus: usize) -> Result<(), ConfigError> {
+    /// Checks the values: ranges (`kvm_max_vcpus` is KVM's limit), files that must
+    /// exist, socket path lengths.
+    pub fn validate(&self, kvm_max_vcpus: usize) -> Result<(), ConfigError> {
         if self.vcpus == 0 {
             return Err(invalid("vcpus", "must be at least 1"));
         }
-        if usize::from(self.vcpus) > max_vcpus {
+        if self.vcpus > MAX_VCPUS {
             return Err(invalid(
                 "vcpus",
-                format!("{} is more than KVM's limit of {max_vcpus}", self.vcpus),
+                format!(
+                    "{} is more than husk-vmm's limit of {MAX_VCPUS}",
+                    self.vcpus
+                ),
+            ));
+        }
+        if self.vcpus as usize > kvm_max_vcpus {
+            return Err(invalid(
+                "vcpus",
+                format!("{} is more than KVM's limit of {kvm_max_vcpus}", self.vcpus),
             ));
         }
         if self.memory_mib == 0 {
@@ -331,6 +344,11 @@ mod tests {
             check(r#", "vcpus": 0"#)
                 .unwrap_err()
                 .starts_with("config field vcpus:")
+        );
+        assert!(
+            check(r#", "vcpus": 300"#)
+                .unwrap_err()
+                .contains("husk-vmm's limit of 254")
         );
         assert!(
             check(r#", "vcpus": 9"#)

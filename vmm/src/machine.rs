@@ -165,11 +165,11 @@ impl Machine {
 
     /// Builds the VM `config` describes, with the kernel loaded and vCPUs set to enter it.
     pub fn from_config(config: &VmConfig) -> Result<Machine, MachineError> {
+        config.validate(Vm::host_max_vcpus()?)?;
+        // validate() bounds vcpus to MAX_VCPUS, which fits in a u8.
+        let vcpus = u8::try_from(config.vcpus).unwrap_or(u8::MAX);
         let out = SerialOut::open(&config.serial.0)?;
-        let mut m = Machine::bare(config.memory_mib, config.vcpus, out)?;
-        if usize::from(config.vcpus) > m.vm.max_vcpus() {
-            config.validate(m.vm.max_vcpus())?;
-        }
+        let mut m = Machine::bare(config.memory_mib, vcpus, out)?;
         for (i, b) in config.block.iter().enumerate() {
             m.add_virtio(Box::new(Block::open(&b.path, b.read_only, i)?))?;
         }
@@ -197,7 +197,7 @@ impl Machine {
             config.initramfs.as_deref(),
             &cmdline,
         )?;
-        acpi::write(&m.mem, config.vcpus, &infos)?;
+        acpi::write(&m.mem, vcpus, &infos)?;
         for vcpu in &m.vcpus {
             regs::setup_vcpu(vcpu, &m.mem, loaded.entry.0)?;
         }

@@ -36,7 +36,6 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 /// A KVM VM with its memory registered.
 #[derive(Debug)]
 pub struct Vm {
-    kvm: Kvm,
     fd: VmFd,
     supported_cpuid: CpuId,
 }
@@ -72,15 +71,14 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("report its supported CPUID"))?;
         Ok(Vm {
-            kvm,
             fd,
             supported_cpuid,
         })
     }
 
-    /// KVM's vCPU limit.
-    pub fn max_vcpus(&self) -> usize {
-        self.kvm.get_max_vcpus()
+    /// KVM's vCPU limit on this host.
+    pub fn host_max_vcpus() -> Result<usize, VmError> {
+        Ok(Kvm::new().map_err(VmError::OpenKvm)?.get_max_vcpus())
     }
 
     /// An eventfd that raises `gsi` when written.
