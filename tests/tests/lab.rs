@@ -1,5 +1,7 @@
 //! System tests of the lab itself (tests/lab/run): the acceptance checks of issue #2.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
 use std::time::{Duration, Instant};
 
 use husk_tests::lab::{Lab, LabMode};

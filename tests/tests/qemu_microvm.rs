@@ -3,6 +3,8 @@
 //! initramfs that prints a marker and powers off. This proves that the lab's /dev/kvm
 //! boots a stock distribution kernel.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
 use std::time::Duration;
 
 use husk_tests::{guest, require_lab};

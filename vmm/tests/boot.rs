@@ -3,6 +3,8 @@
 //! the test wrote, reads /dev/hwrng, echoes 16 MiB through vsock in both directions, and
 //! powers off; husk-vmm exits 0 and removes its socket.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
 use std::path::Path;
 use std::time::Duration;
 

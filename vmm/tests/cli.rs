@@ -2,6 +2,8 @@
 //! naming the field, and leaves nothing behind (its vsock socket included). These run on
 //! any host: they fail before a guest would run.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
 use std::path::Path;
 use std::process::{Command, Output};
 

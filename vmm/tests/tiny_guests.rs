@@ -3,6 +3,8 @@
 //! loop, the port-I/O and MMIO buses, the serial console, the i8042 reset and crash
 //! reporting without booting a kernel.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
