@@ -124,6 +124,10 @@ pub struct VmConfig {
     pub vcpus: u32,
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u64,
+    /// Back guest memory with a shared memfd that vhost-user backends can map, instead
+    /// of private anonymous memory (faster to fault in: see memory.rs).
+    #[serde(default)]
+    pub memory_shared: bool,
     #[serde(default)]
     pub serial: SerialConfig,
     #[serde(default)]

@@ -1,17 +1,22 @@
 //! husk-vmm: the virtual machine monitor of husk (one KVM microVM per process).
 //!
 //! - [`config`]: the VM configuration (JSON);
+//! - [`api`]: the control API socket (pause, resume, shutdown, metrics);
 //! - [`memory`]: memfd-backed guest RAM around the MMIO gap;
 //! - [`boot`]: kernel loading, ACPI, CPUID, initial vCPU state (x86_64);
 //! - [`vstate`]: the KVM VM and vCPU threads;
 //! - [`devices`]: serial, i8042, ACPI sleep/reset registers;
 //! - [`machine`]: all of it put together;
-//! - [`host`]: what this host offers (`husk-vmm check`).
+//! - [`host`]: what this host offers (`husk-vmm check`);
+//! - [`report`]: the exit report (exit reason, memory overhead).
 
+pub mod api;
 pub mod boot;
 pub mod config;
 pub mod devices;
 pub mod host;
 pub mod machine;
 pub mod memory;
+pub mod report;
+pub mod signals;
 pub mod vstate;

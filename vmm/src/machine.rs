@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use kvm_ioctls::VcpuFd;
 use vm_memory::GuestMemoryMmap;
 
+use crate::api::server::{ApiSocket, Handles};
 use crate::boot::acpi::MmioDeviceInfo;
 use crate::boot::layout::{
     ACPI_SLEEP_CONTROL_PORT, COM1_PORT, I8042_DATA_PORT, SERIAL_IRQ, VIRTIO_IRQ_FIRST,
@@ -55,8 +56,33 @@ pub enum MachineError {
     Mmio(#[from] MmioError),
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    #[error(transparent)]
+    ApiSocket(#[from] crate::api::server::ServerError),
     #[error("too many virtio devices: IRQs {VIRTIO_IRQ_FIRST}-{VIRTIO_IRQ_LAST} are all taken")]
     TooManyDevices,
+    #[error("cannot start the API server")]
+    Api(#[source] std::io::Error),
+    #[error("cannot set up signal handling")]
+    Signals(#[source] std::io::Error),
+}
+
+/// How [`Machine::run_with`] runs.
+#[derive(Debug, Default)]
+pub struct RunOptions<'a> {
+    /// Serve the control API on this socket.
+    pub api: Option<&'a ApiSocket>,
+    /// Stop cleanly on SIGTERM, SIGINT and SIGHUP (the binary does; in-process tests
+    /// do not).
+    pub handle_signals: bool,
+}
+
+fn device_metrics(transports: &[Arc<Mutex<MmioTransport>>]) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for (i, t) in transports.iter().enumerate() {
+        let t = t.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(format!("{}{i}", t.device_name()), t.metrics());
+    }
+    serde_json::Value::Object(map)
 }
 
 impl MachineError {
@@ -68,6 +94,7 @@ impl MachineError {
                 | MachineError::Serial(_)
                 | MachineError::Block(_)
                 | MachineError::Vsock(_)
+                | MachineError::ApiSocket(_)
                 | MachineError::TooManyDevices
                 | MachineError::Kernel(
                     kernel::KernelError::NotAKernel { .. }
@@ -99,14 +126,16 @@ impl std::fmt::Debug for Machine {
 }
 
 impl Machine {
-    /// Memory, VM, the legacy devices (COM1, i8042, ACPI sleep/reset registers) and
-    /// `vcpus` vCPUs, with nothing loaded. Tests load tiny guests into this directly.
+    /// Memory (a shared memfd when `shared_memory`), VM, the legacy devices (COM1,
+    /// i8042, ACPI sleep/reset registers) and `vcpus` vCPUs, with nothing loaded. Tests
+    /// load tiny guests into this directly.
     pub fn bare(
         memory_mib: u64,
+        shared_memory: bool,
         vcpus: u8,
         serial_out: SerialOut,
     ) -> Result<Machine, MachineError> {
-        let mem = create_guest_memory(memory_mib)?;
+        let mem = create_guest_memory(memory_mib, shared_memory)?;
         let vm = Vm::new(&mem)?;
         let serial = Arc::new(Mutex::new(SerialDevice::new(
             vm.irqfd(SERIAL_IRQ)?,
@@ -169,7 +198,7 @@ impl Machine {
         // validate() bounds vcpus to MAX_VCPUS, which fits in a u8.
         let vcpus = u8::try_from(config.vcpus).unwrap_or(u8::MAX);
         let out = SerialOut::open(&config.serial.0)?;
-        let mut m = Machine::bare(config.memory_mib, vcpus, out)?;
+        let mut m = Machine::bare(config.memory_mib, config.memory_shared, vcpus, out)?;
         for (i, b) in config.block.iter().enumerate() {
             m.add_virtio(Box::new(Block::open(&b.path, b.read_only, i)?))?;
         }
@@ -214,24 +243,63 @@ impl Machine {
         &self.vcpus
     }
 
+    /// Counters of every virtio device, by name and index.
+    pub fn device_metrics(&self) -> serde_json::Value {
+        let transports: Vec<_> = self.virtio.iter().map(|(_, t)| t.clone()).collect();
+        device_metrics(&transports)
+    }
+
     /// Runs the guest until it stops; returns why.
     pub fn run(self) -> Result<ExitReason, MachineError> {
+        self.run_with(RunOptions::default(), |_, _| {})
+    }
+
+    /// Runs the guest until it stops, then calls `at_exit` with the reason and the
+    /// machine (still whole: memory mapped, device counters intact); returns why.
+    pub fn run_with(
+        self,
+        opts: RunOptions<'_>,
+        at_exit: impl FnOnce(&ExitReason, &Machine),
+    ) -> Result<ExitReason, MachineError> {
         let (tx, rx) = mpsc::channel();
+        if opts.handle_signals {
+            // Before any thread starts, so that all inherit the blocked mask and only
+            // the signal thread receives them.
+            crate::signals::stop_on_signals(tx.clone()).map_err(MachineError::Signals)?;
+        }
+        let mut m = self;
         let buses = Buses {
-            pio: Arc::new(self.pio),
-            mmio: Arc::new(self.mmio),
+            pio: Arc::new(std::mem::take(&mut m.pio)),
+            mmio: Arc::new(std::mem::take(&mut m.mmio)),
         };
-        let set = VcpuSet::start(self.vcpus, buses, tx)?;
+        let set = Arc::new(VcpuSet::start(
+            std::mem::take(&mut m.vcpus),
+            buses,
+            tx.clone(),
+        )?);
+        if let Some(api) = opts.api {
+            // Weak: the API thread outlives the VM, and devices must still be dropped
+            // (closing their sockets) when it stops.
+            let transports: Vec<_> = m.virtio.iter().map(|(_, t)| Arc::downgrade(t)).collect();
+            let handles = Handles {
+                vcpus: set.clone(),
+                exits: tx.clone(),
+                metrics: Box::new(move || {
+                    let live: Vec<_> = transports.iter().filter_map(|w| w.upgrade()).collect();
+                    device_metrics(&live)
+                }),
+            };
+            api.serve(handles).map_err(MachineError::Api)?;
+        }
+        drop(tx);
         let reason = rx
             .recv()
             .unwrap_or_else(|_| ExitReason::HostError("every vCPU thread ended".into()));
         set.stop();
-        self.serial
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .flush();
+        m.serial.lock().unwrap_or_else(|e| e.into_inner()).flush();
+        at_exit(&reason, &m);
         // Stop the device workers before the memory they use goes away.
-        drop(self.virtio);
+        m.virtio.clear();
         Ok(reason)
     }
 }

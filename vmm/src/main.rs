@@ -1,20 +1,24 @@
 //! `husk-vmm`: thin command-line front of the husk-vmm library.
 //!
 //! Exit status: 0 when the guest powered off or reset; 1 when it crashed; 2 for a bad
-//! configuration or command line; 3 when the host failed.
+//! configuration or command line; 3 when the host failed; 4 when the host stopped it
+//! (API shutdown, SIGTERM/SIGINT/SIGHUP).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use husk_vmm::api::server::ApiSocket;
 use husk_vmm::config::VmConfig;
 use husk_vmm::devices::ExitReason;
 use husk_vmm::host::HostReport;
-use husk_vmm::machine::{Machine, MachineError};
+use husk_vmm::machine::{Machine, MachineError, RunOptions};
+use husk_vmm::report::Report;
 
 const EXIT_GUEST_CRASH: u8 = 1;
 const EXIT_BAD_CONFIG: u8 = 2;
 const EXIT_HOST_ERROR: u8 = 3;
+const EXIT_STOPPED: u8 = 4;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -23,12 +27,21 @@ const EXIT_HOST_ERROR: u8 = 3;
     about = "husk's virtual machine monitor: runs one KVM microVM",
     subcommand_negates_reqs = true,
     after_help = "Exit status: 0 guest powered off or reset, 1 guest crashed, \
-                  2 bad configuration, 3 host failure."
+                  2 bad configuration, 3 host failure, 4 stopped by the host \
+                  (API shutdown or SIGTERM/SIGINT/SIGHUP)."
 )]
 struct Cli {
     /// The VM configuration (JSON; see docs/vmm-config.md).
     #[arg(long, value_name = "FILE", required = true)]
     config: Option<PathBuf>,
+    /// Serve the control API (pause, resume, shutdown, metrics, status) on this unix
+    /// socket.
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
+    /// When the VM stops, write a JSON report here: exit reason, run time, peak RSS,
+    /// guest RSS and the VMM's own overhead, device counters.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -60,7 +73,7 @@ fn main() -> ExitCode {
     let Some(path) = cli.config else {
         return ExitCode::from(EXIT_BAD_CONFIG);
     };
-    match run(&path) {
+    match run(&path, cli.api_sock.as_deref(), cli.report.as_deref()) {
         Ok(ExitReason::Poweroff) => {
             tracing::info!("guest powered off");
             ExitCode::SUCCESS
@@ -77,6 +90,10 @@ fn main() -> ExitCode {
             eprintln!("husk-vmm: host failure: {why}");
             ExitCode::from(EXIT_HOST_ERROR)
         }
+        Ok(ExitReason::Stopped(why)) => {
+            eprintln!("husk-vmm: stopped: {why}");
+            ExitCode::from(EXIT_STOPPED)
+        }
         Err(e) => {
             eprintln!("husk-vmm: {}", chain(&e));
             ExitCode::from(if e.is_config_error() {
@@ -88,9 +105,33 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path) -> Result<ExitReason, MachineError> {
+fn run(
+    path: &Path,
+    api_sock: Option<&Path>,
+    report: Option<&Path>,
+) -> Result<ExitReason, MachineError> {
+    let started = std::time::Instant::now();
     let config = VmConfig::from_file(path)?;
-    Machine::from_config(&config)?.run()
+    let api = api_sock.map(ApiSocket::bind).transpose()?;
+    let machine = Machine::from_config(&config)?;
+    let opts = RunOptions {
+        api: api.as_ref(),
+        handle_signals: true,
+    };
+    machine.run_with(opts, |reason, m| {
+        let Some(path) = report else {
+            return;
+        };
+        let r = Report::new(
+            reason,
+            started.elapsed().as_millis(),
+            Some(m.memory()),
+            m.device_metrics(),
+        );
+        if let Err(e) = r.write(path) {
+            eprintln!("husk-vmm: cannot write the report {}: {e}", path.display());
+        }
+    })
 }
 
 /// An error and its causes on one line: "a: b: c".

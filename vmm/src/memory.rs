@@ -1,13 +1,18 @@
-//! Guest RAM: one memfd mapped into this process and handed to KVM, so that vhost-user
-//! backends (virtiofsd) can map the same pages.
+//! Guest RAM, split around the MMIO gap below 4 GiB: `[0, min(size, gap start))` and,
+//! for larger guests, the rest from 4 GiB up.
 //!
-//! RAM is split around the MMIO gap below 4 GiB: `[0, min(size, gap start))` and, for
-//! larger guests, the rest from 4 GiB up.
+//! Two backings, as in Firecracker and Cloud Hypervisor:
+//! - private anonymous memory (the default), advised for transparent huge pages: each
+//!   first touch of a 2 MiB page costs one stage-2 fault instead of 512, which is most
+//!   of the kernel's boot time in nested setups such as the lab;
+//! - a shared memfd (`shared`), which vhost-user backends (virtiofsd) can map. Huge pages
+//!   are advised there too, and used where the host allows them for shmem
+//!   (/sys/kernel/mm/transparent_hugepage/shmem_enabled).
 
 use std::fs::File;
 use std::os::fd::FromRawFd;
 
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::boot::layout::{MMIO_GAP_END, MMIO_GAP_START};
 
@@ -40,21 +45,52 @@ pub fn ram_ranges(size: u64) -> Vec<(GuestAddress, u64)> {
     }
 }
 
-/// Creates `mib` MiB of guest RAM backed by a sealed-size memfd.
-pub fn create_guest_memory(mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
+/// Creates `mib` MiB of guest RAM: private anonymous memory, or a shared memfd.
+pub fn create_guest_memory(mib: u64, shared: bool) -> Result<GuestMemoryMmap, MemoryError> {
     let size = mib.checked_mul(1 << 20).ok_or(MemoryError::TooLarge(mib))?;
-    let file = memfd("husk-guest-ram")?;
-    file.set_len(size)
-        .map_err(|source| MemoryError::Truncate { size, source })?;
-    let mut offset = 0u64;
-    let mut regions = Vec::new();
-    for (addr, len) in ram_ranges(size) {
-        let len_usize = usize::try_from(len).map_err(|_| MemoryError::TooLarge(mib))?;
-        let f = file.try_clone().map_err(MemoryError::Memfd)?;
-        regions.push((addr, len_usize, Some(FileOffset::new(f, offset))));
-        offset += len;
+    let mem = if shared {
+        let file = memfd("husk-guest-ram")?;
+        file.set_len(size)
+            .map_err(|source| MemoryError::Truncate { size, source })?;
+        let mut offset = 0u64;
+        let mut regions = Vec::new();
+        for (addr, len) in ram_ranges(size) {
+            let len_usize = usize::try_from(len).map_err(|_| MemoryError::TooLarge(mib))?;
+            let f = file.try_clone().map_err(MemoryError::Memfd)?;
+            regions.push((addr, len_usize, Some(FileOffset::new(f, offset))));
+            offset += len;
+        }
+        GuestMemoryMmap::from_ranges_with_files(regions).map_err(MemoryError::Mmap)?
+    } else {
+        let ranges = ram_ranges(size)
+            .into_iter()
+            .map(|(a, l)| {
+                Ok((
+                    a,
+                    usize::try_from(l).map_err(|_| MemoryError::TooLarge(mib))?,
+                ))
+            })
+            .collect::<Result<Vec<_>, MemoryError>>()?;
+        GuestMemoryMmap::from_ranges(&ranges).map_err(MemoryError::Mmap)?
+    };
+    for r in mem.iter() {
+        advise_huge_pages(r.as_ptr(), r.len());
     }
-    GuestMemoryMmap::from_ranges_with_files(regions).map_err(MemoryError::Mmap)
+    Ok(mem)
+}
+
+/// Asks for transparent huge pages on a mapping; where the host refuses, 4 KiB pages
+/// are used, so failure is only logged.
+fn advise_huge_pages(addr: *mut u8, len: u64) {
+    let Ok(len) = usize::try_from(len) else {
+        return;
+    };
+    // SAFETY: the range is exactly one live mapping owned by the guest memory object;
+    // MADV_HUGEPAGE changes only how the kernel backs it, not its contents or validity.
+    let ret = unsafe { libc::madvise(addr.cast(), len, libc::MADV_HUGEPAGE) };
+    if ret != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "MADV_HUGEPAGE refused");
+    }
 }
 
 fn memfd(name: &str) -> Result<File, MemoryError> {
@@ -73,18 +109,23 @@ fn memfd(name: &str) -> Result<File, MemoryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::{Bytes, GuestMemoryBackend, GuestMemoryRegion};
+    use vm_memory::Bytes;
 
     #[test]
     fn small_guest_is_one_region_below_the_gap() {
-        let m = create_guest_memory(16).unwrap();
-        assert_eq!(m.num_regions(), 1);
-        m.write_obj(0xdead_beefu32, GuestAddress(0x1000)).unwrap();
-        assert_eq!(
-            m.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
-            0xdead_beef
-        );
-        assert!(m.write_obj(1u8, GuestAddress(16 << 20)).is_err());
+        for shared in [false, true] {
+            let m = create_guest_memory(16, shared).unwrap();
+            assert_eq!(m.num_regions(), 1);
+            m.write_obj(0xdead_beefu32, GuestAddress(0x1000)).unwrap();
+            assert_eq!(
+                m.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+                0xdead_beef
+            );
+            assert!(m.write_obj(1u8, GuestAddress(16 << 20)).is_err());
+            // Only the shared backing has a file that another process could map.
+            let has_file = m.iter().all(|r| r.file_offset().is_some());
+            assert_eq!(has_file, shared);
+        }
     }
 
     #[test]
@@ -95,7 +136,7 @@ mod tests {
         assert_eq!(r[1].0, GuestAddress(MMIO_GAP_END));
         assert_eq!(r[0].1 + r[1].1, 4 << 30);
         // Mapping is lazy: 4 GiB of address space costs nothing until touched.
-        let m = create_guest_memory(4096).unwrap();
+        let m = create_guest_memory(4096, true).unwrap();
         assert_eq!(m.num_regions(), 2);
         let sizes: u64 = m.iter().map(|r| r.len()).sum();
         assert_eq!(sizes, 4 << 30);

@@ -38,7 +38,7 @@ fn machine(vcpus: u8) -> Option<(Machine, Console)> {
         return None;
     }
     let console = Console::default();
-    let m = Machine::bare(16, vcpus, SerialOut::new(Box::new(console.clone()))).unwrap();
+    let m = Machine::bare(16, false, vcpus, SerialOut::new(Box::new(console.clone()))).unwrap();
     Some((m, console))
 }
 

@@ -2,7 +2,10 @@
 //!
 //! - leaf 0x1: initial APIC id, logical processor count, the hypervisor bit;
 //! - leaf 0xb and 0x1f (extended topology): x2APIC id, one thread per core;
-//! - leaf 0x4 (Intel cache topology): cores per package.
+//! - leaf 0x4 (Intel cache topology): cores per package;
+//! - the TSC-deadline timer bit (leaf 0x1 ECX[24]), which KVM leaves for userspace to
+//!   set when it emulates that timer (KVM_CAP_TSC_DEADLINE_TIMER); without it the guest
+//!   falls back to the one-shot LAPIC timer.
 //!
 //! Nothing here needs NRIPS, AVIC or TSC scaling (the lab's emulated SVM has none).
 
@@ -17,15 +20,21 @@ const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 const HYPERVISOR_BIT: u32 = 1 << 31;
 /// EDX bit 28 of leaf 1: HTT, "EBX[23:16] is valid".
 const HTT_BIT: u32 = 1 << 28;
+/// ECX bit 24 of leaf 1: TSC-deadline mode of the LAPIC timer.
+const TSC_DEADLINE_BIT: u32 = 1 << 24;
 
-/// Adjusts `cpuid` for vCPU `index` of `count`.
-pub fn filter(cpuid: &mut CpuId, index: u8, count: u8) {
+/// Adjusts `cpuid` for vCPU `index` of `count`; `tsc_deadline` when KVM emulates the
+/// TSC-deadline timer.
+pub fn filter(cpuid: &mut CpuId, index: u8, count: u8, tsc_deadline: bool) {
     for e in cpuid.as_mut_slice().iter_mut() {
         match e.function {
             LEAF_FEATURES => {
                 // EBX[31:24] initial APIC id, EBX[23:16] logical processors per package.
                 e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(index) << 24) | (u32::from(count) << 16);
                 e.ecx |= HYPERVISOR_BIT;
+                if tsc_deadline {
+                    e.ecx |= TSC_DEADLINE_BIT;
+                }
                 if count > 1 {
                     e.edx |= HTT_BIT;
                 }
@@ -86,10 +95,11 @@ mod tests {
             },
         ];
         let mut c = CpuId::from_entries(&entries).unwrap();
-        filter(&mut c, 2, 4);
+        filter(&mut c, 2, 4, true);
         let e = c.as_slice();
         assert_eq!(e[0].ebx, 0x0204_1234);
         assert_ne!(e[0].ecx & HYPERVISOR_BIT, 0);
+        assert_ne!(e[0].ecx & TSC_DEADLINE_BIT, 0);
         assert_eq!((e[1].edx, e[1].ebx), (2, 1));
         assert_eq!((e[2].eax, e[2].ebx, e[2].edx), (2, 4, 2));
     }

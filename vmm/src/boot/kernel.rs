@@ -229,7 +229,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let junk = dir.path().join("junk");
         std::fs::write(&junk, vec![0u8; 8192]).unwrap();
-        let mem = create_guest_memory(32).unwrap();
+        let mem = create_guest_memory(32, false).unwrap();
         let e = load(&mem, &junk, None, "").unwrap_err();
         assert!(matches!(e, KernelError::NotAKernel { .. }), "{e}");
         assert!(e.to_string().contains("junk"));
@@ -239,7 +239,7 @@ mod tests {
 
     #[test]
     fn e820_skips_the_legacy_hole_and_the_mmio_gap() {
-        let mem = create_guest_memory(4096).unwrap();
+        let mem = create_guest_memory(4096, false).unwrap();
         let mut p = boot_params::default();
         add_e820(&mem, &mut p);
         assert_eq!(p.e820_entries, 3);
@@ -254,7 +254,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let i = dir.path().join("initrd");
         std::fs::write(&i, vec![7u8; 10_000]).unwrap();
-        let mem = create_guest_memory(64).unwrap();
+        let mem = create_guest_memory(64, false).unwrap();
         let (addr, size) = load_initramfs(&mem, &i, 0x20_0000).unwrap();
         assert_eq!(size, 10_000);
         assert_eq!(addr.raw_value() % 4096, 0);

@@ -249,7 +249,7 @@ mod tests {
 
     #[test]
     fn page_tables_identity_map_the_first_gib() {
-        let mem = crate::memory::create_guest_memory(4).unwrap();
+        let mem = crate::memory::create_guest_memory(4, false).unwrap();
         let mut sregs = kvm_sregs::default();
         setup_long_mode(&mem, &mut sregs).unwrap();
         assert_eq!(

@@ -19,4 +19,6 @@ pub enum ExitReason {
     Crash(String),
     /// The host failed (an ioctl, a thread).
     HostError(String),
+    /// The host stopped the VM: the API's shutdown, or SIGTERM/SIGINT/SIGHUP.
+    Stopped(String),
 }

@@ -1,12 +1,12 @@
-//! vCPU threads: each runs KVM_RUN in a loop, hands port I/O to the bus, and reports
-//! why it stopped. Stopping: [`VcpuSet::stop`] raises a flag and kicks every thread out
-//! of KVM_RUN with a signal until all have returned.
+//! vCPU threads: each runs KVM_RUN in a loop, hands I/O exits to the buses, and reports
+//! why it stopped. Stopping and pausing raise a flag and kick every thread out of
+//! KVM_RUN with a signal (KVM_RUN returns EINTR) until each has seen it.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -22,11 +22,36 @@ fn kick_signal() -> i32 {
 
 extern "C" fn noop_handler(_: i32, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
+/// What the threads watch between two KVM_RUNs.
+#[derive(Debug, Default)]
+struct Control {
+    stop: AtomicBool,
+    paused: Mutex<bool>,
+    resumed: Condvar,
+    parked: AtomicUsize,
+}
+
+impl Control {
+    /// Parks the calling vCPU thread while the VM is paused.
+    fn park_while_paused(&self) {
+        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
+        if !*paused {
+            return;
+        }
+        self.parked.fetch_add(1, Ordering::SeqCst);
+        while *paused && !self.stop.load(Ordering::SeqCst) {
+            paused = self.resumed.wait(paused).unwrap_or_else(|e| e.into_inner());
+        }
+        self.parked.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Running vCPU threads.
 #[derive(Debug)]
 pub struct VcpuSet {
-    threads: Vec<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    count: usize,
+    ctl: Arc<Control>,
 }
 
 /// Why the vCPU threads could not start.
@@ -36,6 +61,8 @@ pub enum VcpuError {
     Signal(#[source] vmm_sys_util::errno::Error),
     #[error("cannot start a vCPU thread")]
     Spawn(#[source] std::io::Error),
+    #[error("the vCPUs did not stop within {0:?}")]
+    PauseTimeout(Duration),
 }
 
 impl VcpuSet {
@@ -48,16 +75,17 @@ impl VcpuSet {
     ) -> Result<VcpuSet, VcpuError> {
         // The handler does nothing: its only effect is that KVM_RUN returns EINTR.
         register_signal_handler(kick_signal(), noop_handler).map_err(VcpuError::Signal)?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let ctl = Arc::new(Control::default());
+        let count = vcpus.len();
         let mut threads = Vec::new();
         for (i, vcpu) in vcpus.into_iter().enumerate() {
             let buses = buses.clone();
             let exits = exits.clone();
-            let stop = stop.clone();
+            let ctl = ctl.clone();
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{i}"))
                 .spawn(move || {
-                    let reason = run_loop(vcpu, &buses, &stop);
+                    let reason = run_loop(vcpu, &buses, &ctl);
                     if let Some(r) = reason {
                         tracing::debug!(vcpu = i, reason = ?r, "vcpu stopped");
                         let _ = exits.send(r);
@@ -66,15 +94,56 @@ impl VcpuSet {
                 .map_err(VcpuError::Spawn)?;
             threads.push(t);
         }
-        Ok(VcpuSet { threads, stop })
+        Ok(VcpuSet {
+            threads: Mutex::new(threads),
+            count,
+            ctl,
+        })
+    }
+
+    fn kick_all(&self) {
+        let threads = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        for t in threads.iter().filter(|t| !t.is_finished()) {
+            let _ = t.kill(kick_signal());
+        }
+    }
+
+    /// Pauses the guest: returns once every vCPU thread is parked outside KVM_RUN.
+    pub fn pause(&self) -> Result<(), VcpuError> {
+        *self.ctl.paused.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        let limit = Duration::from_secs(5);
+        let start = Instant::now();
+        // A thread may be between two KVM_RUNs when the signal lands: kick until parked.
+        while self.ctl.parked.load(Ordering::SeqCst) < self.count {
+            if start.elapsed() > limit {
+                return Err(VcpuError::PauseTimeout(limit));
+            }
+            self.kick_all();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
+    /// Lets paused vCPUs run again.
+    pub fn resume(&self) {
+        *self.ctl.paused.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.ctl.resumed.notify_all();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        *self.ctl.paused.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Stops every vCPU thread and waits for them.
-    pub fn stop(self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads {
-            // A thread may be between two KVM_RUNs when the signal lands: kick until it
-            // has seen the flag.
+    pub fn stop(&self) {
+        self.ctl.stop.store(true, Ordering::SeqCst);
+        {
+            // Taking the lock orders this wake-up after any thread's check of `stop`.
+            let _guard = self.ctl.paused.lock().unwrap_or_else(|e| e.into_inner());
+            self.ctl.resumed.notify_all();
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
             while !t.is_finished() {
                 let _ = t.kill(kick_signal());
                 std::thread::sleep(Duration::from_millis(5));
@@ -92,9 +161,10 @@ pub struct Buses {
 }
 
 /// Runs one vCPU until the guest or the host stops it; `None` when told to stop.
-fn run_loop(mut vcpu: VcpuFd, buses: &Buses, stop: &AtomicBool) -> Option<ExitReason> {
+fn run_loop(mut vcpu: VcpuFd, buses: &Buses, ctl: &Control) -> Option<ExitReason> {
     loop {
-        if stop.load(Ordering::SeqCst) {
+        ctl.park_while_paused();
+        if ctl.stop.load(Ordering::SeqCst) {
             return None;
         }
         match vcpu.run() {

@@ -5,7 +5,7 @@ use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config,
     kvm_userspace_memory_region,
 };
-use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -38,6 +38,7 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
 pub struct Vm {
     fd: VmFd,
     supported_cpuid: CpuId,
+    tsc_deadline: bool,
 }
 
 impl Vm {
@@ -70,9 +71,11 @@ impl Vm {
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("report its supported CPUID"))?;
+        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
         Ok(Vm {
             fd,
             supported_cpuid,
+            tsc_deadline,
         })
     }
 
@@ -107,7 +110,7 @@ impl Vm {
             .create_vcpu(u64::from(index))
             .map_err(kvm_err("create a vCPU"))?;
         let mut c = self.supported_cpuid.clone();
-        cpuid::filter(&mut c, index, count);
+        cpuid::filter(&mut c, index, count, self.tsc_deadline);
         vcpu.set_cpuid2(&c)
             .map_err(kvm_err("set the vCPU's CPUID"))?;
         Ok(vcpu)
