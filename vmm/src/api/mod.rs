@@ -19,7 +19,7 @@ pub const MAX_REQUEST_BYTES: usize = 4096;
 
 /// A request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case")]
 pub enum Request {
     /// Stop running the vCPUs (devices keep their state).
     Pause,
@@ -31,6 +31,19 @@ pub enum Request {
     Metrics,
     /// Whether the VM runs or is paused.
     Status,
+}
+
+/// A request line: `{"op": ...}` and nothing else. (A struct, because serde does not
+/// refuse unknown fields beside the tag of an internally tagged enum's unit variants.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub op: Request,
+}
+
+/// Parses one request line.
+pub fn parse_request(line: &[u8]) -> Result<Request, serde_json::Error> {
+    serde_json::from_slice::<Envelope>(line).map(|e| e.op)
 }
 
 /// Why a client call failed.
@@ -56,7 +69,8 @@ pub fn call(socket: &Path, req: Request) -> Result<serde_json::Value, ApiError> 
         path: socket.display().to_string(),
         source,
     })?;
-    let mut line = serde_json::to_string(&req).map_err(|e| ApiError::BadResponse(e.to_string()))?;
+    let mut line = serde_json::to_string(&Envelope { op: req })
+        .map_err(|e| ApiError::BadResponse(e.to_string()))?;
     line.push('\n');
     s.write_all(line.as_bytes())?;
     let mut resp = String::new();

@@ -10,7 +10,7 @@ use std::sync::mpsc::Sender;
 
 use serde_json::json;
 
-use super::{MAX_REQUEST_BYTES, Request};
+use super::{MAX_REQUEST_BYTES, Request, parse_request};
 use crate::devices::ExitReason;
 use crate::vstate::vcpu::VcpuSet;
 
@@ -115,7 +115,7 @@ fn serve_conn(s: UnixStream, h: &Handles) {
         let resp = if too_long {
             json!({"ok": false, "error": format!("request longer than {MAX_REQUEST_BYTES} bytes")})
         } else {
-            match serde_json::from_slice::<Request>(&line) {
+            match parse_request(&line) {
                 Ok(req) => handle(req, h),
                 Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
             }
