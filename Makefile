@@ -12,7 +12,7 @@ APT_PACKAGES := qemu-system-x86 containerd runc busybox-static cpio umoci erofs-
 # Tools from crates.io, installed into $(TOOLS) (not ~/.cargo): name@version.
 VIRTIOFSD_VERSION := 1.14.0
 
-.PHONY: help setup setup-apt setup-tools build test lint unit-test lab-shell demo clean
+.PHONY: help setup setup-apt setup-tools build test lint unit-test lab-shell bench demo clean
 
 help:
 	@echo "make demo       run a container in a microVM (not finished yet: see README)"
@@ -20,6 +20,7 @@ help:
 	@echo "make setup      install the Debian packages and tools the project needs (idempotent)"
 	@echo "make build      build the workspace"
 	@echo "make lab-shell  an interactive shell inside the lab (a Linux with hardware-style KVM)"
+	@echo "make bench      boot-time and memory benchmark: husk-vmm against QEMU microvm, in the lab"
 	@echo "make clean      remove build outputs (keeps the downloaded kernel in build/cache)"
 
 setup: setup-apt setup-tools
@@ -59,8 +60,16 @@ test: setup lint unit-test
 lab-shell: setup
 	tests/lab/run --interactive --timeout 0 -- bash -l
 
+# BENCH_RUNS=N for more runs (default 5). Results in build/bench/.
+bench: setup
+	tests/bench/run
+
 demo:
-	@echo "make demo: not finished yet. It needs husk-vmm to boot a guest, the guest agent"
+	@echo "make # BENCH_RUNS=N for more runs (default 5). Results in build/bench/.
+bench: setup
+	tests/bench/run
+
+demo: not finished yet. It needs husk-vmm to boot a guest, the guest agent"
 	@echo "and 'husk run' (issues #3, #4, #5); see the status table in README.md."
 	@exit 1
 

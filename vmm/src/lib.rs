@@ -8,7 +8,8 @@
 //! - [`devices`]: serial, i8042, ACPI sleep/reset registers;
 //! - [`machine`]: all of it put together;
 //! - [`host`]: what this host offers (`husk-vmm check`);
-//! - [`report`]: the exit report (exit reason, memory overhead).
+//! - [`report`]: the exit report (exit reason, memory overhead);
+//! - [`seccomp`]: the system call filter the VMM runs under.
 
 pub mod api;
 pub mod boot;
@@ -18,5 +19,6 @@ pub mod host;
 pub mod machine;
 pub mod memory;
 pub mod report;
+pub mod seccomp;
 pub mod signals;
 pub mod vstate;

@@ -64,6 +64,8 @@ pub enum MachineError {
     Api(#[source] std::io::Error),
     #[error("cannot set up signal handling")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// How [`Machine::run_with`] runs.
@@ -74,6 +76,9 @@ pub struct RunOptions<'a> {
     /// Stop cleanly on SIGTERM, SIGINT and SIGHUP (the binary does; in-process tests
     /// do not).
     pub handle_signals: bool,
+    /// Install the seccomp filter before the first KVM_RUN (the binary does, unless
+    /// `--no-seccomp`).
+    pub seccomp: bool,
 }
 
 fn device_metrics(transports: &[Arc<Mutex<MmioTransport>>]) -> serde_json::Value {
@@ -266,6 +271,9 @@ impl Machine {
             // Before any thread starts, so that all inherit the blocked mask and only
             // the signal thread receives them.
             crate::signals::stop_on_signals(tx.clone()).map_err(MachineError::Signals)?;
+        }
+        if opts.seccomp {
+            crate::seccomp::install()?;
         }
         let mut m = self;
         let buses = Buses {

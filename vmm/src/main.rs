@@ -38,6 +38,9 @@ struct Cli {
     /// socket.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
+    /// Run without the seccomp filter (for debugging only).
+    #[arg(long)]
+    no_seccomp: bool,
     /// When the VM stops, write a JSON report here: exit reason, run time, peak RSS,
     /// guest RSS and the VMM's own overhead, device counters.
     #[arg(long, value_name = "FILE")]
@@ -73,7 +76,12 @@ fn main() -> ExitCode {
     let Some(path) = cli.config else {
         return ExitCode::from(EXIT_BAD_CONFIG);
     };
-    match run(&path, cli.api_sock.as_deref(), cli.report.as_deref()) {
+    match run(
+        &path,
+        cli.api_sock.as_deref(),
+        cli.report.as_deref(),
+        !cli.no_seccomp,
+    ) {
         Ok(ExitReason::Poweroff) => {
             tracing::info!("guest powered off");
             ExitCode::SUCCESS
@@ -109,6 +117,7 @@ fn run(
     path: &Path,
     api_sock: Option<&Path>,
     report: Option<&Path>,
+    seccomp: bool,
 ) -> Result<ExitReason, MachineError> {
     let started = std::time::Instant::now();
     let config = VmConfig::from_file(path)?;
@@ -117,6 +126,7 @@ fn run(
     let opts = RunOptions {
         api: api.as_ref(),
         handle_signals: true,
+        seccomp,
     };
     machine.run_with(opts, |reason, m| {
         let Some(path) = report else {

@@ -116,6 +116,16 @@ fn pause_resume_metrics_and_shutdown() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(status.unwrap()["state"], "running");
+    // The VMM runs under its seccomp filter (mode 2) on every thread.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", vm.child.id())).unwrap();
+    for t in tasks {
+        let st = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+        assert!(
+            st.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Seccomp:", "2"]),
+            "{st}"
+        );
+    }
     api::call(&vm.api(), Request::Pause).unwrap();
     assert_eq!(
         api::call(&vm.api(), Request::Status).unwrap()["state"],
