@@ -140,7 +140,9 @@ fn setup_long_mode(mem: &GuestMemoryMmap, sregs: &mut kvm_sregs) -> Result<(), R
     }
     sregs.cr3 = PML4_START;
     sregs.cr4 |= X86_CR4_PAE;
-    sregs.cr0 |= X86_CR0_PE | X86_CR0_ET | X86_CR0_PG;
+    // Set, not OR'd: the reset value has CD and NW (caches off). KVM clears them by
+    // default (KVM_X86_QUIRK_CD_NW_CLEARED), but the kernel is owed normal caching.
+    sregs.cr0 = X86_CR0_PE | X86_CR0_ET | X86_CR0_PG;
     sregs.efer |= EFER_LME | EFER_LMA;
     Ok(())
 }
@@ -260,5 +262,6 @@ mod tests {
         assert_eq!(last, (511 << 21) | 0x83);
         assert_eq!(sregs.efer & (EFER_LME | EFER_LMA), EFER_LME | EFER_LMA);
         assert_ne!(sregs.cr0 & X86_CR0_PG, 0);
+        assert_eq!(sregs.cr0 & ((1 << 30) | (1 << 29)), 0, "caches must be on");
     }
 }

@@ -11,15 +11,14 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::DescriptorChain;
 use vm_memory::{ByteValued, GuestMemoryMmap};
-use vmm_sys_util::epoll::{Epoll, EventSet};
-use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::{EventHandler, Worker, add_fd};
+use super::queue_worker::{QueueWorker, ServeChain};
+use super::worker::Worker;
 use super::{
-    ActivateContext, ActivateError, Counter, Interrupt, TYPE_BLOCK, VIRTIO_F_VERSION_1,
-    VirtioDevice, read_config_bytes,
+    ActivateContext, ActivateError, Counter, TYPE_BLOCK, VIRTIO_F_VERSION_1, VirtioDevice,
+    read_config_bytes,
 };
 
 pub const SECTOR_SIZE: u64 = 512;
@@ -124,11 +123,8 @@ impl Block {
     }
 }
 
-struct Handler {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    evt: EventFd,
-    interrupt: Arc<Interrupt>,
+/// Serves requests on the image.
+struct Server {
     disk: Arc<File>,
     capacity_bytes: u64,
     read_only: bool,
@@ -136,32 +132,22 @@ struct Handler {
     metrics: Arc<Metrics>,
 }
 
-impl Handler {
-    fn process(&mut self) {
-        let mut used_any = false;
-        while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
-            let head = chain.head_index();
-            let written = self.request(chain);
-            if let Err(e) = self.queue.add_used(&self.mem, head, written) {
-                tracing::warn!(error = %e, "block: cannot return a buffer");
-            }
-            used_any = true;
-        }
-        if used_any && self.queue.needs_notification(&self.mem).unwrap_or(true) {
-            self.interrupt.signal_used_queue();
-        }
+impl ServeChain for Server {
+    fn serve(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+        self.request(mem, chain)
     }
+}
 
+impl Server {
     /// Serves one request; returns the bytes written into the driver's buffers.
-    fn request(&self, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
-        let (mut reader, mut writer) =
-            match (chain.clone().reader(&self.mem), chain.writer(&self.mem)) {
-                (Ok(r), Ok(w)) => (r, w),
-                _ => {
-                    self.metrics.errors.inc();
-                    return 0;
-                }
-            };
+    fn request(&self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+        let (mut reader, mut writer) = match (chain.clone().reader(mem), chain.writer(mem)) {
+            (Ok(r), Ok(w)) => (r, w),
+            _ => {
+                self.metrics.errors.inc();
+                return 0;
+            }
+        };
         // The status byte is the last writable byte.
         let Some(data_len) = writer.available_bytes().checked_sub(1) else {
             self.metrics.errors.inc();
@@ -244,17 +230,6 @@ impl Handler {
     }
 }
 
-impl EventHandler for Handler {
-    fn init(&mut self, epoll: &Epoll) -> std::io::Result<()> {
-        add_fd(epoll, &self.evt, EventSet::IN, 0)
-    }
-
-    fn handle(&mut self, _: &Epoll, _token: u64, _: EventSet) {
-        let _ = self.evt.read();
-        self.process();
-    }
-}
-
 impl VirtioDevice for Block {
     fn device_type(&self) -> u32 {
         TYPE_BLOCK
@@ -273,22 +248,15 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config(), offset, data);
     }
 
-    fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), ActivateError> {
-        let (Some(queue), Some(evt)) = (ctx.queues.pop(), ctx.queue_evts.pop()) else {
-            return Err(ActivateError::QueueCount { need: 1, got: 0 });
-        };
-        let h = Handler {
-            mem: ctx.mem,
-            queue,
-            evt,
-            interrupt: ctx.interrupt,
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        let server = Server {
             disk: self.disk.clone(),
             capacity_bytes: self.capacity_bytes,
             read_only: self.read_only,
             id: self.id,
             metrics: self.metrics.clone(),
         };
-        self.worker = Some(Worker::spawn("virtio-blk", h).map_err(ActivateError::Worker)?);
+        self.worker = Some(QueueWorker::new(ctx, server)?.spawn("virtio-blk")?);
         Ok(())
     }
 
@@ -323,17 +291,23 @@ mod tests {
         (f, b)
     }
 
-    fn handler(tq: &TestQueue, b: &Block) -> Handler {
-        Handler {
-            mem: tq.mem.clone(),
-            queue: tq.queue(),
-            evt: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            interrupt: tq.interrupt.clone(),
+    fn server(b: &Block) -> Server {
+        Server {
             disk: b.disk.clone(),
             capacity_bytes: b.capacity_bytes,
             read_only: b.read_only,
             id: b.id,
             metrics: b.metrics.clone(),
+        }
+    }
+
+    fn handler(tq: &TestQueue, b: &Block) -> QueueWorker<Server> {
+        QueueWorker {
+            mem: tq.mem.clone(),
+            queue: tq.queue(),
+            evt: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            interrupt: tq.interrupt.clone(),
+            server: server(b),
         }
     }
 
@@ -427,11 +401,11 @@ mod tests {
         assert_eq!(tq.used(3), Some(1));
         assert_eq!(tq.read(STATUS, 1), [S_IOERR]);
         assert_eq!(tq.used(4), Some(0));
-        assert!(h.metrics.errors.get() >= 5);
+        assert!(h.server.metrics.errors.get() >= 5);
         // A request larger than the bounce buffer may be, even on a huge disk.
-        let big = Handler {
+        let big = Server {
             capacity_bytes: u64::MAX,
-            ..handler(&tq, &b)
+            ..server(&b)
         };
         assert_eq!(big.range(0, MAX_REQUEST_BYTES), Some(0));
         assert_eq!(big.range(0, MAX_REQUEST_BYTES + 1), None);

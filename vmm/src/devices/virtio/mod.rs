@@ -11,6 +11,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod queue_worker;
 pub mod rng;
 #[cfg(test)]
 pub mod test_utils;

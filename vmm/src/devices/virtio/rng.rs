@@ -6,15 +6,12 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::{Epoll, EventSet};
-use vmm_sys_util::eventfd::EventFd;
 
-use super::worker::{EventHandler, Worker, add_fd};
-use super::{
-    ActivateContext, ActivateError, Counter, Interrupt, TYPE_RNG, VIRTIO_F_VERSION_1, VirtioDevice,
-};
+use super::queue_worker::{QueueWorker, ServeChain};
+use super::worker::Worker;
+use super::{ActivateContext, ActivateError, Counter, TYPE_RNG, VIRTIO_F_VERSION_1, VirtioDevice};
 
 /// Most bytes handed out per request.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -49,63 +46,35 @@ impl Default for Rng {
     }
 }
 
-struct Handler {
-    mem: GuestMemoryMmap,
-    queue: Queue,
-    evt: EventFd,
-    interrupt: Arc<Interrupt>,
+/// Serves a request from the host's /dev/urandom.
+struct Server {
     source: File,
     metrics: Arc<Metrics>,
 }
 
-impl Handler {
-    fn process(&mut self) {
-        let mut used_any = false;
-        while let Some(chain) = self.queue.pop_descriptor_chain(&self.mem) {
-            let head = chain.head_index();
-            let written = match chain.writer(&self.mem) {
-                Ok(mut w) => {
-                    let n = w.available_bytes().min(MAX_REQUEST_BYTES);
-                    let mut buf = vec![0u8; n];
-                    match self
-                        .source
-                        .read_exact(&mut buf)
-                        .and_then(|()| w.write_all(&buf))
-                    {
-                        Ok(()) => n,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "rng request failed");
-                            0
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "bad rng descriptor chain");
-                    self.metrics.bad_chains.inc();
-                    0
-                }
-            };
-            self.metrics.requests.inc();
-            self.metrics.bytes.add(written as u64);
-            if let Err(e) = self.queue.add_used(&self.mem, head, written as u32) {
-                tracing::warn!(error = %e, "rng: cannot return a buffer");
+impl ServeChain for Server {
+    fn serve(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) -> u32 {
+        self.metrics.requests.inc();
+        let mut w = match chain.writer(mem) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!(error = %e, "bad rng descriptor chain");
+                self.metrics.bad_chains.inc();
+                return 0;
             }
-            used_any = true;
+        };
+        let n = w.available_bytes().min(MAX_REQUEST_BYTES);
+        let mut buf = vec![0u8; n];
+        if let Err(e) = self
+            .source
+            .read_exact(&mut buf)
+            .and_then(|()| w.write_all(&buf))
+        {
+            tracing::warn!(error = %e, "rng request failed");
+            return 0;
         }
-        if used_any && self.queue.needs_notification(&self.mem).unwrap_or(true) {
-            self.interrupt.signal_used_queue();
-        }
-    }
-}
-
-impl EventHandler for Handler {
-    fn init(&mut self, epoll: &Epoll) -> std::io::Result<()> {
-        add_fd(epoll, &self.evt, EventSet::IN, 0)
-    }
-
-    fn handle(&mut self, _: &Epoll, _token: u64, _: EventSet) {
-        let _ = self.evt.read();
-        self.process();
+        self.metrics.bytes.add(n as u64);
+        n as u32
     }
 }
 
@@ -126,20 +95,13 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
-    fn activate(&mut self, mut ctx: ActivateContext) -> Result<(), ActivateError> {
-        let (Some(queue), Some(evt)) = (ctx.queues.pop(), ctx.queue_evts.pop()) else {
-            return Err(ActivateError::QueueCount { need: 1, got: 0 });
-        };
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         let source = File::open("/dev/urandom").map_err(ActivateError::Worker)?;
-        let h = Handler {
-            mem: ctx.mem,
-            queue,
-            evt,
-            interrupt: ctx.interrupt,
+        let server = Server {
             source,
             metrics: self.metrics.clone(),
         };
-        self.worker = Some(Worker::spawn("virtio-rng", h).map_err(ActivateError::Worker)?);
+        self.worker = Some(QueueWorker::new(ctx, server)?.spawn("virtio-rng")?);
         Ok(())
     }
 
@@ -161,14 +123,16 @@ mod tests {
     use super::*;
     use crate::devices::virtio::test_utils::{TestQueue, W};
 
-    fn handler(tq: &TestQueue) -> Handler {
-        Handler {
+    fn handler(tq: &TestQueue) -> QueueWorker<Server> {
+        QueueWorker {
             mem: tq.mem.clone(),
             queue: tq.queue(),
-            evt: EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            evt: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap(),
             interrupt: tq.interrupt.clone(),
-            source: File::open("/dev/urandom").unwrap(),
-            metrics: Arc::default(),
+            server: Server {
+                source: File::open("/dev/urandom").unwrap(),
+                metrics: Arc::default(),
+            },
         }
     }
 
@@ -197,7 +161,7 @@ mod tests {
         assert_eq!(tq.used(1), Some(0));
         assert_eq!(tq.used(2), Some(0));
         assert_eq!(tq.used(3), Some(MAX_REQUEST_BYTES as u32));
-        assert_eq!(h.metrics.bad_chains.get(), 1);
+        assert_eq!(h.server.metrics.bad_chains.get(), 1);
     }
 
     #[test]
