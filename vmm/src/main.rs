@@ -73,6 +73,12 @@ fn main() -> ExitCode {
     if let Some(Command::Check { json }) = cli.command {
         return check(json);
     }
+    // From here on SIGTERM/SIGINT/SIGHUP wait for the signal thread, so that a stop
+    // during set-up still removes what was created.
+    if let Err(e) = husk_vmm::signals::block_stop_signals() {
+        eprintln!("husk-vmm: cannot block stop signals: {e}");
+        return ExitCode::from(EXIT_HOST_ERROR);
+    }
     let Some(path) = cli.config else {
         return ExitCode::from(EXIT_BAD_CONFIG);
     };

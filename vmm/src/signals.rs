@@ -12,9 +12,11 @@ const STOP_SIGNALS: [(libc::c_int, &str); 3] = [
     (libc::SIGHUP, "SIGHUP"),
 ];
 
-/// Blocks the stop signals in the calling thread (and so in threads it starts later)
-/// and starts the thread that waits for them.
-pub fn stop_on_signals(exits: Sender<ExitReason>) -> std::io::Result<()> {
+/// Blocks the stop signals in the calling thread (and so in threads it starts later).
+/// The binary calls this first thing: a signal that arrives while the VM is being built
+/// stays pending until [`stop_on_signals`] takes it, so even then the stop is clean.
+/// Calling it again is harmless.
+pub fn block_stop_signals() -> std::io::Result<libc::sigset_t> {
     let mut set = empty_set();
     for (sig, _) in STOP_SIGNALS {
         // SAFETY: `set` is an initialised sigset_t and `sig` a valid signal number.
@@ -25,6 +27,13 @@ pub fn stop_on_signals(exits: Sender<ExitReason>) -> std::io::Result<()> {
     if ret != 0 {
         return Err(std::io::Error::from_raw_os_error(ret));
     }
+    Ok(set)
+}
+
+/// Blocks the stop signals (see [`block_stop_signals`]) and starts the thread that
+/// waits for them and turns the first into a stop request.
+pub fn stop_on_signals(exits: Sender<ExitReason>) -> std::io::Result<()> {
+    let set = block_stop_signals()?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
