@@ -935,6 +935,54 @@ mod tests {
         assert_eq!(r.m.replies.len(), MAX_PENDING_REPLIES);
     }
 
+    /// Thousands of random packets (valid cid, random ops, ports, flags, lengths and
+    /// layouts), with RX buffers offered now and then: no panic, bounded state.
+    #[test]
+    fn random_packets_never_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // A fresh device every 6 packets: the test queues hold 16 descriptors.
+        for _ in 0..600 {
+            let mut r = Rig::new();
+            let _host = UnixListener::bind(r.dir.path().join("v.sock_7")).unwrap();
+            for _ in 0..6 {
+                let op = (next() % 9) as u16;
+                let src = (next() % 4) as u32;
+                let dst = if next() % 2 == 0 {
+                    7
+                } else {
+                    (next() % 4) as u32
+                };
+                let len = match next() % 4 {
+                    0 => 0,
+                    1 => (next() % 64) as u32,
+                    2 => (next() % 5000) as u32,
+                    _ => next() as u32,
+                };
+                let mut h = hdr(src, dst, len, op, (next() % 8) as u32);
+                if next() % 8 == 0 {
+                    h[28] = (next() % 4) as u8; // type
+                }
+                let data = vec![0x5au8; (next() % 256) as usize];
+                if next() % 2 == 0 {
+                    r.send_split(&h, &data);
+                } else {
+                    r.send_single(&h, &data);
+                }
+                if next() % 2 == 0 && r.next_rx < 6 {
+                    let _ = r.receive();
+                }
+                assert!(r.m.replies.len() <= MAX_PENDING_REPLIES);
+                assert!(r.m.conns.len() <= MAX_CONNS);
+            }
+        }
+    }
+
     #[test]
     fn connect_lines_parse() {
         assert_eq!(parse_connect(b"CONNECT 1024\n"), Some((1024, vec![])));
