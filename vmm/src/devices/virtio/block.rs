@@ -436,7 +436,7 @@ mod tests {
                 };
                 header(&tq, kind, sector);
                 let dlen = [0u32, 1, 511, 512, 4096, 8192, 1 << 20][(next() % 7) as usize];
-                let w = |f: u64| if f % 2 == 0 { W } else { 0 };
+                let w = |f: u64| if f.is_multiple_of(2) { W } else { 0 };
                 let hdr_len = [16u32, 4, 0, 17][(next() % 4) as usize];
                 let mut chain = vec![(HDR, hdr_len, w(next() % 5))];
                 if next() % 4 != 0 {
