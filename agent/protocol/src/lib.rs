@@ -1,9 +1,44 @@
 //! The agent API shared by `husk-agent` (in the guest) and the host side (shim, CLI).
 //!
-//! So far: the protocol version and the validation every request goes through
-//! ([`validate`]). The ttrpc service itself comes with the agent (see the README).
+//! So far: the protocol version, the validation every request goes through
+//! ([`validate`]), and the ttrpc service generated from `proto/agent.proto` ([`agent`]
+//! messages, [`agent_ttrpc`] client and server), which has only `GuestDetails` yet.
 
 pub mod validate;
+
+/// Messages generated from proto/agent.proto.
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+#[allow(
+    missing_debug_implementations,
+    unused,
+    nonstandard_style,
+    unsafe_op_in_unsafe_fn
+)]
+pub mod agent {
+    include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+}
+
+/// The ttrpc client (`AgentClient`) and server (`Agent` trait, `create_agent`).
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+#[allow(
+    missing_debug_implementations,
+    unused,
+    nonstandard_style,
+    unsafe_op_in_unsafe_fn
+)]
+pub mod agent_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+}
 
 /// The agent API version. The agent reports it when it announces readiness; the host
 /// refuses an agent whose major version differs from its own.
