@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/agent.proto");
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
     ttrpc_codegen::Codegen::new()
         .out_dir(&out)
         .inputs(["proto/agent.proto"])
@@ -15,17 +15,17 @@ fn main() {
             async_all: true,
             ..Default::default()
         })
-        .run()
-        .expect("ttrpc code generation failed");
+        .run()?;
     // The generated files start with inner attributes and docs (#![...], //!), which
     // include!() does not accept: drop them (the including module sets its allows).
     for f in ["agent.rs", "agent_ttrpc.rs"] {
         let p = out.join(f);
-        let text = std::fs::read_to_string(&p).expect("generated file");
+        let text = std::fs::read_to_string(&p)?;
         let kept: Vec<&str> = text
             .lines()
             .filter(|l| !l.starts_with("#!") && !l.starts_with("//!"))
             .collect();
-        std::fs::write(&p, kept.join("\n")).expect("rewrite generated file");
+        std::fs::write(&p, kept.join("\n"))?;
     }
+    Ok(())
 }
