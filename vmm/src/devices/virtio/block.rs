@@ -416,13 +416,8 @@ mod tests {
     #[test]
     fn random_requests_never_panic() {
         let (f, b) = disk(false);
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = crate::devices::virtio::test_utils::XorShift(0x2545_f491_4f6c_dd1d);
+        let mut next = || rng.next_u64();
         // A fresh queue every 5 requests: the test queues hold 16 descriptors.
         for _ in 0..600 {
             let tq = TestQueue::new();

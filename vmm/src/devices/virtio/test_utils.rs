@@ -126,3 +126,16 @@ impl TestQueue {
         self.mem.write_slice(data, GuestAddress(addr)).unwrap();
     }
 }
+
+/// A small deterministic pseudo-random generator (xorshift64) for randomized tests.
+#[derive(Debug)]
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}

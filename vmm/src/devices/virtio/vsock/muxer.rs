@@ -939,13 +939,8 @@ mod tests {
     /// layouts), with RX buffers offered now and then: no panic, bounded state.
     #[test]
     fn random_packets_never_panic() {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rng = crate::devices::virtio::test_utils::XorShift(0x9e37_79b9_7f4a_7c15);
+        let mut next = || rng.next_u64();
         // A fresh device every 6 packets: the test queues hold 16 descriptors.
         for _ in 0..600 {
             let mut r = Rig::new();
