@@ -1,6 +1,18 @@
-//! husk-agent: PID 1 of the guest; serves the agent API and creates the containers.
+//! husk-agent: PID 1 of the guest; serves the agent API (ttrpc) and creates the
+//! containers. Also runs on a plain Linux host (`--listen unix:PATH`) for tests.
 //!
-//! So far: where the agent listens ([`listen`]). The `husk-agent` binary, container
-//! creation and the RPCs are not written yet; see the README's status.
+//! - [`server`]: the main loop; [`rpc`]: the service; [`container`]: the runtime.
+//! - [`reaper`]: every child's exit; [`stdio`]: the host's stdio streams;
+//!   [`events`]: exits and OOM kills for the NextEvent long poll.
+//! - [`init`]: PID 1 duties; [`ready`]: the readiness announcement; [`listen`]:
+//!   listen addresses.
 
+pub mod container;
+pub mod events;
+pub mod init;
 pub mod listen;
+pub mod ready;
+pub mod reaper;
+pub mod rpc;
+pub mod server;
+pub mod stdio;

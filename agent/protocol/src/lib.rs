@@ -1,9 +1,12 @@
 //! The agent API shared by `husk-agent` (in the guest) and the host side (shim, CLI).
 //!
-//! So far: the protocol version, the validation every request goes through
-//! ([`validate`]), and the ttrpc service generated from `proto/agent.proto` ([`agent`]
-//! messages, [`agent_ttrpc`] client and server), which has only `GuestDetails` yet.
+//! The protocol version, the validation every request goes through ([`validate`]),
+//! the ttrpc service generated from `proto/agent.proto` ([`agent`] messages,
+//! [`agent_ttrpc`] client and server), and the host's connection to an agent
+//! ([`client`]: the API and the stdio streams, over a unix socket or hybrid vsock).
 
+pub mod client;
+pub mod spec;
 pub mod validate;
 
 /// Messages generated from proto/agent.proto.

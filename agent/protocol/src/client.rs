@@ -1,0 +1,171 @@
+//! The host's side of the agent: one connection for the API, one per stdio stream.
+//!
+//! Two transports: a plain unix socket (an agent on this host, `--listen unix:PATH`),
+//! or husk-vmm's hybrid vsock (a unix socket on which `CONNECT <port>\n` is answered
+//! `OK <n>\n`, then the stream is the guest's port).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use crate::agent_ttrpc::AgentClient;
+use crate::{AGENT_PORT, validate};
+
+/// vsock port of the agent's stdio listener.
+pub const STDIO_PORT: u32 = 1026;
+
+/// Where the agent is.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// An agent serving `unix:PATH`; its stdio listener is `PATH.stdio`.
+    Unix(PathBuf),
+    /// A VM's hybrid vsock socket.
+    HybridVsock(PathBuf),
+}
+
+/// Which stdio stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdioKind {
+    Stdin,
+    Stdout,
+    Stderr,
+}
+
+impl StdioKind {
+    fn name(self) -> &'static str {
+        match self {
+            StdioKind::Stdin => "stdin",
+            StdioKind::Stdout => "stdout",
+            StdioKind::Stderr => "stderr",
+        }
+    }
+}
+
+/// Why the agent could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect to {path}: {err}")]
+    Connect { path: PathBuf, err: std::io::Error },
+    #[error("{path}: vsock port {port}: {msg}")]
+    Handshake {
+        path: PathBuf,
+        port: u32,
+        msg: String,
+    },
+    #[error("stdio stream {what}: the agent refused it: {msg}")]
+    Refused { what: String, msg: String },
+    #[error("{0}")]
+    Invalid(#[from] validate::ValidateError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one line, byte by byte (nothing after the newline is consumed), at most 256
+/// bytes, within `timeout`.
+async fn read_line(s: &mut UnixStream, timeout: Duration) -> std::io::Result<String> {
+    let read = async {
+        let mut buf = Vec::new();
+        loop {
+            let mut b = [0u8; 1];
+            if s.read(&mut b).await? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "closed",
+                ));
+            }
+            if b[0] == b'\n' {
+                return Ok(String::from_utf8_lossy(&buf).into_owned());
+            }
+            buf.push(b[0]);
+            if buf.len() > 256 {
+                return Err(std::io::Error::other("line too long"));
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"))?
+}
+
+/// Connects to a guest port through husk-vmm's hybrid vsock socket.
+pub async fn connect_vsock(uds: &Path, port: u32) -> Result<UnixStream, ClientError> {
+    let mut s = UnixStream::connect(uds)
+        .await
+        .map_err(|err| ClientError::Connect {
+            path: uds.to_path_buf(),
+            err,
+        })?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
+    let line = read_line(&mut s, Duration::from_secs(10))
+        .await
+        .map_err(|e| ClientError::Handshake {
+            path: uds.to_path_buf(),
+            port,
+            msg: e.to_string(),
+        })?;
+    if !line.starts_with("OK ") {
+        return Err(ClientError::Handshake {
+            path: uds.to_path_buf(),
+            port,
+            msg: format!("expected OK, got {line:?}"),
+        });
+    }
+    Ok(s)
+}
+
+impl Endpoint {
+    async fn connect(&self, port: u32) -> Result<UnixStream, ClientError> {
+        match self {
+            Endpoint::Unix(p) => {
+                let path = if port == AGENT_PORT {
+                    p.clone()
+                } else {
+                    let mut s = p.clone().into_os_string();
+                    s.push(".stdio");
+                    PathBuf::from(s)
+                };
+                UnixStream::connect(&path)
+                    .await
+                    .map_err(|err| ClientError::Connect { path, err })
+            }
+            Endpoint::HybridVsock(uds) => connect_vsock(uds, port).await,
+        }
+    }
+
+    /// A ttrpc client for the agent API.
+    pub async fn agent(&self) -> Result<AgentClient, ClientError> {
+        let s = self.connect(AGENT_PORT).await?;
+        let socket = ttrpc::r#async::transport::Socket::new(s);
+        Ok(AgentClient::new(ttrpc::r#async::Client::new(socket)))
+    }
+
+    /// Opens a stdio stream for (container, exec — "" for the init process, kind).
+    pub async fn stdio(
+        &self,
+        container: &str,
+        exec: &str,
+        kind: StdioKind,
+    ) -> Result<UnixStream, ClientError> {
+        validate::id("container_id", container)?;
+        if !exec.is_empty() {
+            validate::id("exec_id", exec)?;
+        }
+        let mut s = self.connect(STDIO_PORT).await?;
+        let exec_field = if exec.is_empty() { "-" } else { exec };
+        s.write_all(format!("husk-stdio 0 {container} {exec_field} {}\n", kind.name()).as_bytes())
+            .await?;
+        let what = format!("{container}/{exec_field}/{}", kind.name());
+        let line = read_line(&mut s, Duration::from_secs(10))
+            .await
+            .map_err(|e| ClientError::Refused {
+                what: what.clone(),
+                msg: e.to_string(),
+            })?;
+        if line != "OK" {
+            return Err(ClientError::Refused { what, msg: line });
+        }
+        Ok(s)
+    }
+}

@@ -1,0 +1,232 @@
+//! A container's root filesystem, mounted by the agent under the container's bundle:
+//! a directory already in the guest, or a read-only block device (erofs, ext4); either
+//! optionally under an overlay whose upper layer is a tmpfs (writes vanish with the
+//! container). Everything mounted here is unmounted by [`Mounted::unmount`].
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+/// Filesystems a block device may hold.
+const BLOCK_FSTYPES: &[&str] = &["erofs", "ext4"];
+
+/// Why a rootfs could not be mounted.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error("rootfs: give exactly one of path and block_device")]
+    Source,
+    #[error("rootfs.path {0:?}: must be an absolute path to a directory")]
+    Path(String),
+    #[error("rootfs.block_device {0:?}: expected /dev/NAME (letters, digits)")]
+    Device(String),
+    #[error("rootfs.fstype {0:?}: expected one of {BLOCK_FSTYPES:?}")]
+    Fstype(String),
+    #[error("rootfs: {what} {path}: {err}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        err: std::io::Error,
+    },
+    #[error("rootfs: mount {what} on {path}: {err}")]
+    Mount {
+        what: String,
+        path: PathBuf,
+        err: nix::Error,
+    },
+}
+
+/// What the host asked for.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Dir(PathBuf),
+    Block { device: PathBuf, fstype: String },
+}
+
+impl Source {
+    /// Checks the protocol fields.
+    pub fn from_request(path: &str, device: &str, fstype: &str) -> Result<Source, RootfsError> {
+        match (path.is_empty(), device.is_empty()) {
+            (false, true) => {
+                let p = Path::new(path);
+                if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir)
+                {
+                    return Err(RootfsError::Path(path.to_string()));
+                }
+                Ok(Source::Dir(p.to_path_buf()))
+            }
+            (true, false) => {
+                let name = device.strip_prefix("/dev/").unwrap_or("");
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    return Err(RootfsError::Device(device.to_string()));
+                }
+                if !BLOCK_FSTYPES.contains(&fstype) {
+                    return Err(RootfsError::Fstype(fstype.to_string()));
+                }
+                Ok(Source::Block {
+                    device: PathBuf::from(device),
+                    fstype: fstype.to_string(),
+                })
+            }
+            _ => Err(RootfsError::Source),
+        }
+    }
+}
+
+/// Mounts made for one container, innermost last.
+#[derive(Debug, Default)]
+pub struct Mounted {
+    /// The container's root, ready for the runtime.
+    pub root: PathBuf,
+    mounts: Vec<PathBuf>,
+}
+
+fn mkdir(p: &Path) -> Result<(), RootfsError> {
+    std::fs::create_dir_all(p).map_err(|err| RootfsError::Io {
+        what: "create",
+        path: p.to_path_buf(),
+        err,
+    })
+}
+
+impl Mounted {
+    fn mount(
+        &mut self,
+        src: &Path,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> Result<(), RootfsError> {
+        mkdir(target)?;
+        mount(Some(src), target, fstype, flags, data).map_err(|err| RootfsError::Mount {
+            what: format!("{} ({})", src.display(), fstype.unwrap_or("bind")),
+            path: target.to_path_buf(),
+            err,
+        })?;
+        self.mounts.push(target.to_path_buf());
+        Ok(())
+    }
+
+    /// Mounts `source` for a container whose bundle is `bundle`; on failure, whatever
+    /// was mounted is unmounted again.
+    pub fn mount_rootfs(
+        bundle: &Path,
+        source: &Source,
+        overlay: bool,
+    ) -> Result<Mounted, RootfsError> {
+        let mut m = Mounted::default();
+        match m.mount_all(bundle, source, overlay) {
+            Ok(()) => Ok(m),
+            Err(e) => {
+                m.unmount();
+                Err(e)
+            }
+        }
+    }
+
+    fn mount_all(
+        &mut self,
+        bundle: &Path,
+        source: &Source,
+        overlay: bool,
+    ) -> Result<(), RootfsError> {
+        let root = bundle.join("rootfs");
+        let lower = match source {
+            Source::Dir(dir) => {
+                if !dir.is_dir() {
+                    return Err(RootfsError::Path(dir.display().to_string()));
+                }
+                if !overlay {
+                    self.mount(dir, &root, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+                    self.root = root;
+                    return Ok(());
+                }
+                dir.clone()
+            }
+            Source::Block { device, fstype } => {
+                let lower = bundle.join("lower");
+                self.mount(device, &lower, Some(fstype), MsFlags::MS_RDONLY, None)?;
+                if !overlay {
+                    self.root = lower;
+                    return Ok(());
+                }
+                lower
+            }
+        };
+        let rw = bundle.join("rw");
+        self.mount(
+            Path::new("tmpfs"),
+            &rw,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("mode=0755"),
+        )?;
+        let (upper, work) = (rw.join("upper"), rw.join("work"));
+        mkdir(&upper)?;
+        mkdir(&work)?;
+        let data = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        self.mount(
+            Path::new("overlay"),
+            &root,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(&data),
+        )?;
+        self.root = root;
+        Ok(())
+    }
+
+    /// Unmounts everything, innermost first. Detaches lazily so that a mount still busy
+    /// (a process that outlived its container) cannot make the agent keep it forever.
+    pub fn unmount(&mut self) {
+        while let Some(p) = self.mounts.pop() {
+            if let Err(e) = umount2(&p, MntFlags::MNT_DETACH) {
+                tracing::warn!(path = %p.display(), error = %e, "unmount failed");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_fields_are_checked() {
+        assert!(matches!(
+            Source::from_request("", "", ""),
+            Err(RootfsError::Source)
+        ));
+        assert!(matches!(
+            Source::from_request("/a", "/dev/vda", "erofs"),
+            Err(RootfsError::Source)
+        ));
+        assert!(matches!(
+            Source::from_request("rel", "", ""),
+            Err(RootfsError::Path(_))
+        ));
+        assert!(matches!(
+            Source::from_request("/a/../b", "", ""),
+            Err(RootfsError::Path(_))
+        ));
+        assert!(matches!(
+            Source::from_request("", "/dev/../etc/x", "erofs"),
+            Err(RootfsError::Device(_))
+        ));
+        assert!(matches!(
+            Source::from_request("", "/tmp/x", "erofs"),
+            Err(RootfsError::Device(_))
+        ));
+        assert!(matches!(
+            Source::from_request("", "/dev/vdb", "xfs"),
+            Err(RootfsError::Fstype(_))
+        ));
+        assert!(Source::from_request("", "/dev/vdb", "erofs").is_ok());
+        assert!(Source::from_request("/r", "", "").is_ok());
+    }
+}

@@ -1,0 +1,61 @@
+//! CreateSandbox (hostname, clock) and DestroySandbox (stop everything, power off).
+
+use std::sync::Arc;
+
+use husk_agent_protocol::agent::{CreateSandboxRequest, Empty};
+use husk_agent_protocol::validate;
+use tokio::sync::Notify;
+
+use super::Service;
+
+/// Asks the agent's main loop to stop (and, as PID 1, to power the VM off).
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown(pub Arc<Notify>);
+
+fn invalid(msg: String) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::INVALID_ARGUMENT, msg))
+}
+
+pub fn create(svc: &Service, req: &CreateSandboxRequest) -> ttrpc::Result<Empty> {
+    if !req.sandbox_id.is_empty() {
+        validate::id("sandbox_id", &req.sandbox_id).map_err(|e| invalid(e.to_string()))?;
+    }
+    if !req.hostname.is_empty() {
+        let ok = req.hostname.len() <= 64
+            && req
+                .hostname
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+        if !ok {
+            return Err(invalid(format!(
+                "hostname {:?}: at most 64 of [A-Za-z0-9.-]",
+                req.hostname
+            )));
+        }
+        if svc.pid1 {
+            nix::unistd::sethostname(&req.hostname)
+                .map_err(|e| invalid(format!("hostname: {e}")))?;
+        }
+    }
+    if req.host_time_unix_ns > 0 && svc.pid1 {
+        let ts = nix::sys::time::TimeSpec::new(
+            req.host_time_unix_ns / 1_000_000_000,
+            req.host_time_unix_ns % 1_000_000_000,
+        );
+        if let Err(e) = nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts) {
+            tracing::warn!(error = %e, "could not set the clock");
+        }
+    }
+    Ok(Empty::new())
+}
+
+pub async fn destroy(svc: &Service) -> ttrpc::Result<Empty> {
+    svc.rt.delete_all().await;
+    // Answer first; the main loop stops (and powers off) right after.
+    let s = svc.shutdown.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        s.0.notify_one();
+    });
+    Ok(Empty::new())
+}
