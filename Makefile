@@ -12,13 +12,14 @@ APT_PACKAGES := qemu-system-x86 containerd runc busybox-static cpio umoci erofs-
 # Tools from crates.io, installed into $(TOOLS) (not ~/.cargo): name@version.
 VIRTIOFSD_VERSION := 1.14.0
 
-.PHONY: help setup setup-apt setup-tools build test lint unit-test lab-shell bench demo clean
+.PHONY: help setup setup-apt setup-tools build test lint unit-test lab-shell bench demo clean guest-image
 
 help:
 	@echo "make demo       run a container in a microVM (not finished yet: see README)"
 	@echo "make test       set up, then fmt check, clippy, unit, integration and system tests"
 	@echo "make setup      install the Debian packages and tools the project needs (idempotent)"
 	@echo "make build      build the workspace"
+	@echo "make guest-image  the guest kernel and initramfs (static husk-agent as /init) in build/guest"
 	@echo "make lab-shell  an interactive shell inside the lab (a Linux with hardware-style KVM)"
 	@echo "make bench      boot-time and memory benchmark: husk-vmm against QEMU microvm, in the lab"
 	@echo "make clean      remove build outputs (keeps the downloaded kernel in build/cache)"
@@ -55,22 +56,26 @@ lint:
 unit-test:
 	HUSK_REQUIRE_LAB=1 $(CARGO) test --workspace
 
-test: setup lint unit-test
+test: setup lint guest-image unit-test
 
 lab-shell: setup
 	tests/lab/run --interactive --timeout 0 -- bash -l
 
 # BENCH_RUNS=N for more runs (default 5). Results in build/bench/.
-bench: setup
+bench: setup guest-image
 	tests/bench/run
+
+# The guest image: rebuilt when the agent, its protocol or the scripts change.
+GUEST := build/guest
+GUEST_INPUTS := $(shell find agent -name '*.rs' -o -name '*.proto' -o -name Cargo.toml 2>/dev/null) \
+	Cargo.lock guest-image/build guest-image/build-agent guest-image/debian-kernel
+guest-image: setup-apt $(GUEST)/initramfs.img
+
+$(GUEST)/initramfs.img: $(GUEST_INPUTS)
+	guest-image/build --out $(GUEST)
 
 demo:
-	@echo "make # BENCH_RUNS=N for more runs (default 5). Results in build/bench/.
-bench: setup
-	tests/bench/run
-
-demo: not finished yet. It needs husk-vmm to boot a guest, the guest agent"
-	@echo "and 'husk run' (issues #3, #4, #5); see the status table in README.md."
+	@echo "demo: not finished yet: it needs 'husk run' (issue #5); see the status table in README.md."
 	@exit 1
 
 clean:

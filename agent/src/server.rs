@@ -59,48 +59,40 @@ fn prepare_unix_path(p: &Path) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// One accepted (or failed) stdio connection: park it, or back off a little.
+async fn on_accept<S: stdio::Stream + 'static>(r: std::io::Result<S>, pending: &Pending) {
+    match r {
+        Ok(s) => {
+            tokio::spawn(stdio::accept(s, pending.clone()));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "stdio accept failed");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
 async fn serve_stdio(addr: ListenAddr, pending: Pending) -> Result<(), ServeError> {
-    match addr {
+    let listen_err = |e: std::io::Error| ServeError::Listen {
+        addr: addr.to_string(),
+        err: e.to_string(),
+    };
+    match &addr {
         ListenAddr::Unix(p) => {
-            prepare_unix_path(&p)?;
-            let l = tokio::net::UnixListener::bind(&p).map_err(|e| ServeError::Listen {
-                addr: p.display().to_string(),
-                err: e.to_string(),
-            })?;
+            prepare_unix_path(p)?;
+            let l = tokio::net::UnixListener::bind(p).map_err(listen_err)?;
             tokio::spawn(async move {
                 loop {
-                    match l.accept().await {
-                        Ok((s, _)) => {
-                            tokio::spawn(stdio::accept(s, pending.clone()));
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "stdio accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        }
-                    }
+                    on_accept(l.accept().await.map(|(s, _)| s), &pending).await;
                 }
             });
         }
         ListenAddr::Vsock(port) => {
-            let l = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
-                tokio_vsock::VMADDR_CID_ANY,
-                port,
-            ))
-            .map_err(|e| ServeError::Listen {
-                addr: format!("vsock:{port}"),
-                err: e.to_string(),
-            })?;
+            let any = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, *port);
+            let l = tokio_vsock::VsockListener::bind(any).map_err(listen_err)?;
             tokio::spawn(async move {
                 loop {
-                    match l.accept().await {
-                        Ok((s, _)) => {
-                            tokio::spawn(stdio::accept(s, pending.clone()));
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "stdio accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                        }
-                    }
+                    on_accept(l.accept().await.map(|(s, _)| s), &pending).await;
                 }
             });
         }

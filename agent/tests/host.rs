@@ -12,8 +12,10 @@ use husk_agent_protocol::agent::*;
 use husk_agent_protocol::agent_ttrpc::AgentClient;
 use husk_agent_protocol::client::{Endpoint, StdioKind};
 use husk_agent_protocol::spec::default_spec;
+use husk_tests::agent::{
+    create_req, ctx, delete, dir_rootfs, md5, read_all, rpc_error, start_detached, stdio, wait,
+};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Agent {
     child: Child,
@@ -90,93 +92,30 @@ fn start_agent() -> Agent {
     }
 }
 
-fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(60_000_000_000)
-}
-
-struct Out {
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    exit: WaitProcessResponse,
-}
-
-impl Out {
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.stdout).into_owned()
+impl Agent {
+    fn rootfs(&self) -> Rootfs {
+        dir_rootfs(&self.rootfs.display().to_string())
     }
 }
 
-fn create_req(a: &Agent, id: &str, spec: &Value, stdin: bool) -> CreateContainerRequest {
-    let mut req = CreateContainerRequest::new();
-    req.container_id = id.into();
-    req.spec_json = spec.to_string().into_bytes();
-    let mut r = Rootfs::new();
-    r.path = a.rootfs.display().to_string();
-    r.overlay = true;
-    req.rootfs = Some(r).into();
-    let mut s = Stdio::new();
-    s.stdin = stdin;
-    s.stdout = true;
-    s.stderr = true;
-    req.stdio = Some(s).into();
-    req
+async fn run(
+    a: &Agent,
+    c: &AgentClient,
+    id: &str,
+    spec: Value,
+    stdin: Option<&[u8]>,
+) -> husk_tests::agent::Out {
+    husk_tests::agent::run(&a.ep, c, &a.rootfs(), id, spec, stdin).await
 }
 
-async fn read_all(mut s: tokio::net::UnixStream) -> Vec<u8> {
-    let mut v = Vec::new();
-    s.read_to_end(&mut v).await.unwrap();
-    v
-}
-
-/// Creates, starts, feeds stdin, collects output and the exit, deletes.
-async fn run(a: &Agent, c: &AgentClient, id: &str, spec: Value, stdin: Option<&[u8]>) -> Out {
-    let so = a.ep.stdio(id, "", StdioKind::Stdout).await.unwrap();
-    let se = a.ep.stdio(id, "", StdioKind::Stderr).await.unwrap();
-    let si = match stdin {
-        Some(_) => Some(a.ep.stdio(id, "", StdioKind::Stdin).await.unwrap()),
-        None => None,
-    };
-    c.create_container(ctx(), &create_req(a, id, &spec, stdin.is_some()))
-        .await
-        .unwrap();
-    let mut req = ContainerRequest::new();
-    req.container_id = id.into();
-    c.start_container(ctx(), &req).await.unwrap();
-    if let (Some(mut si), Some(data)) = (si, stdin) {
-        let data = data.to_vec();
-        tokio::spawn(async move {
-            si.write_all(&data).await.unwrap();
-            si.shutdown().await.unwrap();
-            // keep the stream until the agent closes its side
-            let mut sink = Vec::new();
-            let _ = si.read_to_end(&mut sink).await;
-        });
-    }
-    let (stdout, stderr) = tokio::join!(read_all(so), read_all(se));
-    let mut w = ProcessRequest::new();
-    w.container_id = id.into();
-    let exit = c.wait_process(ctx(), &w).await.unwrap();
-    let mut d = DeleteContainerRequest::new();
-    d.container_id = id.into();
-    c.delete_container(ctx(), &d).await.unwrap();
-    Out {
-        stdout,
-        stderr,
-        exit,
-    }
+fn req(a: &Agent, id: &str, spec: &Value, stdin: bool) -> CreateContainerRequest {
+    create_req(&a.rootfs(), id, spec, stdio(stdin, true, true))
 }
 
 fn spec_with(args: &[&str], f: impl FnOnce(&mut Value)) -> Value {
     let mut s = default_spec(args);
     f(&mut s);
     s
-}
-
-fn rpc_error(e: ttrpc::Error) -> (ttrpc::Code, String) {
-    match e {
-        ttrpc::Error::RpcStatus(s) => (s.code(), s.message().to_string()),
-        other => panic!("expected a status, got {other:?}"),
-    }
 }
 
 fn mounts_under(p: &Path) -> Vec<String> {
@@ -221,7 +160,7 @@ async fn processes_stdio_and_exit_codes() {
     assert_eq!(o.stdout(), "bar baz\n/tmp\n");
 
     // A user by name: uid, gid and supplementary groups from the container's files.
-    let mut req = create_req(&a, "user", &default_spec(&["id"]), false);
+    let mut req = req(&a, "user", &default_spec(&["id"]), false);
     req.user = "alice".into();
     let so = a.ep.stdio("user", "", StdioKind::Stdout).await.unwrap();
     let _se = a.ep.stdio("user", "", StdioKind::Stderr).await.unwrap();
@@ -259,16 +198,7 @@ async fn processes_stdio_and_exit_codes() {
     ]);
     let o = run(&a, &c, "big", spec, None).await;
     assert_eq!(o.stdout.len(), 10 << 20);
-    let mut md5 = Command::new("md5sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        md5.stdin.take().unwrap().write_all(&o.stdout).unwrap();
-    }
-    let local = String::from_utf8(md5.wait_with_output().unwrap().stdout).unwrap();
+    let local = md5(&o.stdout);
     let theirs = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(
         local.split_whitespace().next(),
@@ -286,29 +216,6 @@ async fn processes_stdio_and_exit_codes() {
     );
 }
 
-async fn start_detached(a: &Agent, c: &AgentClient, id: &str, spec: &Value) -> u32 {
-    let mut req = create_req(a, id, spec, false);
-    req.stdio = Some(Stdio::new()).into();
-    c.create_container(ctx(), &req).await.unwrap();
-    let mut r = ContainerRequest::new();
-    r.container_id = id.into();
-    c.start_container(ctx(), &r).await.unwrap().pid
-}
-
-async fn wait(c: &AgentClient, id: &str, exec: &str) -> WaitProcessResponse {
-    let mut w = ProcessRequest::new();
-    w.container_id = id.into();
-    w.exec_id = exec.into();
-    c.wait_process(ctx(), &w).await.unwrap()
-}
-
-async fn delete(c: &AgentClient, id: &str) {
-    let mut d = DeleteContainerRequest::new();
-    d.container_id = id.into();
-    d.force = true;
-    c.delete_container(ctx(), &d).await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signals_exec_pid_namespaces_and_limits() {
     require_root!();
@@ -321,7 +228,7 @@ async fn signals_exec_pid_namespaces_and_limits() {
         "-c",
         "trap 'exit 42' TERM; while true; do sleep 0.05; done",
     ]);
-    start_detached(&a, &c, "trap", &spec).await;
+    start_detached(&c, &a.rootfs(), "trap", &spec).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut s = SignalProcessRequest::new();
     s.container_id = "trap".into();
@@ -330,7 +237,7 @@ async fn signals_exec_pid_namespaces_and_limits() {
     assert_eq!(wait(&c, "trap", "").await.exit_status, 42);
     delete(&c, "trap").await;
 
-    start_detached(&a, &c, "sleeper", &default_spec(&["sleep", "60"])).await;
+    start_detached(&c, &a.rootfs(), "sleeper", &default_spec(&["sleep", "60"])).await;
     // exec into the running container, with its own stdout.
     let so =
         a.ep.stdio("sleeper", "e1", StdioKind::Stdout)
@@ -387,7 +294,7 @@ async fn signals_exec_pid_namespaces_and_limits() {
     let spec = spec_with(&["tail", "/dev/zero"], |s| {
         s["linux"]["resources"]["memory"] = json!({"limit": 32 << 20, "swap": 32 << 20});
     });
-    start_detached(&a, &c, "oom", &spec).await;
+    start_detached(&c, &a.rootfs(), "oom", &spec).await;
     let w = wait(&c, "oom", "").await;
     assert_eq!((w.exit_status, w.oom_killed), (137, true));
     let mut saw_oom = false;
@@ -434,7 +341,7 @@ async fn a_terminal() {
         s["process"]["terminal"] = json!(true);
     });
     let so = a.ep.stdio("tty", "", StdioKind::Stdout).await.unwrap();
-    let mut req = create_req(&a, "tty", &spec, false);
+    let mut req = req(&a, "tty", &spec, false);
     req.stdio = Some({
         let mut s = Stdio::new();
         s.stdout = true;
@@ -467,12 +374,12 @@ async fn hostile_requests_get_clear_errors() {
     let spec = default_spec(&["true"]);
     let mut cases: Vec<(CreateContainerRequest, ttrpc::Code, &str)> = Vec::new();
 
-    let mut r = create_req(&a, "x", &spec, false);
+    let mut r = req(&a, "x", &spec, false);
     r.container_id = "../etc".into();
     r.stdio = Some(Stdio::new()).into();
     cases.push((r, ttrpc::Code::INVALID_ARGUMENT, "container_id"));
 
-    let mut r = create_req(&a, "x", &spec, false);
+    let mut r = req(&a, "x", &spec, false);
     r.stdio = Some(Stdio::new()).into();
     let mut rf = Rootfs::new();
     rf.path = format!("{}/../../etc", a.rootfs.display());
@@ -485,7 +392,7 @@ async fn hostile_requests_get_clear_errors() {
             .unwrap()
             .push(json!({"destination": "/../../../host", "type": "tmpfs", "source": "tmpfs"}));
     });
-    let mut r = create_req(&a, "x", &bad, false);
+    let mut r = req(&a, "x", &bad, false);
     r.stdio = Some(Stdio::new()).into();
     cases.push((r, ttrpc::Code::INVALID_ARGUMENT, "destination"));
 
@@ -495,17 +402,17 @@ async fn hostile_requests_get_clear_errors() {
             .unwrap()
             .push(json!({"type": "bogus"}));
     });
-    let mut r = create_req(&a, "x", &bad, false);
+    let mut r = req(&a, "x", &bad, false);
     r.stdio = Some(Stdio::new()).into();
     cases.push((r, ttrpc::Code::INVALID_ARGUMENT, "bogus"));
 
-    let mut r = create_req(&a, "x", &spec, false);
+    let mut r = req(&a, "x", &spec, false);
     r.stdio = Some(Stdio::new()).into();
     r.user = "mallory".into();
     cases.push((r, ttrpc::Code::INVALID_ARGUMENT, "mallory"));
 
     // stdout marked but never opened
-    let r = create_req(&a, "x", &spec, false);
+    let r = req(&a, "x", &spec, false);
     cases.push((r, ttrpc::Code::FAILED_PRECONDITION, "stdout"));
 
     for (req, code, needle) in cases {
@@ -515,12 +422,12 @@ async fn hostile_requests_get_clear_errors() {
     }
 
     // 100 MiB request: refused by the transport, the agent lives on.
-    let mut r = create_req(&a, "huge", &spec, false);
+    let mut r = req(&a, "huge", &spec, false);
     r.spec_json = vec![b' '; 100 << 20];
     assert!(c.create_container(ctx(), &r).await.is_err());
 
     // A command that does not exist in the image: refused at create, with its name.
-    let mut r = create_req(&a, "nocmd", &default_spec(&["/no/such/thing"]), false);
+    let mut r = req(&a, "nocmd", &default_spec(&["/no/such/thing"]), false);
     r.stdio = Some(Stdio::new()).into();
     let (code, msg) = rpc_error(c.create_container(ctx(), &r).await.unwrap_err());
     assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");

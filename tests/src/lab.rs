@@ -157,6 +157,31 @@ fn parse_mode(stderr: &str) -> Option<LabMode> {
     })
 }
 
+/// Set in the environment of a test re-run inside the lab by [`Lab::run_test`].
+pub const INSIDE_ENV: &str = "HUSK_INSIDE_LAB";
+
+/// Whether this process is a test re-run inside the lab.
+pub fn inside() -> bool {
+    std::env::var_os(INSIDE_ENV).is_some()
+}
+
+impl Lab {
+    /// Runs the test binary itself inside the lab, with only the (ignored) test
+    /// `name`: the test's host-side code (ttrpc clients and the like) then runs where
+    /// `/dev/kvm` boots real guests. The inner test checks [`inside`].
+    pub fn run_test(self, name: &str) -> std::io::Result<LabOutput> {
+        let exe = std::env::current_exe()?;
+        self.env(INSIDE_ENV, "1").run(&[
+            exe.display().to_string(),
+            "--exact".into(),
+            name.into(),
+            "--ignored".into(),
+            "--nocapture".into(),
+            "--test-threads=1".into(),
+        ])
+    }
+}
+
 /// Serialises lab runs across test threads and processes.
 fn lab_lock() -> std::io::Result<File> {
     let dir = repo_root().join("build");

@@ -6,6 +6,7 @@
 //! so on stderr and returns, unless `HUSK_REQUIRE_LAB=1` (set by `make test`), where it
 //! fails instead. A test never passes without having run.
 
+pub mod agent;
 pub mod guest;
 pub mod lab;
 

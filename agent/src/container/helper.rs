@@ -70,8 +70,9 @@ pub async fn run(
 ) -> Result<i32, HelperError> {
     let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| HelperError::Spawn(e.into()))?;
-    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
-    let mut cmd = Command::new(exe);
+    // Not current_exe(): as PID 1 the agent chroots out of the initramfs, and the path
+    // it was started from no longer names it. /proc/self/exe always does.
+    let mut cmd = Command::new("/proc/self/exe");
     cmd.arg("runtime-helper");
     match op {
         Op::Create { bundle } => {

@@ -17,7 +17,10 @@ pub fn details() -> GuestDetailsResponse {
         .unwrap_or(1);
     if let Ok(info) = nix::sys::sysinfo::sysinfo() {
         r.memory_bytes = info.ram_total();
-        r.uptime_ms = u64::try_from(info.uptime().as_millis()).unwrap_or(u64::MAX);
+    }
+    if let Ok(t) = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
+        let ms = t.tv_sec() * 1000 + t.tv_nsec() / 1_000_000;
+        r.uptime_ms = u64::try_from(ms).unwrap_or(0);
     }
     r
 }

@@ -1,0 +1,397 @@
+//! One microVM with its agent: boot (husk-vmm + the guest image), readiness, the
+//! agent connection, and shutdown. Shared by the `husk` CLI and (later) the shim.
+//!
+//! Everything a sandbox creates lives in its folder (`<run_dir>/<id>/`): vm.json,
+//! vsock.sock (+ `_1025` for readiness), console.log, vmm.log, pid. husk-vmm gets
+//! PR_SET_PDEATHSIG, so a killed `husk` cannot leave a VM running; a folder left by a
+//! killed `husk` is removed by [`reap_stale`].
+
+use std::io::Write as _;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use husk_agent_protocol::PROTOCOL_VERSION;
+use husk_agent_protocol::agent::{
+    CreateSandboxRequest, DestroySandboxRequest, GuestDetailsRequest,
+};
+use husk_agent_protocol::agent_ttrpc::AgentClient;
+use husk_agent_protocol::client::{ClientError, Endpoint};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+
+/// Why a sandbox failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("sandbox folder {path}: {err}")]
+    Dir { path: PathBuf, err: std::io::Error },
+    #[error("start {vmm}: {err}")]
+    Spawn { vmm: PathBuf, err: std::io::Error },
+    #[error("the VM stopped before its agent was ready (husk-vmm exit status {status}){console}")]
+    VmExited { status: String, console: String },
+    #[error("the agent was not ready within {0:?}{1}")]
+    NotReady(Duration, String),
+    #[error("the agent's readiness message {0:?}: {1}")]
+    BadReady(String, String),
+    #[error("agent: {0}")]
+    Client(#[from] ClientError),
+    #[error("agent: {0}")]
+    Rpc(#[from] ttrpc::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub id: String,
+    /// The sandbox's folder (created; removed by shutdown).
+    pub dir: PathBuf,
+    pub vmm: PathBuf,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Block devices, in order: the guest sees /dev/vda, /dev/vdb, ...
+    pub disks: Vec<Disk>,
+    /// How long the agent may take to be ready.
+    pub ready_timeout: Duration,
+    /// Extra kernel command-line words.
+    pub cmdline_extra: String,
+}
+
+/// A disk image attached to the VM.
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// When the phases of a boot ended, from the start of `boot`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BootTimes {
+    /// husk-vmm spawned.
+    pub vmm_spawned: Duration,
+    /// The agent's readiness connection arrived.
+    pub agent_ready: Duration,
+    /// The agent connection works (GuestDetails answered, CreateSandbox done).
+    pub connected: Duration,
+    /// The guest's own uptime when it reported ready (kernel boot + agent start).
+    pub guest_uptime: Duration,
+}
+
+/// A running sandbox.
+pub struct Sandbox {
+    pub id: String,
+    pub dir: PathBuf,
+    pub endpoint: Endpoint,
+    pub agent: AgentClient,
+    pub times: BootTimes,
+    vmm: Option<Child>,
+}
+
+fn now_unix_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// The last lines of the guest's console, for error messages.
+fn console_tail(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
+    let vmm = std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default();
+    let tail = |t: &str| {
+        t.lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mut s = String::new();
+    if !text.trim().is_empty() {
+        s += &format!("\n--- guest console (last lines)\n{}", tail(&text));
+    }
+    if !vmm.trim().is_empty() {
+        s += &format!("\n--- husk-vmm\n{}", tail(&vmm));
+    }
+    s
+}
+
+fn ctx(secs: i64) -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(secs * 1_000_000_000)
+}
+
+impl SandboxSpec {
+    fn vm_json(&self) -> serde_json::Value {
+        let disks: Vec<serde_json::Value> = self
+            .disks
+            .iter()
+            .map(|d| serde_json::json!({"path": d.path, "read_only": d.read_only}))
+            .collect();
+        serde_json::json!({
+            "kernel": self.kernel,
+            "initramfs": self.initramfs,
+            "cmdline": format!("console=ttyS0 quiet panic=-1 HUSK_AGENT_LOG=warn {}", self.cmdline_extra).trim().to_string(),
+            "vcpus": self.vcpus,
+            "memory_mib": self.memory_mib,
+            "serial": {"file": self.dir.join("console.log")},
+            "block": disks,
+            "vsock": {"cid": 3, "uds": self.dir.join("vsock.sock")},
+            "rng": true,
+        })
+    }
+}
+
+impl Sandbox {
+    /// Boots the VM and waits for its agent.
+    pub async fn boot(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
+        let t0 = Instant::now();
+        let dir_err = |err| SandboxError::Dir {
+            path: spec.dir.clone(),
+            err,
+        };
+        std::fs::create_dir_all(&spec.dir).map_err(dir_err)?;
+        let vm_json = spec.dir.join("vm.json");
+        std::fs::write(
+            &vm_json,
+            serde_json::to_vec_pretty(&spec.vm_json()).unwrap_or_default(),
+        )
+        .map_err(dir_err)?;
+        let uds = spec.dir.join("vsock.sock");
+        let ready_path = spec
+            .dir
+            .join(format!("vsock.sock_{}", husk_agent_protocol::READY_PORT));
+        let _ = std::fs::remove_file(&ready_path);
+        let ready = tokio::net::UnixListener::bind(&ready_path).map_err(dir_err)?;
+        let log = std::fs::File::create(spec.dir.join("vmm.log")).map_err(dir_err)?;
+        let mut cmd = Command::new(&spec.vmm);
+        cmd.arg("--config")
+            .arg(&vm_json)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        // SAFETY: prctl in the forked child before exec; async-signal-safe, no memory
+        // shared with the parent is touched.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|err| SandboxError::Spawn {
+            vmm: spec.vmm.clone(),
+            err,
+        })?;
+        let _ = std::fs::write(
+            spec.dir.join("pid"),
+            format!("{}\n{}\n", child.id(), std::process::id()),
+        );
+        let mut child = child;
+        let mut times = BootTimes {
+            vmm_spawned: t0.elapsed(),
+            ..BootTimes::default()
+        };
+        let endpoint = Endpoint::HybridVsock(uds);
+        let waited = wait_ready(
+            &mut child,
+            &spec.dir,
+            &ready,
+            &endpoint,
+            &spec.id,
+            spec.ready_timeout,
+            t0,
+            &mut times,
+        )
+        .await;
+        match waited {
+            Ok(agent) => {
+                let _ = std::fs::remove_file(&ready_path);
+                Ok(Sandbox {
+                    id: spec.id.clone(),
+                    dir: spec.dir.clone(),
+                    endpoint,
+                    agent,
+                    times,
+                    vmm: Some(child),
+                })
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = std::fs::remove_dir_all(&spec.dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// husk-vmm's pid while it runs.
+    pub fn vmm_pid(&self) -> Option<u32> {
+        self.vmm.as_ref().map(Child::id)
+    }
+
+    /// Asks the agent to stop everything and power off; waits for husk-vmm (bounded),
+    /// kills it if needed, removes the sandbox folder. Returns husk-vmm's exit code.
+    pub async fn shutdown(mut self) -> Option<i32> {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(15),
+            self.agent
+                .destroy_sandbox(ctx(15), &DestroySandboxRequest::new()),
+        )
+        .await;
+        let mut code = None;
+        if let Some(mut child) = self.vmm.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(st)) => {
+                        code = st.code();
+                        break;
+                    }
+                    Ok(None) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        code
+    }
+
+    /// Stops the VM at once (SIGKILL) and removes the folder.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.vmm.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("id", &self.id)
+            .field("dir", &self.dir)
+            .field("vmm", &self.vmm_pid())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if self.vmm.is_some() {
+            self.kill();
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn wait_ready(
+    child: &mut Child,
+    dir: &Path,
+    ready: &tokio::net::UnixListener,
+    endpoint: &Endpoint,
+    id: &str,
+    timeout: Duration,
+    t0: Instant,
+    times: &mut BootTimes,
+) -> Result<AgentClient, SandboxError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let conn = loop {
+        tokio::select! {
+            r = ready.accept() => break r?.0,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(SandboxError::VmExited { status: status.to_string(), console: console_tail(dir) });
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(SandboxError::NotReady(timeout, console_tail(dir)));
+                }
+            }
+        }
+    };
+    times.agent_ready = t0.elapsed();
+    let mut line = String::new();
+    let mut r = tokio::io::BufReader::new(conn.take(4096));
+    tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line))
+        .await
+        .map_err(|_| SandboxError::BadReady(String::new(), "no message".into()))??;
+    let v: serde_json::Value = serde_json::from_str(&line)
+        .map_err(|e| SandboxError::BadReady(line.clone(), e.to_string()))?;
+    let major = v["protocol"][0].as_u64().unwrap_or(u64::MAX);
+    if major != u64::from(PROTOCOL_VERSION.0) {
+        return Err(SandboxError::BadReady(
+            line,
+            format!("protocol {major}, this host speaks {}", PROTOCOL_VERSION.0),
+        ));
+    }
+    times.guest_uptime = Duration::from_millis(v["uptime_ms"].as_u64().unwrap_or(0));
+    let agent = endpoint.agent().await?;
+    let mut g = GuestDetailsRequest::new();
+    g.protocol_major = PROTOCOL_VERSION.0;
+    g.protocol_minor = PROTOCOL_VERSION.1;
+    agent.guest_details(ctx(10), &g).await?;
+    let mut c = CreateSandboxRequest::new();
+    c.sandbox_id = id.to_string();
+    c.hostname = "husk".into();
+    c.host_time_unix_ns = now_unix_ns();
+    agent.create_sandbox(ctx(10), &c).await?;
+    times.connected = t0.elapsed();
+    Ok(agent)
+}
+
+/// Removes sandbox folders under `run_dir` whose owner (the `husk` process that booted
+/// them) is gone, killing a husk-vmm that survived. Returns how many were removed.
+pub fn reap_stale(run_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(run_dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let dir = e.path();
+        let Ok(text) = std::fs::read_to_string(dir.join("pid")) else {
+            continue;
+        };
+        let mut pids = text.lines().filter_map(|l| l.trim().parse::<i32>().ok());
+        let (Some(vmm), Some(owner)) = (pids.next(), pids.next()) else {
+            continue;
+        };
+        let alive =
+            |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        if alive(owner) {
+            continue;
+        }
+        if alive(vmm) && is_vmm(vmm) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(vmm),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        if std::fs::remove_dir_all(&dir).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+fn is_vmm(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "husk-vmm")
+}
+
+/// Writes a line to stderr when `enabled` (progress for long steps).
+pub fn progress(enabled: bool, msg: &str) {
+    if enabled {
+        let _ = writeln!(std::io::stderr(), "husk: {msg}");
+    }
+}
