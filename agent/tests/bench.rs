@@ -30,8 +30,14 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 #[ignore = "benchmark: make bench"]
 async fn create_start_wait_true_vs_runc() {
     assert!(nix::unistd::geteuid().is_root(), "the benchmark needs root");
-    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let dir = tempfile::Builder::new().prefix("husk-bench-").tempdir_in("/tmp").unwrap();
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let dir = tempfile::Builder::new()
+        .prefix("husk-bench-")
+        .tempdir_in("/tmp")
+        .unwrap();
     let rootfs = dir.path().join("bundle/rootfs");
     busybox_rootfs(&rootfs);
     // runc's bundle: the same spec, root = the same folder.
@@ -41,7 +47,11 @@ async fn create_start_wait_true_vs_runc() {
 
     let sock = dir.path().join("agent.sock");
     let mut agent = Command::new(env!("CARGO_BIN_EXE_husk-agent"))
-        .args(["--listen", &format!("unix:{}", sock.display()), "--state-dir"])
+        .args([
+            "--listen",
+            &format!("unix:{}", sock.display()),
+            "--state-dir",
+        ])
         .arg(dir.path().join("state"))
         .env("HUSK_AGENT_LOG", "warn")
         .spawn()
@@ -93,7 +103,14 @@ async fn create_start_wait_true_vs_runc() {
         "runs": runs, "husk_agent_ms": mh.as_secs_f64() * 1e3, "runc_ms": mr.as_secs_f64() * 1e3,
         "ratio": ratio, "agent_peak_rss_kib": rss,
     });
-    std::fs::write(out.join("agent-host.json"), serde_json::to_vec_pretty(&json).unwrap()).unwrap();
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(agent.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    std::fs::write(
+        out.join("agent-host.json"),
+        serde_json::to_vec_pretty(&json).unwrap(),
+    )
+    .unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = agent.wait();
 }

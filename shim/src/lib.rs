@@ -1,9 +1,15 @@
 //! husk's runtime library, shared by the `husk` CLI and (later) the containerd shim.
 //!
 //! - [`config`]: the runtime configuration (/etc/husk/config.toml).
-//! - [`sandbox`]: one microVM with its agent: boot, readiness, shutdown, clean-up.
 //! - [`guest`]: where the guest image and husk-vmm are found.
+//! - [`image`]: OCI image layouts and archives, unpacked and converted to erofs (cached).
+//! - [`sandbox`]: one microVM with its agent: boot, readiness, shutdown, clean-up.
+//! - [`run`]: `husk run`: image + microVM + container, stdio and exit status.
+//! - [`tty`]: the user's terminal.
 
 pub mod config;
 pub mod guest;
+pub mod image;
+pub mod run;
 pub mod sandbox;
+pub mod tty;

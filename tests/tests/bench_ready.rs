@@ -12,7 +12,10 @@ use husk::guest::{GuestImage, vmm_binary};
 use husk::sandbox::{Sandbox, SandboxSpec};
 
 fn runs() -> usize {
-    std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5)
+    std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
 }
 
 #[test]
@@ -20,7 +23,10 @@ fn runs() -> usize {
 fn agent_ready() {
     let lab = husk_tests::require_lab!();
     let guest = husk_tests::repo_root().join("build/guest");
-    assert!(guest.join("initramfs.img").is_file(), "run make guest-image first");
+    assert!(
+        guest.join("initramfs.img").is_file(),
+        "run make guest-image first"
+    );
     let r = lab
         .timeout(Duration::from_secs(1200))
         .env("HUSK_GUEST_DIR", &guest.display().to_string())
@@ -33,7 +39,10 @@ fn agent_ready() {
             .stdout
             .lines()
             .filter_map(|l| l.strip_prefix("READY "))
-            .filter_map(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{key}="))))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            })
             .filter_map(|v| v.parse().ok())
             .collect();
         assert!(!v.is_empty(), "no READY lines:\n{}", r.stdout);
@@ -41,13 +50,20 @@ fn agent_ready() {
         v[v.len() / 2]
     };
     let (ready, connected, uptime) = (med("ready_ms"), med("connected_ms"), med("guest_uptime_ms"));
-    println!("husk-vmm start -> agent ready, median of {} boots in the lab: {ready:.0} ms", runs());
+    println!(
+        "husk-vmm start -> agent ready, median of {} boots in the lab: {ready:.0} ms",
+        runs()
+    );
     println!("                -> agent connected (GuestDetails, CreateSandbox): {connected:.0} ms");
     println!("guest's own uptime when ready (kernel + agent start): {uptime:.0} ms");
     let out = husk_tests::repo_root().join("build/bench");
     std::fs::create_dir_all(&out).unwrap();
     let json = serde_json::json!({"runs": runs(), "ready_ms": ready, "connected_ms": connected, "guest_uptime_ms": uptime});
-    std::fs::write(out.join("agent-ready.json"), serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    std::fs::write(
+        out.join("agent-ready.json"),
+        serde_json::to_vec_pretty(&json).unwrap(),
+    )
+    .unwrap();
 }
 
 #[test]
@@ -57,7 +73,11 @@ fn agent_ready_inside() {
         eprintln!("SKIPPED: only runs inside the lab (agent_ready starts it)");
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let image = GuestImage::locate(Path::new("/nonexistent"), None).unwrap();
     for i in 0..runs() {
         let dir = tempfile::tempdir().unwrap();
@@ -74,7 +94,9 @@ fn agent_ready_inside() {
             cmdline_extra: String::new(),
         };
         rt.block_on(async {
-            let sb = Sandbox::boot(&spec).await.unwrap_or_else(|e| panic!("boot: {e}"));
+            let sb = Sandbox::boot(&spec)
+                .await
+                .unwrap_or_else(|e| panic!("boot: {e}"));
             println!(
                 "READY run={i} ready_ms={} connected_ms={} guest_uptime_ms={}",
                 sb.times.agent_ready.as_millis(),

@@ -1,0 +1,453 @@
+//! `husk run`: an image, a microVM, one container in it, its stdio on ours, its exit
+//! status as ours. Everything it created is gone when it returns (also on errors).
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use husk_agent_protocol::agent::{
+    ContainerRequest, CreateContainerRequest, ProcessRequest, ResizePtyRequest, Rootfs,
+    SignalProcessRequest, Stdio,
+};
+use husk_agent_protocol::client::StdioKind;
+use husk_agent_protocol::{spec, validate};
+use tokio::io::AsyncWriteExt;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::{Config, MIN_MEMORY_MIB};
+use crate::guest::{GuestError, GuestImage, vmm_binary};
+use crate::image::{ImageError, ImageRef, prepare};
+use crate::sandbox::{Disk, Sandbox, SandboxError, SandboxSpec, reap_stale};
+use crate::tty;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub image: ImageRef,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u32>,
+    pub name: Option<String>,
+    pub interactive: bool,
+    pub tty: bool,
+    pub quiet: bool,
+    pub timings: bool,
+}
+
+/// Why a run failed (the container never ran, or its VM broke).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error("{0}")]
+    Agent(String),
+    /// The command does not exist in the image (docker's 127).
+    #[error("{0}")]
+    CommandNotFound(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl RunError {
+    /// docker's conventions: 125 for the runtime, 127 for a missing command.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::CommandNotFound(_) => 127,
+            _ => 125,
+        }
+    }
+}
+
+fn ctx() -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(120_000_000_000)
+}
+
+fn rpc_msg(e: ttrpc::Error) -> String {
+    match e {
+        ttrpc::Error::RpcStatus(s) => s.message().to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Parses a memory size like docker: a number with an optional b, k, m or g suffix
+/// (bytes without one). Returns MiB.
+pub fn parse_memory(s: &str) -> Result<u32, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult): (&str, u64) = match t.char_indices().last() {
+        Some((i, 'b')) => (&t[..i], 1),
+        Some((i, 'k')) => (&t[..i], 1 << 10),
+        Some((i, 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'g')) => (&t[..i], 1 << 30),
+        _ => (&t[..], 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("--memory {s:?}: expected a size such as 512m or 1g"))?;
+    let mib = n.saturating_mul(mult) >> 20;
+    if mib < u64::from(MIN_MEMORY_MIB) {
+        return Err(format!(
+            "--memory {s}: at least {MIN_MEMORY_MIB}m is needed (the guest kernel and agent)"
+        ));
+    }
+    u32::try_from(mib).map_err(|_| format!("--memory {s}: too large"))
+}
+
+/// Phase times of a run, for `--timings` and the benchmark.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub image: Duration,
+    pub vm_start: Duration,
+    pub agent_ready: Duration,
+    pub guest_uptime: Duration,
+    pub container_start: Duration,
+    pub run: Duration,
+    pub stop: Duration,
+}
+
+impl Timings {
+    pub fn line(&self) -> String {
+        let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+        format!(
+            "image {}, VM start {}, kernel boot + agent ready {} (guest uptime {}), container start {}, run {}, stop {}",
+            s(self.image),
+            s(self.vm_start),
+            s(self.agent_ready),
+            s(self.guest_uptime),
+            s(self.container_start),
+            s(self.run),
+            s(self.stop)
+        )
+    }
+}
+
+fn random_name() -> String {
+    let mut b = [0u8; 6];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    format!(
+        "husk-{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
+
+/// The process the container runs: the image's defaults under the options.
+fn process_spec(
+    opts: &RunOptions,
+    image: &crate::image::ImageConfig,
+) -> Result<serde_json::Value, RunError> {
+    let mut args: Vec<String> = image.entrypoint.clone();
+    if opts.args.is_empty() {
+        args.extend(image.cmd.iter().cloned());
+    } else {
+        args.extend(opts.args.iter().cloned());
+    }
+    if args.is_empty() {
+        return Err(RunError::Usage(
+            "no command: the image has none and none was given".into(),
+        ));
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut s = spec::default_spec(&argv);
+    let mut env: Vec<String> = if image.env.is_empty() {
+        s["process"]["env"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        image.env.clone()
+    };
+    for e in &opts.env {
+        let key = e.split('=').next().unwrap_or("");
+        if key.is_empty() || !e.contains('=') {
+            return Err(RunError::Usage(format!("-e {e:?}: expected KEY=VALUE")));
+        }
+        env.retain(|x| x.split('=').next() != Some(key));
+        env.push(e.clone());
+    }
+    if opts.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
+    s["process"]["env"] = serde_json::json!(env);
+    let cwd = opts
+        .workdir
+        .clone()
+        .unwrap_or_else(|| image.working_dir.clone());
+    if !cwd.is_empty() {
+        if !cwd.starts_with('/') {
+            return Err(RunError::Usage(format!(
+                "-w {cwd:?}: must be an absolute path"
+            )));
+        }
+        s["process"]["cwd"] = serde_json::json!(cwd);
+    }
+    s["process"]["terminal"] = serde_json::json!(opts.tty);
+    Ok(s)
+}
+
+/// Runs a container to its end; returns its exit status.
+pub async fn run(config: &Config, opts: RunOptions) -> Result<i32, RunError> {
+    let progress = |m: &str| crate::sandbox::progress(!opts.quiet && tty::stderr_is_terminal(), m);
+    let mut t = Timings::default();
+    if let Some(n) = &opts.name {
+        validate::id("--name", n).map_err(|e| RunError::Usage(e.to_string()))?;
+    }
+    if opts.vcpus == Some(0) {
+        return Err(RunError::Usage("--cpus: at least 1".into()));
+    }
+    if opts.tty && !tty::stdin_is_terminal() && opts.interactive {
+        return Err(RunError::Usage(
+            "-t: the input device is not a terminal".into(),
+        ));
+    }
+    let name = opts.name.clone().unwrap_or_else(random_name);
+    std::fs::create_dir_all(&config.run_dir)
+        .map_err(|e| RunError::Usage(format!("run_dir {}: {e}", config.run_dir.display())))?;
+    reap_stale(&config.run_dir);
+    let dir = config.run_dir.join(&name);
+    if dir.exists() {
+        return Err(RunError::Usage(format!(
+            "--name {name}: a container with this name exists (husk rm {name})"
+        )));
+    }
+
+    let t0 = Instant::now();
+    let image = prepare(&opts.image, &config.state_dir, &progress)?;
+    t.image = t0.elapsed();
+    let cleanup_image = |img: &crate::image::Prepared| {
+        if img.temporary {
+            let _ = std::fs::remove_file(&img.erofs);
+        }
+    };
+    let process = match process_spec(&opts, &image.config) {
+        Ok(p) => p,
+        Err(e) => {
+            cleanup_image(&image);
+            return Err(e);
+        }
+    };
+    let user = opts
+        .user
+        .clone()
+        .unwrap_or_else(|| image.config.user.clone());
+
+    let guest = GuestImage::locate(&config.state_dir, config.vm.kernel.as_deref());
+    let vmm = vmm_binary();
+    let (guest, vmm) = match (guest, vmm) {
+        (Ok(g), Ok(v)) => (g, v),
+        (Err(e), _) | (_, Err(e)) => {
+            cleanup_image(&image);
+            return Err(e.into());
+        }
+    };
+    let sb_spec = SandboxSpec {
+        id: name.clone(),
+        dir: dir.clone(),
+        vmm,
+        kernel: guest.kernel,
+        initramfs: guest.initramfs,
+        vcpus: opts.vcpus.unwrap_or(config.vm.vcpus),
+        memory_mib: opts.memory_mib.unwrap_or(config.vm.memory_mib),
+        disks: vec![Disk {
+            path: image.erofs.clone(),
+            read_only: true,
+        }],
+        ready_timeout: Duration::from_secs(300),
+        cmdline_extra: String::new(),
+    };
+    progress("starting the microVM");
+    let sb = match Sandbox::boot(&sb_spec).await {
+        Ok(sb) => sb,
+        Err(e) => {
+            cleanup_image(&image);
+            return Err(e.into());
+        }
+    };
+    t.vm_start = sb.times.vmm_spawned;
+    t.agent_ready = sb.times.connected;
+    t.guest_uptime = sb.times.guest_uptime;
+    let result = run_in(&sb, &opts, &process, &user, &mut t).await;
+    let ts = Instant::now();
+    sb.shutdown().await;
+    cleanup_image(&image);
+    t.stop = ts.elapsed();
+    if opts.timings {
+        eprintln!("husk: timings: {}", t.line());
+    }
+    result
+}
+
+async fn run_in(
+    sb: &Sandbox,
+    opts: &RunOptions,
+    process: &serde_json::Value,
+    user: &str,
+    t: &mut Timings,
+) -> Result<i32, RunError> {
+    let id = "main";
+    let ep = &sb.endpoint;
+    let c = &sb.agent;
+    let ts = Instant::now();
+    let stream = |kind| async move {
+        ep.stdio(id, "", kind)
+            .await
+            .map_err(|e| RunError::Agent(e.to_string()))
+    };
+    let so = stream(StdioKind::Stdout).await?;
+    let se = if opts.tty {
+        None
+    } else {
+        Some(stream(StdioKind::Stderr).await?)
+    };
+    let si = if opts.interactive {
+        Some(stream(StdioKind::Stdin).await?)
+    } else {
+        None
+    };
+
+    let mut req = CreateContainerRequest::new();
+    req.container_id = id.into();
+    req.spec_json = process.to_string().into_bytes();
+    let mut root = Rootfs::new();
+    root.block_device = "/dev/vda".into();
+    root.fstype = "erofs".into();
+    root.overlay = true;
+    req.rootfs = Some(root).into();
+    let mut io = Stdio::new();
+    io.stdout = true;
+    io.stderr = se.is_some();
+    io.stdin = si.is_some();
+    req.stdio = Some(io).into();
+    req.user = user.to_string();
+    if let Err(e) = c.create_container(ctx(), &req).await {
+        let msg = rpc_msg(e);
+        if msg.contains("not found") && msg.contains("executable") {
+            return Err(RunError::CommandNotFound(msg));
+        }
+        return Err(RunError::Agent(msg));
+    }
+    let _raw = if opts.tty && tty::stdin_is_terminal() {
+        tty::RawMode::enable().ok()
+    } else {
+        None
+    };
+    if opts.tty {
+        resize(c, id).await;
+    }
+    let mut r = ContainerRequest::new();
+    r.container_id = id.into();
+    c.start_container(ctx(), &r)
+        .await
+        .map_err(|e| RunError::Agent(rpc_msg(e)))?;
+    t.container_start = ts.elapsed();
+    let tr = Instant::now();
+
+    let out = tokio::spawn(async move {
+        let mut so = so;
+        let _ = tokio::io::copy(&mut so, &mut tokio::io::stdout()).await;
+        let _ = tokio::io::stdout().flush().await;
+    });
+    let err = se.map(|mut se| {
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut se, &mut tokio::io::stderr()).await;
+        })
+    });
+    if let Some(mut si) = si {
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut si).await;
+            let _ = si.shutdown().await;
+            // Keep the stream until the agent closes it.
+            let _ = tokio::io::copy(&mut si, &mut tokio::io::sink()).await;
+        });
+    }
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut winch = signal(SignalKind::window_change())?;
+    let mut w = ProcessRequest::new();
+    w.container_id = id.into();
+    let waiting = c.wait_process(ctx_long(), &w);
+    tokio::pin!(waiting);
+    let mut signals = 0;
+    let status = loop {
+        tokio::select! {
+            r = &mut waiting => break r.map_err(|e| RunError::Agent(rpc_msg(e)))?.exit_status,
+            _ = sigint.recv() => { signals += 1; forward(c, id, 2, signals).await?; }
+            _ = sigterm.recv() => { signals += 1; forward(c, id, 15, signals).await?; }
+            _ = winch.recv(), if opts.tty => resize(c, id).await,
+        }
+    };
+    let _ = out.await;
+    if let Some(e) = err {
+        let _ = e.await;
+    }
+    t.run = tr.elapsed();
+    Ok(status)
+}
+
+fn ctx_long() -> ttrpc::context::Context {
+    // WaitProcess lasts as long as the container runs.
+    ttrpc::context::with_timeout(0)
+}
+
+/// Ctrl-C / SIGTERM: the first goes to the container, a second stops the VM.
+async fn forward(
+    c: &husk_agent_protocol::agent_ttrpc::AgentClient,
+    id: &str,
+    sig: u32,
+    count: u32,
+) -> Result<(), RunError> {
+    if count > 1 {
+        return Err(RunError::Agent(
+            "interrupted twice: stopping the microVM".into(),
+        ));
+    }
+    let mut s = SignalProcessRequest::new();
+    s.container_id = id.into();
+    s.signal = sig;
+    let _ = c.signal_process(ctx(), &s).await;
+    Ok(())
+}
+
+async fn resize(c: &husk_agent_protocol::agent_ttrpc::AgentClient, id: &str) {
+    if let Some((rows, cols)) = tty::window_size() {
+        let mut r = ResizePtyRequest::new();
+        r.container_id = id.into();
+        r.rows = rows.into();
+        r.cols = cols.into();
+        let _ = c.resize_pty(ctx(), &r).await;
+    }
+}
+
+/// The folder a named run lives in.
+pub fn run_dir(config: &Config, name: &str) -> PathBuf {
+    config.run_dir.join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("512m"), Ok(512));
+        assert_eq!(parse_memory("1g"), Ok(1024));
+        assert_eq!(parse_memory("1G"), Ok(1024));
+        assert_eq!(parse_memory(&format!("{}", 256u64 << 20)), Ok(256));
+        assert!(parse_memory("0").is_err());
+        assert!(parse_memory("10m").is_err());
+        assert!(parse_memory("lots").is_err());
+    }
+}
