@@ -114,8 +114,6 @@ pub struct Prepared {
     pub digest: String,
     /// Whether this run converted it (false: from the cache).
     pub converted: bool,
-    /// A file to remove after the run (the erofs of a --rootfs folder).
-    pub temporary: bool,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -245,10 +243,11 @@ fn scratch(state_dir: &Path) -> Result<tempfile::TempDir, ImageError> {
 }
 
 /// Prepares `r` for a run: from the cache, or unpacked and converted (`progress` is
-/// told about the long steps).
+/// told about the long steps). A `--rootfs` folder becomes `<work_dir>/rootfs.erofs`.
 pub fn prepare(
     r: &ImageRef,
     state_dir: &Path,
+    work_dir: &Path,
     progress: &dyn Fn(&str),
 ) -> Result<Prepared, ImageError> {
     match r {
@@ -259,19 +258,9 @@ pub fn prepare(
                     err: std::io::Error::new(std::io::ErrorKind::NotFound, "not a folder"),
                 });
             }
-            let runs = state_dir.join("tmp");
-            std::fs::create_dir_all(&runs).map_err(io_err(&runs))?;
-            let out = tempfile::Builder::new()
-                .prefix("rootfs-")
-                .suffix(".erofs")
-                .tempfile_in(&runs)
-                .map_err(io_err(&runs))?
-                .into_temp_path()
-                .keep()
-                .map_err(|e| ImageError::Io {
-                    path: runs.clone(),
-                    err: e.error,
-                })?;
+            // In the run's own folder: removed with it, also by the clean-up of a run
+            // whose husk was killed.
+            let out = work_dir.join("rootfs.erofs");
             progress(&format!("converting {} to erofs", dir.display()));
             mkfs_erofs(dir, &out).inspect_err(|_| {
                 let _ = std::fs::remove_file(&out);
@@ -281,7 +270,6 @@ pub fn prepare(
                 config: ImageConfig::default(),
                 digest: "rootfs".into(),
                 converted: true,
-                temporary: true,
             })
         }
         ImageRef::OciArchive { file, tag } => {
@@ -344,7 +332,6 @@ fn prepare_layout(
             config: ImageConfig::from_json(&cfg),
             digest,
             converted: false,
-            temporary: false,
         });
     }
     let manifest = read_json(&blob(layout, &digest)?, layout)?;
@@ -380,7 +367,6 @@ fn prepare_layout(
         config,
         digest,
         converted: true,
-        temporary: false,
     })
 }
 

@@ -5,9 +5,11 @@
 //! - [`image`]: OCI image layouts and archives, unpacked and converted to erofs (cached).
 //! - [`sandbox`]: one microVM with its agent: boot, readiness, shutdown, clean-up.
 //! - [`run`]: `husk run`: image + microVM + container, stdio and exit status.
+//! - [`containers`]: detached runs: `husk ps`, `exec`, `kill`, `rm`, `logs`.
 //! - [`tty`]: the user's terminal.
 
 pub mod config;
+pub mod containers;
 pub mod guest;
 pub mod image;
 pub mod run;

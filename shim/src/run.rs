@@ -34,6 +34,20 @@ pub struct RunOptions {
     pub tty: bool,
     pub quiet: bool,
     pub timings: bool,
+    /// Set in the background process of `husk run -d`: output goes to log files in
+    /// the container's folder, and "started" is reported here once it runs.
+    pub detached: Option<Notify>,
+}
+
+/// The channel a detached run reports on (to the `husk run -d` that started it).
+pub type Notify = std::sync::Arc<std::sync::Mutex<Option<std::fs::File>>>;
+
+/// Sends one line on a detached run's channel (once; later calls do nothing).
+pub fn notify(n: &Notify, line: &str) {
+    use std::io::Write;
+    if let Some(mut f) = n.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let _ = writeln!(f, "{line}");
+    }
 }
 
 /// Why a run failed (the container never ran, or its VM broke).
@@ -128,7 +142,8 @@ impl Timings {
     }
 }
 
-fn random_name() -> String {
+/// A fresh container name: `husk-` and 12 hex digits.
+pub fn random_name() -> String {
     let mut b = [0u8; 6];
     if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
         let _ = std::io::Read::read_exact(&mut f, &mut b);
@@ -207,7 +222,7 @@ pub async fn run(config: &Config, opts: RunOptions) -> Result<i32, RunError> {
     if opts.vcpus == Some(0) {
         return Err(RunError::Usage("--cpus: at least 1".into()));
     }
-    if opts.tty && !tty::stdin_is_terminal() && opts.interactive {
+    if opts.tty && opts.interactive && opts.detached.is_none() && !tty::stdin_is_terminal() {
         return Err(RunError::Usage(
             "-t: the input device is not a terminal".into(),
         ));
@@ -216,46 +231,45 @@ pub async fn run(config: &Config, opts: RunOptions) -> Result<i32, RunError> {
     std::fs::create_dir_all(&config.run_dir)
         .map_err(|e| RunError::Usage(format!("run_dir {}: {e}", config.run_dir.display())))?;
     reap_stale(&config.run_dir);
-    let dir = config.run_dir.join(&name);
-    if dir.exists() {
-        return Err(RunError::Usage(format!(
-            "--name {name}: a container with this name exists (husk rm {name})"
-        )));
+    let cdir = ContainerDir::new(config, &name);
+    if let Err(e) = cdir.create(&opts) {
+        return Err(match e.kind() {
+            std::io::ErrorKind::AlreadyExists => RunError::Usage(format!(
+                "--name {name}: a container with this name exists (husk rm {name})"
+            )),
+            _ => RunError::Usage(format!("{}: {e}", cdir.path.display())),
+        });
     }
+    let result = run_prepared(config, &opts, &cdir, &progress, &mut t).await;
+    if opts.detached.is_none() || result.is_err() {
+        cdir.remove();
+    }
+    if opts.timings {
+        eprintln!("husk: timings: {}", t.line());
+    }
+    result
+}
 
+async fn run_prepared(
+    config: &Config,
+    opts: &RunOptions,
+    cdir: &ContainerDir,
+    progress: &dyn Fn(&str),
+    t: &mut Timings,
+) -> Result<i32, RunError> {
     let t0 = Instant::now();
-    let image = prepare(&opts.image, &config.state_dir, &progress)?;
+    let image = prepare(&opts.image, &config.state_dir, &cdir.path, progress)?;
     t.image = t0.elapsed();
-    let cleanup_image = |img: &crate::image::Prepared| {
-        if img.temporary {
-            let _ = std::fs::remove_file(&img.erofs);
-        }
-    };
-    let process = match process_spec(&opts, &image.config) {
-        Ok(p) => p,
-        Err(e) => {
-            cleanup_image(&image);
-            return Err(e);
-        }
-    };
+    let process = process_spec(opts, &image.config)?;
     let user = opts
         .user
         .clone()
         .unwrap_or_else(|| image.config.user.clone());
-
-    let guest = GuestImage::locate(&config.state_dir, config.vm.kernel.as_deref());
-    let vmm = vmm_binary();
-    let (guest, vmm) = match (guest, vmm) {
-        (Ok(g), Ok(v)) => (g, v),
-        (Err(e), _) | (_, Err(e)) => {
-            cleanup_image(&image);
-            return Err(e.into());
-        }
-    };
+    let guest = GuestImage::locate(&config.state_dir, config.vm.kernel.as_deref())?;
     let sb_spec = SandboxSpec {
-        id: name.clone(),
-        dir: dir.clone(),
-        vmm,
+        id: cdir.name.clone(),
+        dir: cdir.vm(),
+        vmm: vmm_binary()?,
         kernel: guest.kernel,
         initramfs: guest.initramfs,
         vcpus: opts.vcpus.unwrap_or(config.vm.vcpus),
@@ -268,23 +282,18 @@ pub async fn run(config: &Config, opts: RunOptions) -> Result<i32, RunError> {
         cmdline_extra: String::new(),
     };
     progress("starting the microVM");
-    let sb = match Sandbox::boot(&sb_spec).await {
-        Ok(sb) => sb,
-        Err(e) => {
-            cleanup_image(&image);
-            return Err(e.into());
-        }
-    };
+    let sb = Sandbox::boot(&sb_spec).await?;
     t.vm_start = sb.times.vmm_spawned;
     t.agent_ready = sb.times.connected;
     t.guest_uptime = sb.times.guest_uptime;
-    let result = run_in(&sb, &opts, &process, &user, &mut t).await;
+    let result = run_in(&sb, opts, cdir, &process, &user, t).await;
     let ts = Instant::now();
     sb.shutdown().await;
-    cleanup_image(&image);
     t.stop = ts.elapsed();
-    if opts.timings {
-        eprintln!("husk: timings: {}", t.line());
+    if opts.detached.is_some()
+        && let Ok(status) = &result
+    {
+        let _ = std::fs::write(cdir.path.join("exit"), format!("{status}\n"));
     }
     result
 }
@@ -292,6 +301,7 @@ pub async fn run(config: &Config, opts: RunOptions) -> Result<i32, RunError> {
 async fn run_in(
     sb: &Sandbox,
     opts: &RunOptions,
+    cdir: &ContainerDir,
     process: &serde_json::Value,
     user: &str,
     t: &mut Timings,
@@ -354,16 +364,40 @@ async fn run_in(
     t.container_start = ts.elapsed();
     let tr = Instant::now();
 
-    let out = tokio::spawn(async move {
-        let mut so = so;
-        let _ = tokio::io::copy(&mut so, &mut tokio::io::stdout()).await;
-        let _ = tokio::io::stdout().flush().await;
-    });
-    let err = se.map(|mut se| {
-        tokio::spawn(async move {
-            let _ = tokio::io::copy(&mut se, &mut tokio::io::stderr()).await;
-        })
-    });
+    let (out, err) = match &opts.detached {
+        None => {
+            let out = tokio::spawn(async move {
+                let mut so = so;
+                let _ = tokio::io::copy(&mut so, &mut tokio::io::stdout()).await;
+                let _ = tokio::io::stdout().flush().await;
+            });
+            let err = se.map(|mut se| {
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut se, &mut tokio::io::stderr()).await;
+                })
+            });
+            (out, err)
+        }
+        Some(n) => {
+            let log = |name: &str| {
+                tokio::fs::File::from_std(
+                    std::fs::File::create(cdir.path.join(name)).unwrap_or_else(|_| tempfile_sink()),
+                )
+            };
+            let (mut fo, mut fe) = (log("stdout.log"), log("stderr.log"));
+            let out = tokio::spawn(async move {
+                let mut so = so;
+                let _ = tokio::io::copy(&mut so, &mut fo).await;
+            });
+            let err = se.map(|mut se| {
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut se, &mut fe).await;
+                })
+            });
+            notify(n, &format!("started {}", cdir.name));
+            (out, err)
+        }
+    };
     if let Some(mut si) = si {
         tokio::spawn(async move {
             let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut si).await;
@@ -372,7 +406,6 @@ async fn run_in(
             let _ = tokio::io::copy(&mut si, &mut tokio::io::sink()).await;
         });
     }
-
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut winch = signal(SignalKind::window_change())?;
@@ -431,9 +464,63 @@ async fn resize(c: &husk_agent_protocol::agent_ttrpc::AgentClient, id: &str) {
     }
 }
 
-/// The folder a named run lives in.
-pub fn run_dir(config: &Config, name: &str) -> PathBuf {
-    config.run_dir.join(name)
+fn tempfile_sink() -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .unwrap_or_else(|_| std::process::exit(125))
+}
+
+/// A container's folder: `<run_dir>/<name>/` with `owner` (the pid of the husk
+/// process running it), `info.json`, `vm/` (the sandbox), and for detached runs
+/// `stdout.log`, `stderr.log` and, once it ended, `exit`.
+#[derive(Debug, Clone)]
+pub struct ContainerDir {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl ContainerDir {
+    pub fn new(config: &Config, name: &str) -> ContainerDir {
+        ContainerDir {
+            name: name.to_string(),
+            path: config.run_dir.join(name),
+        }
+    }
+
+    pub fn vm(&self) -> PathBuf {
+        self.path.join("vm")
+    }
+
+    fn create(&self, opts: &RunOptions) -> std::io::Result<()> {
+        std::fs::create_dir(&self.path)?;
+        std::fs::write(self.path.join("owner"), format!("{}\n", std::process::id()))?;
+        let image = match &opts.image {
+            ImageRef::OciDir { dir, tag } => format!(
+                "oci:{}{}",
+                dir.display(),
+                tag.as_ref().map(|t| format!(":{t}")).unwrap_or_default()
+            ),
+            ImageRef::OciArchive { file, tag } => format!(
+                "oci-archive:{}{}",
+                file.display(),
+                tag.as_ref().map(|t| format!(":{t}")).unwrap_or_default()
+            ),
+            ImageRef::Rootfs(d) => format!("rootfs:{}", d.display()),
+        };
+        let info = serde_json::json!({
+            "name": self.name,
+            "image": image,
+            "command": opts.args,
+            "created_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            "detached": opts.detached.is_some(),
+        });
+        std::fs::write(self.path.join("info.json"), info.to_string())
+    }
+
+    pub fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! One microVM with its agent: boot (husk-vmm + the guest image), readiness, the
 //! agent connection, and shutdown. Shared by the `husk` CLI and (later) the shim.
 //!
-//! Everything a sandbox creates lives in its folder (`<run_dir>/<id>/`): vm.json,
+//! Everything a sandbox creates lives in its folder (`<run_dir>/<name>/vm/`): vm.json,
 //! vsock.sock (+ `_1025` for readiness), console.log, vmm.log, pid. husk-vmm gets
 //! PR_SET_PDEATHSIG, so a killed `husk` cannot leave a VM running; a folder left by a
 //! killed `husk` is removed by [`reap_stale`].
@@ -351,34 +351,41 @@ async fn wait_ready(
     Ok(agent)
 }
 
-/// Removes sandbox folders under `run_dir` whose owner (the `husk` process that booted
-/// them) is gone, killing a husk-vmm that survived. Returns how many were removed.
+/// Cleans up after `husk` processes that were killed: for every container folder
+/// under `run_dir` whose owner (the pid in its `owner` file) is gone, a surviving
+/// husk-vmm is killed and its `vm/` folder removed; the whole folder goes too unless
+/// it holds a finished detached run (`exit`, kept for `husk ps`/`logs` until
+/// `husk rm`). Returns how many folders were removed.
 pub fn reap_stale(run_dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(run_dir) else {
         return 0;
     };
+    let alive =
+        |pid: i32| pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
     let mut n = 0;
     for e in entries.flatten() {
         let dir = e.path();
-        let Ok(text) = std::fs::read_to_string(dir.join("pid")) else {
-            continue;
-        };
-        let mut pids = text.lines().filter_map(|l| l.trim().parse::<i32>().ok());
-        let (Some(vmm), Some(owner)) = (pids.next(), pids.next()) else {
-            continue;
-        };
-        let alive =
-            |pid: i32| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        let owner = std::fs::read_to_string(dir.join("owner"))
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok());
+        let Some(owner) = owner else { continue };
         if alive(owner) {
             continue;
         }
-        if alive(vmm) && is_vmm(vmm) {
+        let vm = dir.join("vm");
+        if let Some(vmm) = std::fs::read_to_string(vm.join("pid"))
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+            && alive(vmm)
+            && is_vmm(vmm)
+        {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(vmm),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
-        if std::fs::remove_dir_all(&dir).is_ok() {
+        let _ = std::fs::remove_dir_all(&vm);
+        if !dir.join("exit").exists() && std::fs::remove_dir_all(&dir).is_ok() {
             n += 1;
         }
     }

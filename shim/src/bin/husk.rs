@@ -33,6 +33,48 @@ environment, working directory and user. Images are converted to erofs once and 
 <state_dir>/images."
     )]
     Run(Box<RunArgs>),
+    /// List containers started with `run -d` (running, or exited and not removed).
+    Ps,
+    /// Run a command in a running (detached) container. Exit status: the command's.
+    Exec {
+        /// Keep stdin open and pass it on.
+        #[arg(short, long)]
+        interactive: bool,
+        #[command(flatten)]
+        process: ProcessArgs,
+        name: String,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Send a signal (default KILL) to a running container's process.
+    Kill {
+        name: String,
+        /// A signal name (TERM, SIGTERM) or number.
+        #[arg(default_value = "KILL")]
+        signal: String,
+    },
+    /// Remove a container: its folder and logs; with -f also a running one (killed).
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        name: String,
+    },
+    /// Print a detached container's output (stdout, then stderr).
+    Logs { name: String },
+}
+
+/// What `run` and `exec` share about the process.
+#[derive(clap::Args, Debug)]
+struct ProcessArgs {
+    /// Set an environment variable (KEY=VALUE); repeatable.
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short, long, value_name = "DIR")]
+    workdir: Option<String>,
+    /// User (name or uid) and group, resolved in the image's /etc/passwd and /etc/group.
+    #[arg(short, long, value_name = "USER[:GROUP]")]
+    user: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -47,21 +89,18 @@ struct RunArgs {
     /// Give the container a terminal (raw mode on ours, window size passed on).
     #[arg(short, long)]
     tty: bool,
-    /// Set an environment variable (KEY=VALUE); repeatable.
-    #[arg(short, long = "env", value_name = "KEY=VALUE")]
-    env: Vec<String>,
-    /// Working directory inside the container.
-    #[arg(short, long, value_name = "DIR")]
-    workdir: Option<String>,
-    /// User (name or uid) and group, resolved in the image's /etc/passwd and /etc/group.
-    #[arg(short, long, value_name = "USER[:GROUP]")]
-    user: Option<String>,
+    #[command(flatten)]
+    process: ProcessArgs,
     /// vCPUs of the microVM (default: vm.vcpus of the configuration).
     #[arg(long, value_name = "N")]
     cpus: Option<u32>,
     /// Memory of the microVM, e.g. 512m or 1g (default: vm.memory_mib).
     #[arg(short, long, value_name = "SIZE")]
     memory: Option<String>,
+    /// Run in the background: print the container's name and return; see husk ps,
+    /// exec, kill, rm, logs.
+    #[arg(short, long)]
+    detach: bool,
     /// A name for the container ([A-Za-z0-9_.-], at most 128).
     #[arg(long)]
     name: Option<String>,
@@ -103,9 +142,9 @@ fn run_options(a: RunArgs) -> Result<husk::run::RunOptions, String> {
     Ok(husk::run::RunOptions {
         image,
         args: command,
-        env: a.env,
-        workdir: a.workdir,
-        user: a.user,
+        env: a.process.env,
+        workdir: a.process.workdir,
+        user: a.process.user,
         vcpus: a.cpus,
         memory_mib,
         name: a.name,
@@ -113,10 +152,104 @@ fn run_options(a: RunArgs) -> Result<husk::run::RunOptions, String> {
         tty: a.tty,
         quiet: a.quiet,
         timings: a.timings,
+        detached: None,
     })
 }
 
+/// Set (with the report channel's fd) in the background process of `run -d`.
+const DETACHED_ENV: &str = "HUSK_DETACHED_FD";
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("husk: {e}");
+            None
+        }
+    }
+}
+
+/// `run -d`: starts this same command line again as a background process (with a
+/// name), and waits for it to say the container started.
+fn spawn_detached(name: Option<&str>) -> ExitCode {
+    use std::io::BufRead;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => {
+            let n = husk::run::random_name();
+            if let Some(i) = args.iter().position(|a| a == "run") {
+                args.insert(i + 1, "--name".into());
+                args.insert(i + 2, n.clone().into());
+            }
+            n
+        }
+    };
+    let (rx, tx) = match nix::unistd::pipe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("husk: {e}");
+            return ExitCode::from(125);
+        }
+    };
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"));
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(&args)
+        .env(DETACHED_ENV, "3")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let txfd = tx.as_raw_fd();
+    // SAFETY: runs in the forked child before exec; setsid and dup2 are
+    // async-signal-safe and touch no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            if libc::dup2(txfd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    if let Err(e) = cmd.spawn() {
+        eprintln!("husk: cannot start the background process: {e}");
+        return ExitCode::from(125);
+    }
+    drop(tx);
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(std::fs::File::from(rx)).read_line(&mut line);
+    match line.trim_end().split_once(' ') {
+        Some(("started", _)) => {
+            println!("{name}");
+            ExitCode::SUCCESS
+        }
+        Some(("error", rest)) => {
+            let (code, msg) = rest.split_once(' ').unwrap_or(("125", rest));
+            eprintln!("husk: {msg}");
+            ExitCode::from(code.parse::<u8>().unwrap_or(125))
+        }
+        _ => {
+            eprintln!(
+                "husk: the background process for {name} stopped without starting the container"
+            );
+            ExitCode::from(125)
+        }
+    }
+}
+
 fn run(config: &Config, a: RunArgs) -> ExitCode {
+    let detached_fd = std::env::var(DETACHED_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok());
+    if a.detach && detached_fd.is_none() {
+        return spawn_detached(a.name.as_deref());
+    }
     let opts = match run_options(a) {
         Ok(o) => o,
         Err(e) => {
@@ -124,20 +257,23 @@ fn run(config: &Config, a: RunArgs) -> ExitCode {
             return ExitCode::from(125);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("husk: {e}");
-            return ExitCode::from(125);
-        }
+    let mut opts = opts;
+    if let Some(fd) = detached_fd {
+        // SAFETY: fd 3 was set up by the `run -d` that started this process and is
+        // owned by nothing else here.
+        let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        opts.detached = Some(std::sync::Arc::new(std::sync::Mutex::new(Some(f))));
+    }
+    let notify = opts.detached.clone();
+    let Some(rt) = runtime() else {
+        return ExitCode::from(125);
     };
     let code = match rt.block_on(husk::run::run(config, opts)) {
         Ok(status) => u8::try_from(status).unwrap_or(255),
         Err(e) => {
+            if let Some(n) = &notify {
+                husk::run::notify(n, &format!("error {} {e}", e.exit_code()));
+            }
             eprintln!("husk: {e}");
             e.exit_code()
         }
@@ -187,6 +323,46 @@ fn main() -> ExitCode {
             }
         }
         Command::Run(a) => run(&config, *a),
+        Command::Ps => {
+            println!("{:<24} {:<14} {:<40} COMMAND", "NAME", "STATUS", "IMAGE");
+            for c in husk::containers::list(&config) {
+                println!(
+                    "{:<24} {:<14} {:<40} {}",
+                    c.name, c.status, c.image, c.command
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Logs { name } => finish(husk::containers::logs(&config, &name).map(|()| 0)),
+        Command::Kill { name, signal } => {
+            let r = husk::containers::parse_signal(&signal);
+            with_runtime(|rt| match r {
+                Ok(sig) => rt
+                    .block_on(husk::containers::kill(&config, &name, sig))
+                    .map(|()| 0),
+                Err(e) => Err(e),
+            })
+        }
+        Command::Rm { force, name } => with_runtime(|rt| {
+            rt.block_on(husk::containers::rm(&config, &name, force))
+                .map(|()| 0)
+        }),
+        Command::Exec {
+            interactive,
+            process: ProcessArgs { env, workdir, user },
+            name,
+            command,
+        } => with_runtime(|rt| {
+            rt.block_on(husk::containers::exec(
+                &config,
+                &name,
+                &command,
+                interactive,
+                &env,
+                workdir.as_deref(),
+                user.as_deref(),
+            ))
+        }),
         Command::Config => match toml::to_string_pretty(&config) {
             Ok(text) => {
                 print!("{text}");
@@ -198,6 +374,27 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn finish(r: Result<i32, husk::run::RunError>) -> ExitCode {
+    match r {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
+        Err(e) => {
+            eprintln!("husk: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn with_runtime(
+    f: impl FnOnce(&tokio::runtime::Runtime) -> Result<i32, husk::run::RunError>,
+) -> ExitCode {
+    let Some(rt) = runtime() else {
+        return ExitCode::from(125);
+    };
+    let r = f(&rt);
+    rt.shutdown_background();
+    finish(r)
 }
 
 #[cfg(test)]

@@ -1,0 +1,115 @@
+//! System test of the `husk` CLI in the lab (shim/tests/husk_run.sh drives it there):
+//! exit codes, env, workdir, users, stdin, stdout/stderr apart, a real workload, an
+//! OCI archive, `-t`, four VMs at once, `-d` with ps/exec/kill/logs/rm, clean-up after
+//! every run and after `kill -9` of husk while its VM runs, and bad input (125/127,
+//! nothing left behind).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use husk_tests::require_lab;
+
+fn ensure_vmm() {
+    let vmm = PathBuf::from(env!("CARGO_BIN_EXE_husk")).with_file_name("husk-vmm");
+    if !vmm.is_file() {
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "husk-vmm", "--bin", "husk-vmm"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "cargo build -p husk-vmm failed");
+    }
+}
+
+#[test]
+fn husk_cli_in_the_lab() {
+    let lab = require_lab!();
+    let guest = husk_tests::repo_root().join("build/guest");
+    assert!(
+        guest.join("initramfs.img").is_file(),
+        "no guest image: run `make guest-image` (make test does)"
+    );
+    ensure_vmm();
+    let scratch = husk_tests::scratch_dir();
+    let (img, archive) = (
+        scratch.path().join("busybox"),
+        scratch.path().join("busybox.tar"),
+    );
+    let st = Command::new(husk_tests::repo_root().join("tests/images/busybox-oci"))
+        .arg(&img)
+        .env("HUSK_OCI_ARCHIVE", &archive)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "busybox-oci failed");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/husk_run.sh");
+    let r = lab
+        .timeout(Duration::from_secs(1200))
+        .env("HUSK_GUEST_DIR", &guest.display().to_string())
+        .run(&[
+            script.display().to_string(),
+            env!("CARGO_BIN_EXE_husk").to_string(),
+            img.display().to_string(),
+            archive.display().to_string(),
+        ])
+        .unwrap();
+    let all = format!("--- stdout\n{}\n--- stderr\n{}", r.stdout, r.stderr);
+    assert_eq!(r.code, Some(0), "{all}");
+    let cases: HashMap<&str, &str> = r
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("CASE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    let check = |k: &str, want: &str| {
+        assert_eq!(cases.get(k).copied(), Some(want), "case {k}\n{all}");
+    };
+    check("exit3", "3");
+    check("envwd", "hi_/tmp");
+    check("user", "1000");
+    check("usernum", "uid=1234_gid=55");
+    check("stdin", "piped");
+    check("split", "out/err");
+    check(
+        "workload",
+        cases.get("workload_host").copied().unwrap_or("?"),
+    );
+    check("archive", "from-archive");
+    check("tty", "/dev/pts/0_both-terminals_xterm");
+    check("parallel", "vm1,vm2,vm3,vm4,");
+    check("detach_name", "web");
+    check("ps_running", "running");
+    assert!(
+        cases
+            .get("exec")
+            .is_some_and(|v| v.starts_with("sleep 600")),
+        "exec\n{all}"
+    );
+    check("rm_running", "125");
+    check("ps_after_term", "running");
+    check("ps_exited", "exited(137)");
+    check("logs", "started");
+    check("rm", "0");
+    for k in [
+        "bad_image",
+        "bad_archive",
+        "bad_memory",
+        "bad_name",
+        "bad_tag",
+    ] {
+        check(k, "125");
+    }
+    check("bad_cmd", "127");
+    for k in [
+        "after_foreground",
+        "after_parallel",
+        "after_detached",
+        "after_kill9",
+        "after_bad",
+    ] {
+        check(k, "procs=0 dirs=0 tmp=0");
+    }
+}

@@ -1,0 +1,67 @@
+#!/bin/bash
+# Host side of tests/tests/husk_run.rs, run inside the lab: drives the husk CLI and
+# prints `CASE name value` lines the Rust test checks. Usage: husk_run.sh HUSK IMAGE ARCHIVE
+set -u
+husk=$1 img=$2 archive=$3
+export HUSK_RUN_QUIET=1
+case_() { printf 'CASE %s %s\n' "$1" "$2"; }
+leftovers() {
+    local procs dirs
+    procs=$(pgrep -x husk-vmm | wc -l)
+    dirs=$(ls -A /run/husk 2>/dev/null | wc -l)
+    tmp=$(ls -A /var/lib/husk/tmp 2>/dev/null | wc -l)
+    echo "procs=$procs dirs=$dirs tmp=$tmp"
+}
+
+out=$("$husk" run -q "oci:$img" sh -c 'exit 3'); case_ exit3 "$?"
+out=$("$husk" run -q -e GREETING=hi -w /tmp "oci:$img" sh -c 'echo $GREETING $(pwd)'); case_ envwd "$(echo $out | tr ' ' _)"
+out=$("$husk" run -q -u alice "oci:$img" id -u); case_ user "$out"
+out=$("$husk" run -q -u 1234:55 "oci:$img" id); case_ usernum "$(echo $out | tr ' ' _)"
+out=$(echo piped | "$husk" run -q -i "oci:$img" cat); case_ stdin "$out"
+"$husk" run -q "oci:$img" sh -c 'echo out; echo err >&2' >/tmp/o 2>/tmp/e
+case_ split "$(cat /tmp/o)/$(cat /tmp/e)"
+out=$("$husk" run -q "oci:$img" sh -c 'seq 100000 | md5sum'); case_ workload "$(echo $out | cut -d' ' -f1)"
+case_ workload_host "$(seq 100000 | md5sum | cut -d' ' -f1)"
+out=$("$husk" run -q "oci-archive:$archive" echo from-archive); case_ archive "$out"
+out=$(script -qec "$husk run -q -t oci:$img sh -c 'tty; test -t 0 && test -t 1 && echo both-terminals; echo \$TERM'" /dev/null </dev/null | tr -d '\r' | tr '\n' ' '); case_ tty "$(echo $out | tr ' ' _)"
+case_ after_foreground "$(leftovers)"
+
+# Four VMs at once.
+for i in 1 2 3 4; do "$husk" run -q "oci:$img" sh -c "echo vm$i" >/tmp/par$i & done
+wait
+case_ parallel "$(cat /tmp/par1 /tmp/par2 /tmp/par3 /tmp/par4 | sort | tr '\n' ,)"
+case_ after_parallel "$(leftovers)"
+
+# Detached: ps, exec, logs, kill, rm.
+name=$("$husk" run -d -q --name web "oci:$img" sh -c 'echo started; exec sleep 600'); case_ detach_name "$name"
+case_ ps_running "$("$husk" ps | awk '$1=="web" {print $2}')"
+case_ exec "$("$husk" exec web sh -c 'cat /proc/1/cmdline | tr "\0" " "')"
+"$husk" rm web 2>/tmp/rmerr; case_ rm_running "$?"
+# PID 1 of the container ignores TERM without a handler (as under docker): KILL.
+"$husk" kill web TERM; sleep 1
+case_ ps_after_term "$("$husk" ps | awk '$1=="web" {print $2}')"
+"$husk" kill web; sleep 3
+case_ ps_exited "$("$husk" ps | awk '$1=="web" {print $2 $3}')"
+case_ logs "$("$husk" logs web)"
+"$husk" rm web; case_ rm "$?"
+case_ after_detached "$(leftovers)"
+
+# kill -9 of husk while the VM runs: the VM goes with it, the next call cleans up.
+"$husk" run -q --name victim "oci:$img" sleep 600 &
+hpid=$!
+for _ in $(seq 600); do [ -S /run/husk/victim/vm/vsock.sock ] && break; sleep 0.1; done
+sleep 2
+kill -9 "$hpid"; wait "$hpid" 2>/dev/null
+sleep 1
+"$husk" ps >/dev/null
+case_ after_kill9 "$(leftovers)"
+
+# Bad input: 125 and nothing left.
+"$husk" run -q oci:/nonexistent true 2>/tmp/err; case_ bad_image "$?"
+echo garbage >/tmp/corrupt.tar; "$husk" run -q oci-archive:/tmp/corrupt.tar true 2>>/tmp/err; case_ bad_archive "$?"
+"$husk" run -q "oci:$img" /no/such/cmd 2>>/tmp/err; case_ bad_cmd "$?"
+"$husk" run -q --memory 0 "oci:$img" true 2>>/tmp/err; case_ bad_memory "$?"
+"$husk" run -q --name 'bad/name' "oci:$img" true 2>>/tmp/err; case_ bad_name "$?"
+"$husk" run -q "oci:$img:nosuchtag" true 2>>/tmp/err; case_ bad_tag "$?"
+case_ after_bad "$(leftovers)"
+echo "--- errors"; cat /tmp/err
