@@ -6,9 +6,11 @@
 set -euo pipefail
 husk=$1 layout=$2 archive=$3 runs=$4 out=$5
 work=$(mktemp -d)
+# containerd's overlayfs snapshots cannot live on the lab's overlay root: a tmpfs.
+mount -t tmpfs tmpfs "$work"
 containerd --root "$work/root" --state "$work/state" --address "$work/c.sock" >"$work/containerd.log" 2>&1 &
 cpid=$!
-trap 'kill $cpid 2>/dev/null; wait $cpid 2>/dev/null; rm -rf "$work"' EXIT
+trap 'kill $cpid 2>/dev/null; wait $cpid 2>/dev/null; umount -l "$work"; rmdir "$work"' EXIT
 for _ in $(seq 100); do [ -S "$work/c.sock" ] && break; sleep 0.1; done
 ctr=(ctr --address "$work/c.sock")
 "${ctr[@]}" images import --base-name docker.io/library/busybox "$archive" >/dev/null
