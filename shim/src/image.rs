@@ -222,9 +222,30 @@ fn run_tool(tool: &'static str, args: &[&std::ffi::OsStr], path: &Path) -> Resul
 }
 
 /// Makes an erofs image of `root` at `out` (atomically: a temporary name, then rename).
+/// A folder on a filesystem without xattr listing (virtio-fs, some FUSE) is converted
+/// without xattrs, after a warning.
 pub fn mkfs_erofs(root: &Path, out: &Path) -> Result<(), ImageError> {
     let tmp = out.with_extension("erofs.tmp");
-    let r = run_tool("mkfs.erofs", &[tmp.as_os_str(), root.as_os_str()], root);
+    let mut r = run_tool("mkfs.erofs", &[tmp.as_os_str(), root.as_os_str()], root);
+    if let Err(ImageError::Tool { msg, .. }) = &r
+        && msg.contains("Operation not supported")
+    {
+        eprintln!(
+            "husk: {}: extended attributes cannot be read there; converting without them",
+            root.display()
+        );
+        let _ = std::fs::remove_file(&tmp);
+        r = run_tool(
+            "mkfs.erofs",
+            &[
+                "-x".as_ref(),
+                "-1".as_ref(),
+                tmp.as_os_str(),
+                root.as_os_str(),
+            ],
+            root,
+        );
+    }
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
         return r;

@@ -222,8 +222,7 @@ impl Sandbox {
                 })
             }
             Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_and_reap(&mut child);
                 let _ = std::fs::remove_dir_all(&spec.dir);
                 Err(e)
             }
@@ -257,8 +256,7 @@ impl Sandbox {
                         tokio::time::sleep(Duration::from_millis(20)).await
                     }
                     _ => {
-                        let _ = child.kill();
-                        let _ = child.wait();
+                        kill_and_reap(&mut child);
                         break;
                     }
                 }
@@ -271,8 +269,7 @@ impl Sandbox {
     /// Stops the VM at once (SIGKILL) and removes the folder.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.vmm.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            kill_and_reap(&mut c);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -294,6 +291,20 @@ impl Drop for Sandbox {
             self.kill();
         }
     }
+}
+
+/// SIGKILL, then reap for at most a few seconds: a VMM stuck in the kernel (a
+/// nested-virtualisation hang) must not hang husk too; it is reaped by init later.
+fn kill_and_reap(c: &mut Child) {
+    let _ = c.kill();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) | Err(_) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    tracing::warn!(pid = c.id(), "husk-vmm did not die after SIGKILL");
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -1,7 +1,9 @@
 //! System test of the `husk` CLI in the lab (shim/tests/husk_run.sh drives it there):
 //! exit codes, env, workdir, users, stdin, stdout/stderr apart, a real workload, an
 //! OCI archive, `-t`, four VMs at once, `-d` with ps/exec/kill/logs/rm, clean-up after
-//! every run and after `kill -9` of husk while its VM runs, and bad input (125/127,
+//! every run and after `kill -9` of husk while its VM runs (no husk-vmm, folder,
+//! temporary file, mount or loop device), Ctrl-C passed on, the image's default
+//! command, `--rootfs`, and bad input (125; 127 for a command not in the image;
 //! nothing left behind).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
@@ -45,15 +47,21 @@ fn husk_cli_in_the_lab() {
         .status()
         .unwrap();
     assert!(st.success(), "busybox-oci failed");
+    let rootfs = scratch.path().join("rootfs");
+    husk_tests::agent::busybox_rootfs(&rootfs);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/husk_run.sh");
+    // Two vCPUs and room for four guests at once.
     let r = lab
-        .timeout(Duration::from_secs(1200))
+        .cpus(2)
+        .mem_mib(3072)
+        .timeout(Duration::from_secs(1500))
         .env("HUSK_GUEST_DIR", &guest.display().to_string())
         .run(&[
             script.display().to_string(),
             env!("CARGO_BIN_EXE_husk").to_string(),
             img.display().to_string(),
             archive.display().to_string(),
+            rootfs.display().to_string(),
         ])
         .unwrap();
     let all = format!("--- stdout\n{}\n--- stderr\n{}", r.stdout, r.stderr);
@@ -78,7 +86,10 @@ fn husk_cli_in_the_lab() {
         cases.get("workload_host").copied().unwrap_or("?"),
     );
     check("archive", "from-archive");
+    check("default_cmd", "default-cmd");
+    check("rootfs", "from-rootfs_alice");
     check("tty", "/dev/pts/0_both-terminals_xterm");
+    check("sigint", "42");
     check("parallel", "vm1,vm2,vm3,vm4,");
     check("detach_name", "web");
     check("ps_running", "running");
@@ -110,6 +121,6 @@ fn husk_cli_in_the_lab() {
         "after_kill9",
         "after_bad",
     ] {
-        check(k, "procs=0 dirs=0 tmp=0");
+        check(k, "procs=0 dirs=0 tmp=0 mounts=0 loops=0");
     }
 }

@@ -1,8 +1,21 @@
 #!/bin/bash
-# Host side of tests/tests/husk_run.rs, run inside the lab: drives the husk CLI and
-# prints `CASE name value` lines the Rust test checks. Usage: husk_run.sh HUSK IMAGE ARCHIVE
+# Host side of shim/tests/husk_run.rs, run inside the lab: drives the husk CLI and
+# prints `CASE name value` lines the Rust test checks.
+# Usage: husk_run.sh HUSK OCI_LAYOUT OCI_ARCHIVE ROOTFS_DIR
 set -u
-husk=$1 img=$2 archive=$3
+real_husk=$1 img=$2 archive=$3 rootfs=$4
+# Every call bounded: a hang fails its case (exit 137) and the rest still runs; the
+# sandbox folders' logs are printed on stderr for the diagnosis.
+husk() {
+    timeout -s KILL 300 "$real_husk" "$@"
+    local rc=$?
+    if [ $rc = 137 ]; then
+        { echo "--- husk $* was killed after 300 s"; ps -eo pid,ppid,stat,etime,wchan:20,args | grep -E "husk|sh -c" | grep -v grep
+          for d in /run/husk/*/vm; do [ -d "$d" ] && { echo "== $d"; tail -5 "$d/console.log"; tail -3 "$d/vmm.log"; }; done; } >&2
+    fi
+    return $rc
+}
+husk=husk
 export HUSK_RUN_QUIET=1
 case_() { printf 'CASE %s %s\n' "$1" "$2"; }
 leftovers() {
@@ -10,7 +23,9 @@ leftovers() {
     procs=$(pgrep -x husk-vmm | wc -l)
     dirs=$(ls -A /run/husk 2>/dev/null | wc -l)
     tmp=$(ls -A /var/lib/husk/tmp 2>/dev/null | wc -l)
-    echo "procs=$procs dirs=$dirs tmp=$tmp"
+    mounts=$(grep -c -e /run/husk -e /var/lib/husk /proc/mounts)
+    loops=$(losetup -a 2>/dev/null | wc -l)
+    echo "procs=$procs dirs=$dirs tmp=$tmp mounts=$mounts loops=$loops"
 }
 
 out=$("$husk" run -q "oci:$img" sh -c 'exit 3'); case_ exit3 "$?"
@@ -23,12 +38,24 @@ case_ split "$(cat /tmp/o)/$(cat /tmp/e)"
 out=$("$husk" run -q "oci:$img" sh -c 'seq 100000 | md5sum'); case_ workload "$(echo $out | cut -d' ' -f1)"
 case_ workload_host "$(seq 100000 | md5sum | cut -d' ' -f1)"
 out=$("$husk" run -q "oci-archive:$archive" echo from-archive); case_ archive "$out"
-out=$(script -qec "$husk run -q -t oci:$img sh -c 'tty; test -t 0 && test -t 1 && echo both-terminals; echo \$TERM'" /dev/null </dev/null | tr -d '\r' | tr '\n' ' '); case_ tty "$(echo $out | tr ' ' _)"
+out=$(echo 'echo default-cmd' | "$husk" run -q -i "oci:$img"); case_ default_cmd "$out"
+out=$("$husk" run -q --rootfs "$rootfs" sh -c 'echo from-rootfs; ls /home'); case_ rootfs "$(echo $out | tr ' ' _)"
+out=$(script -qec "timeout -s KILL 300 $real_husk run -q -t oci:$img sh -c 'tty; test -t 0 && test -t 1 && echo both-terminals; echo \$TERM'" /dev/null </dev/null | tr -d '\r' | tr '\n' ' '); case_ tty "$(echo $out | tr ' ' _)"
+# Ctrl-C reaches the container (its handler decides the exit status).
+"$real_husk" run -q "oci:$img" sh -c 'trap "exit 42" INT; echo armed; sleep 300 & wait' >/tmp/sig &
+hpid=$!
+for _ in $(seq 600); do grep -q armed /tmp/sig 2>/dev/null && break; sleep 0.1; done
+kill -INT "$hpid"; wait "$hpid"; case_ sigint "$?"
 case_ after_foreground "$(leftovers)"
 
-# Four VMs at once.
-for i in 1 2 3 4; do "$husk" run -q "oci:$img" sh -c "echo vm$i" >/tmp/par$i & done
-wait
+# Four VMs at once (bounded: a hang is reported with what was running).
+pids=()
+for i in 1 2 3 4; do "$husk" run -q "oci:$img" sh -c "echo vm$i" >/tmp/par$i 2>/tmp/parerr$i & pids+=($!); done
+for p in "${pids[@]}"; do wait "$p" || echo "parallel run exited $?" >&2; done
+if [ "$(cat /tmp/par1 /tmp/par2 /tmp/par3 /tmp/par4 | wc -l)" != 4 ]; then
+    { echo "--- parallel: stderr"; cat /tmp/parerr*; ps -eo pid,ppid,stat,etime,wchan:20,args | grep -E "husk|sh -c"
+      for d in /run/husk/*/vm; do echo "== $d"; tail -5 "$d/console.log"; tail -3 "$d/vmm.log"; done; } >&2
+fi
 case_ parallel "$(cat /tmp/par1 /tmp/par2 /tmp/par3 /tmp/par4 | sort | tr '\n' ,)"
 case_ after_parallel "$(leftovers)"
 
@@ -47,7 +74,7 @@ case_ logs "$("$husk" logs web)"
 case_ after_detached "$(leftovers)"
 
 # kill -9 of husk while the VM runs: the VM goes with it, the next call cleans up.
-"$husk" run -q --name victim "oci:$img" sleep 600 &
+"$real_husk" run -q --name victim "oci:$img" sleep 600 &
 hpid=$!
 for _ in $(seq 600); do [ -S /run/husk/victim/vm/vsock.sock ] && break; sleep 0.1; done
 sleep 2
@@ -57,7 +84,9 @@ sleep 1
 case_ after_kill9 "$(leftovers)"
 
 # Bad input: 125 and nothing left.
-"$husk" run -q oci:/nonexistent true 2>/tmp/err; case_ bad_image "$?"
+"$husk" run -q busybox:latest true 2>/tmp/err; case_ bad_ref "$?"
+"$husk" run -q oci:/nonexistent true 2>>/tmp/err; case_ bad_image "$?"
+"$husk" run -q --rootfs "$rootfs" 2>>/tmp/err; case_ no_cmd "$?"
 echo garbage >/tmp/corrupt.tar; "$husk" run -q oci-archive:/tmp/corrupt.tar true 2>>/tmp/err; case_ bad_archive "$?"
 "$husk" run -q "oci:$img" /no/such/cmd 2>>/tmp/err; case_ bad_cmd "$?"
 "$husk" run -q --memory 0 "oci:$img" true 2>>/tmp/err; case_ bad_memory "$?"

@@ -42,12 +42,15 @@ environment, working directory and user. Images are converted to erofs once and 
         interactive: bool,
         #[command(flatten)]
         process: ProcessArgs,
+        /// The container's name (husk ps lists them).
         name: String,
+        /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
     /// Send a signal (default KILL) to a running container's process.
     Kill {
+        /// The container's name.
         name: String,
         /// A signal name (TERM, SIGTERM) or number.
         #[arg(default_value = "KILL")]
@@ -55,12 +58,17 @@ environment, working directory and user. Images are converted to erofs once and 
     },
     /// Remove a container: its folder and logs; with -f also a running one (killed).
     Rm {
+        /// Also a running container (killed first).
         #[arg(short, long)]
         force: bool,
+        /// The container's name.
         name: String,
     },
     /// Print a detached container's output (stdout, then stderr).
-    Logs { name: String },
+    Logs {
+        /// The container's name.
+        name: String,
+    },
 }
 
 /// What `run` and `exec` share about the process.
@@ -191,7 +199,7 @@ fn spawn_detached(name: Option<&str>) -> ExitCode {
             n
         }
     };
-    let (rx, tx) = match nix::unistd::pipe() {
+    let (rx, tx) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("husk: {e}");
@@ -206,12 +214,18 @@ fn spawn_detached(name: Option<&str>) -> ExitCode {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let txfd = tx.as_raw_fd();
-    // SAFETY: runs in the forked child before exec; setsid and dup2 are
+    // SAFETY: runs in the forked child before exec; setsid, fcntl and dup2 are
     // async-signal-safe and touch no memory shared with the parent.
     unsafe {
         cmd.pre_exec(move || {
             libc::setsid();
-            if libc::dup2(txfd, 3) < 0 {
+            // fd 3 without close-on-exec (dup2 onto itself would keep the flag).
+            let rc = if txfd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(txfd, 3)
+            };
+            if rc < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
