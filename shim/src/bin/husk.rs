@@ -276,6 +276,9 @@ fn run(config: &Config, a: RunArgs) -> ExitCode {
         // SAFETY: fd 3 was set up by the `run -d` that started this process and is
         // owned by nothing else here.
         let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // Not for our children (husk-vmm): only this process may hold the channel.
+        // SAFETY: fcntl on an fd this process owns; no memory is passed.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
         opts.detached = Some(std::sync::Arc::new(std::sync::Mutex::new(Some(f))));
     }
     let notify = opts.detached.clone();
