@@ -38,6 +38,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The protocol's name for the stream.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Stdin => "stdin",
+            Kind::Stdout => "stdout",
+            Kind::Stderr => "stderr",
+        }
+    }
+
     fn parse(s: &str) -> Option<Kind> {
         match s {
             "stdin" => Some(Kind::Stdin),

@@ -219,8 +219,9 @@ impl Runtime {
             if want {
                 out[i] = Some(self.pending.take(id, exec, kind).ok_or_else(|| {
                     RuntimeError::State(format!(
-                        "container {id}: stdio.{kind:?} is set but no such stream was opened (open it on the stdio port first)",
-                    ).to_lowercase())
+                        "container {id}: stdio.{} is set but no such stream was opened (open it on the stdio port first)",
+                        kind.name()
+                    ))
                 })?);
             }
         }
