@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use husk_agent_protocol::agent_ttrpc::create_agent;
+use husk_agent_protocol::stdio::{self as stdio_wire, STDIO_PORT};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::container::Runtime;
@@ -12,9 +13,6 @@ use crate::listen::ListenAddr;
 use crate::reaper::Reaper;
 use crate::rpc::{Service, Shutdown};
 use crate::stdio::{self, Pending};
-
-/// vsock port of the stdio listener.
-pub const STDIO_PORT: u32 = 1026;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -40,11 +38,7 @@ pub enum ServeError {
 pub fn stdio_addr(listen: &ListenAddr) -> ListenAddr {
     match listen {
         ListenAddr::Vsock(_) => ListenAddr::Vsock(STDIO_PORT),
-        ListenAddr::Unix(p) => {
-            let mut s = p.clone().into_os_string();
-            s.push(".stdio");
-            ListenAddr::Unix(PathBuf::from(s))
-        }
+        ListenAddr::Unix(p) => ListenAddr::Unix(stdio_wire::unix_path(p)),
     }
 }
 

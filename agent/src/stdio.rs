@@ -16,10 +16,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use husk_agent_protocol::stdio::HEADER_VERSION;
 use husk_agent_protocol::validate;
 
-/// Version field of the header.
-pub const HEADER_VERSION: &str = "0";
 /// Longest header line accepted.
 const MAX_HEADER: usize = 512;
 /// A client has this long to send its header.
@@ -29,33 +28,7 @@ const PENDING_TTL: Duration = Duration::from_secs(60);
 /// At most this many streams wait for their process.
 const MAX_PENDING: usize = 256;
 
-/// Which of a process's standard streams.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Stdin,
-    Stdout,
-    Stderr,
-}
-
-impl Kind {
-    /// The protocol's name for the stream.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Stdin => "stdin",
-            Kind::Stdout => "stdout",
-            Kind::Stderr => "stderr",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Kind> {
-        match s {
-            "stdin" => Some(Kind::Stdin),
-            "stdout" => Some(Kind::Stdout),
-            "stderr" => Some(Kind::Stderr),
-            _ => None,
-        }
-    }
-}
+pub use husk_agent_protocol::stdio::StdioKind as Kind;
 
 /// A byte stream from the host (vsock or unix).
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}

@@ -12,8 +12,8 @@ use husk_agent_protocol::{spec, validate};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::Config;
-use crate::run::{ContainerDir, RunError};
-use crate::sandbox::reap_stale;
+use crate::run::{ContainerDir, RunError, rpc_msg, spawn_stdin_pump};
+use crate::sandbox::{alive, reap_stale};
 
 /// A container as `husk ps` shows it.
 #[derive(Debug, Clone)]
@@ -22,10 +22,6 @@ pub struct Listed {
     pub status: String,
     pub image: String,
     pub command: String,
-}
-
-fn alive(pid: i32) -> bool {
-    pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
 fn owner(dir: &Path) -> Option<i32> {
@@ -108,10 +104,7 @@ fn ctx() -> ttrpc::context::Context {
 }
 
 fn rpc(e: ttrpc::Error) -> RunError {
-    RunError::Agent(match e {
-        ttrpc::Error::RpcStatus(s) => s.message().to_string(),
-        other => other.to_string(),
-    })
+    RunError::Agent(rpc_msg(e))
 }
 
 /// Parses a signal: a number, or a name with or without SIG.
@@ -214,12 +207,8 @@ pub async fn exec(
         }
         return Err(e);
     }
-    if let Some(mut si) = si {
-        tokio::spawn(async move {
-            let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut si).await;
-            let _ = si.shutdown().await;
-            let _ = tokio::io::copy(&mut si, &mut tokio::io::sink()).await;
-        });
+    if let Some(si) = si {
+        spawn_stdin_pump(si);
     }
     let out = tokio::spawn(async move {
         let _ = tokio::io::copy(&mut so, &mut tokio::io::stdout()).await;

@@ -84,7 +84,8 @@ fn ctx() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(120_000_000_000)
 }
 
-fn rpc_msg(e: ttrpc::Error) -> String {
+/// A failed agent call's message (the status's own text, without ttrpc's wrapping).
+pub(crate) fn rpc_msg(e: ttrpc::Error) -> String {
     match e {
         ttrpc::Error::RpcStatus(s) => s.message().to_string(),
         other => other.to_string(),
@@ -398,13 +399,8 @@ async fn run_in(
             (out, err)
         }
     };
-    if let Some(mut si) = si {
-        tokio::spawn(async move {
-            let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut si).await;
-            let _ = si.shutdown().await;
-            // Keep the stream until the agent closes it.
-            let _ = tokio::io::copy(&mut si, &mut tokio::io::sink()).await;
-        });
+    if let Some(si) = si {
+        spawn_stdin_pump(si);
     }
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -428,6 +424,16 @@ async fn run_in(
     }
     t.run = tr.elapsed();
     Ok(status)
+}
+
+/// Copies our stdin to a process's stdin stream, half-closes it at EOF, and keeps the
+/// stream until the agent closes it.
+pub(crate) fn spawn_stdin_pump(mut si: tokio::net::UnixStream) {
+    tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut si).await;
+        let _ = si.shutdown().await;
+        let _ = tokio::io::copy(&mut si, &mut tokio::io::sink()).await;
+    });
 }
 
 fn ctx_long() -> ttrpc::context::Context {

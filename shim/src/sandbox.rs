@@ -371,8 +371,6 @@ pub fn reap_stale(run_dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(run_dir) else {
         return 0;
     };
-    let alive =
-        |pid: i32| pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
     let mut n = 0;
     for e in entries.flatten() {
         let dir = e.path();
@@ -401,6 +399,11 @@ pub fn reap_stale(run_dir: &Path) -> usize {
         }
     }
     n
+}
+
+/// Whether a process with this pid exists.
+pub(crate) fn alive(pid: i32) -> bool {
+    pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
 
 fn is_vmm(pid: i32) -> bool {

@@ -11,10 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::agent_ttrpc::AgentClient;
+pub use crate::stdio::StdioKind;
+use crate::stdio::{STDIO_PORT, header, unix_path};
 use crate::{AGENT_PORT, validate};
-
-/// vsock port of the agent's stdio listener.
-pub const STDIO_PORT: u32 = 1026;
 
 /// Where the agent is.
 #[derive(Debug, Clone)]
@@ -23,24 +22,6 @@ pub enum Endpoint {
     Unix(PathBuf),
     /// A VM's hybrid vsock socket.
     HybridVsock(PathBuf),
-}
-
-/// Which stdio stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StdioKind {
-    Stdin,
-    Stdout,
-    Stderr,
-}
-
-impl StdioKind {
-    fn name(self) -> &'static str {
-        match self {
-            StdioKind::Stdin => "stdin",
-            StdioKind::Stdout => "stdout",
-            StdioKind::Stderr => "stderr",
-        }
-    }
 }
 
 /// Why the agent could not be reached.
@@ -122,9 +103,7 @@ impl Endpoint {
                 let path = if port == AGENT_PORT {
                     p.clone()
                 } else {
-                    let mut s = p.clone().into_os_string();
-                    s.push(".stdio");
-                    PathBuf::from(s)
+                    unix_path(p)
                 };
                 UnixStream::connect(&path)
                     .await
@@ -153,10 +132,13 @@ impl Endpoint {
             validate::id("exec_id", exec)?;
         }
         let mut s = self.connect(STDIO_PORT).await?;
-        let exec_field = if exec.is_empty() { "-" } else { exec };
-        s.write_all(format!("husk-stdio 0 {container} {exec_field} {}\n", kind.name()).as_bytes())
+        s.write_all(header(container, exec, kind).as_bytes())
             .await?;
-        let what = format!("{container}/{exec_field}/{}", kind.name());
+        let what = format!(
+            "{container}/{}/{}",
+            if exec.is_empty() { "-" } else { exec },
+            kind.name()
+        );
         let line = read_line(&mut s, Duration::from_secs(10))
             .await
             .map_err(|e| ClientError::Refused {

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod spec;
+pub mod stdio;
 pub mod validate;
 
 /// Messages generated from proto/agent.proto.
