@@ -4,11 +4,15 @@
 //!
 //! Layouts are unpacked by umoci (layers in order, whiteouts applied, blobs verified)
 //! and converted with mkfs.erofs once; the result is cached by manifest digest under
-//! `<state_dir>/images/` (`<hex>.erofs` and `<hex>.json`, the image's config).
+//! `<state_dir>/images/` (`<hex>.erofs` and `<hex>.json`, the image's config). Runs that
+//! need the same uncached image at once convert it once: the others wait on
+//! `<hex>.lock` (an advisory `flock`) and then use the result.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use serde_json::Value;
 
 /// Why an image could not be used.
@@ -221,9 +225,9 @@ fn run_tool(tool: &'static str, args: &[&std::ffi::OsStr], path: &Path) -> Resul
     Ok(())
 }
 
-/// Makes an erofs image of `root` at `out` (atomically: a temporary name, then rename).
-/// A folder on a filesystem without xattr listing (virtio-fs, some FUSE) is converted
-/// without xattrs, after a warning.
+/// Makes an erofs image of `root` at `out` (atomically: a temporary name beside `out`,
+/// then rename; the caller makes sure nobody else writes `out` at once). A folder on a filesystem without xattr listing
+/// (virtio-fs, some FUSE) is converted without xattrs, after a warning.
 pub fn mkfs_erofs(root: &Path, out: &Path) -> Result<(), ImageError> {
     let tmp = out.with_extension("erofs.tmp");
     let mut r = run_tool("mkfs.erofs", &[tmp.as_os_str(), root.as_os_str()], root);
@@ -330,6 +334,43 @@ pub fn prepare(
     }
 }
 
+/// The cache entry, when both of its files are there (the config is written last).
+fn cached(
+    erofs: &Path,
+    cfg_path: &Path,
+    cache: &Path,
+    digest: &str,
+) -> Result<Option<Prepared>, ImageError> {
+    if !(erofs.is_file() && cfg_path.is_file()) {
+        return Ok(None);
+    }
+    let cfg = read_json(cfg_path, cache)?;
+    Ok(Some(Prepared {
+        erofs: erofs.to_path_buf(),
+        config: ImageConfig::from_json(&cfg),
+        digest: digest.to_string(),
+        converted: false,
+    }))
+}
+
+/// Takes the exclusive lock of a cache entry, telling `progress` when another process
+/// holds it (the lock goes with the returned handle, also when a process dies).
+fn lock_entry(path: &Path, progress: &dyn Fn(&str)) -> Result<Flock<std::fs::File>, ImageError> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(l) => return Ok(l),
+        Err((f, Errno::EWOULDBLOCK)) => f,
+        Err((_, e)) => return Err(io_err(path)(e.into())),
+    };
+    progress("waiting for another husk converting this image");
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| io_err(path)(e.into()))
+}
+
 fn prepare_layout(
     layout: &Path,
     tag: Option<&str>,
@@ -346,19 +387,18 @@ fn prepare_layout(
         cache.join(format!("{hex}.erofs")),
         cache.join(format!("{hex}.json")),
     );
-    if erofs.is_file() && cfg_path.is_file() {
-        let cfg = read_json(&cfg_path, &cache)?;
-        return Ok(Prepared {
-            erofs,
-            config: ImageConfig::from_json(&cfg),
-            digest,
-            converted: false,
-        });
+    if let Some(p) = cached(&erofs, &cfg_path, &cache, &digest)? {
+        return Ok(p);
+    }
+    std::fs::create_dir_all(&cache).map_err(io_err(&cache))?;
+    // One conversion per image at a time; whoever waited finds it done.
+    let _lock = lock_entry(&cache.join(format!("{hex}.lock")), progress)?;
+    if let Some(p) = cached(&erofs, &cfg_path, &cache, &digest)? {
+        return Ok(p);
     }
     let manifest = read_json(&blob(layout, &digest)?, layout)?;
     let cfg_digest = manifest["config"]["digest"].as_str().unwrap_or("");
     let config = ImageConfig::from_json(&read_json(&blob(layout, cfg_digest)?, layout)?);
-    std::fs::create_dir_all(&cache).map_err(io_err(&cache))?;
     let tmp = scratch(state_dir)?;
     let rootfs = tmp.path().join("rootfs");
     progress(&format!("unpacking {}:{tag}", layout.display()));
