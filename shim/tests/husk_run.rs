@@ -50,9 +50,10 @@ fn husk_cli_in_the_lab() {
     let rootfs = scratch.path().join("rootfs");
     husk_tests::agent::busybox_rootfs(&rootfs);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/husk_run.sh");
-    // Two vCPUs and room for four guests at once.
+    // Room for four guests at once. One L1 vCPU, as everywhere in the lab: with two,
+    // the emulated L1 stalls under load (lab.md), seen here as a `husk` call that never
+    // returned and an L2 guest dying of a triple fault early in its boot.
     let r = lab
-        .cpus(2)
         .mem_mib(3072)
         .timeout(Duration::from_secs(1500))
         .env("HUSK_GUEST_DIR", &guest.display().to_string())
@@ -91,6 +92,7 @@ fn husk_cli_in_the_lab() {
     check("tty", "/dev/pts/0_both-terminals_xterm");
     check("sigint", "42");
     check("parallel", "vm1,vm2,vm3,vm4,");
+    check("cache", ".erofs,.json,.lock,");
     check("detach_name", "web");
     check("ps_running", "running");
     assert!(

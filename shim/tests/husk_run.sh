@@ -6,13 +6,14 @@ set -u
 real_husk=$1 img=$2 archive=$3 rootfs=$4
 # Every call bounded: a hang fails its case (exit 137) and the rest still runs; the
 # sandbox folders' logs are printed on stderr for the diagnosis.
+diag() {
+    { echo "--- $*"; ps -eo pid,ppid,stat,etime,wchan:20,args | grep -E "husk|sh -c" | grep -v grep
+      for d in /run/husk/*/vm; do [ -d "$d" ] && { echo "== $d"; tail -5 "$d/console.log"; tail -3 "$d/vmm.log"; }; done; } >&2
+}
 husk() {
     timeout -s KILL 300 "$real_husk" "$@"
     local rc=$?
-    if [ $rc = 137 ]; then
-        { echo "--- husk $* was killed after 300 s"; ps -eo pid,ppid,stat,etime,wchan:20,args | grep -E "husk|sh -c" | grep -v grep
-          for d in /run/husk/*/vm; do [ -d "$d" ] && { echo "== $d"; tail -5 "$d/console.log"; tail -3 "$d/vmm.log"; }; done; } >&2
-    fi
+    [ $rc = 137 ] && diag "husk $* was killed after 300 s"
     return $rc
 }
 husk=husk
@@ -40,7 +41,9 @@ case_ workload_host "$(seq 100000 | md5sum | cut -d' ' -f1)"
 out=$("$husk" run -q "oci-archive:$archive" echo from-archive); case_ archive "$out"
 out=$(echo 'echo default-cmd' | "$husk" run -q -i "oci:$img"); case_ default_cmd "$out"
 out=$("$husk" run -q --rootfs "$rootfs" sh -c 'echo from-rootfs; ls /home'); case_ rootfs "$(echo $out | tr ' ' _)"
-out=$(script -qec "timeout -s KILL 300 $real_husk run -q -t oci:$img sh -c 'tty; test -t 0 && test -t 1 && echo both-terminals; echo \$TERM'" /dev/null </dev/null | tr -d '\r' | tr '\n' ' '); case_ tty "$(echo $out | tr ' ' _)"
+out=$(script -qec "timeout -s KILL 300 $real_husk run -q -t oci:$img sh -c 'tty; test -t 0 && test -t 1 && echo both-terminals; echo \$TERM'" /dev/null </dev/null | tr -d '\r' | tr '\n' ' ')
+[ "${out%Killed*}" != "$out" ] && diag "husk run -t was killed after 300 s"
+case_ tty "$(echo $out | tr ' ' _)"
 # Ctrl-C reaches the container (its handler decides the exit status).
 "$real_husk" run -q "oci:$img" sh -c 'trap "exit 42" INT; echo armed; sleep 300 & wait' >/tmp/sig &
 hpid=$!
@@ -48,15 +51,17 @@ for _ in $(seq 600); do grep -q armed /tmp/sig 2>/dev/null && break; sleep 0.1; 
 kill -INT "$hpid"; wait "$hpid"; case_ sigint "$?"
 case_ after_foreground "$(leftovers)"
 
-# Four VMs at once (bounded: a hang is reported with what was running).
+# Four VMs at once (bounded: a hang is reported with what was running), all needing the
+# same image converted: one converts, the others wait for it.
+rm -rf /var/lib/husk/images
 pids=()
 for i in 1 2 3 4; do "$husk" run -q "oci:$img" sh -c "echo vm$i" >/tmp/par$i 2>/tmp/parerr$i & pids+=($!); done
 for p in "${pids[@]}"; do wait "$p" || echo "parallel run exited $?" >&2; done
 if [ "$(cat /tmp/par1 /tmp/par2 /tmp/par3 /tmp/par4 | wc -l)" != 4 ]; then
-    { echo "--- parallel: stderr"; cat /tmp/parerr*; ps -eo pid,ppid,stat,etime,wchan:20,args | grep -E "husk|sh -c"
-      for d in /run/husk/*/vm; do echo "== $d"; tail -5 "$d/console.log"; tail -3 "$d/vmm.log"; done; } >&2
+    { echo "--- parallel: stderr"; cat /tmp/parerr*; } >&2; diag "parallel runs"
 fi
 case_ parallel "$(cat /tmp/par1 /tmp/par2 /tmp/par3 /tmp/par4 | sort | tr '\n' ,)"
+case_ cache "$(ls /var/lib/husk/images | sed 's/^[0-9a-f]*//' | sort | tr '\n' ,)"
 case_ after_parallel "$(leftovers)"
 
 # Detached: ps, exec, logs, kill, rm.
