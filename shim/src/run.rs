@@ -268,26 +268,26 @@ async fn run_prepared(
         .unwrap_or_else(|| image.config.user.clone());
     let guest = GuestImage::locate(&config.state_dir, config.vm.kernel.as_deref())?;
     let sb_spec = SandboxSpec {
-        id: cdir.name.clone(),
-        dir: cdir.vm(),
-        vmm: vmm_binary()?,
-        kernel: guest.kernel,
-        initramfs: guest.initramfs,
         vcpus: opts.vcpus.unwrap_or(config.vm.vcpus),
         memory_mib: opts.memory_mib.unwrap_or(config.vm.memory_mib),
         disks: vec![Disk {
             path: image.erofs.clone(),
             read_only: true,
         }],
-        ready_timeout: Duration::from_secs(300),
-        cmdline_extra: String::new(),
+        ..SandboxSpec::new(&cdir.name, cdir.vm(), vmm_binary()?, &guest)
     };
     progress("starting the microVM");
-    let sb = Sandbox::boot(&sb_spec).await?;
+    let mut sb = Sandbox::boot(&sb_spec).await?;
     t.vm_start = sb.times.vmm_spawned;
     t.agent_ready = sb.times.connected;
     t.guest_uptime = sb.times.guest_uptime;
-    let result = run_in(&sb, opts, cdir, &process, &user, t).await;
+    let mut result = run_in(&sb, opts, cdir, &process, &user, t).await;
+    if let Err(RunError::Agent(msg)) = &result
+        && let Some(why) = sb.stopped(Duration::from_secs(1)).await
+    {
+        // The agent's connection went because the VM did: say why.
+        result = Err(RunError::Agent(format!("{msg}\n{why}")));
+    }
     let ts = Instant::now();
     sb.shutdown().await;
     t.stop = ts.elapsed();

@@ -27,8 +27,10 @@ pub enum SandboxError {
     Dir { path: PathBuf, err: std::io::Error },
     #[error("start {vmm}: {err}")]
     Spawn { vmm: PathBuf, err: std::io::Error },
-    #[error("the VM stopped before its agent was ready (husk-vmm exit status {status}){console}")]
+    #[error("the VM stopped before its agent was ready: {status}{console}")]
     VmExited { status: String, console: String },
+    #[error("the VM stopped: {status}{console}")]
+    VmStopped { status: String, console: String },
     #[error("the agent was not ready within {0:?}{1}")]
     NotReady(Duration, String),
     #[error("the agent's readiness message {0:?}: {1}")]
@@ -97,6 +99,21 @@ fn now_unix_ns() -> i64 {
         .unwrap_or(0)
 }
 
+/// husk-vmm's exit status in words (docs/vmm.md lists the codes).
+fn describe_exit(st: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let why = match st.code() {
+        Some(0) => "the guest powered off",
+        Some(1) => "the guest crashed",
+        Some(2) => "bad VM configuration",
+        Some(3) => "host failure",
+        Some(4) => "stopped by the host",
+        Some(_) => "unknown status",
+        None => return format!("husk-vmm killed by signal {}", st.signal().unwrap_or(0)),
+    };
+    format!("husk-vmm exited with {} ({why})", st.code().unwrap_or(0))
+}
+
 /// The last lines of the guest's console, for error messages.
 fn console_tail(dir: &Path) -> String {
     let text = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
@@ -126,6 +143,28 @@ fn ctx(secs: i64) -> ttrpc::context::Context {
 }
 
 impl SandboxSpec {
+    /// A sandbox of `guest` in `dir` run by the husk-vmm at `vmm`: 1 vCPU, 256 MiB, no
+    /// disk, 300 s for the agent to be ready (change the fields for more).
+    pub fn new(
+        id: &str,
+        dir: PathBuf,
+        vmm: PathBuf,
+        guest: &crate::guest::GuestImage,
+    ) -> SandboxSpec {
+        SandboxSpec {
+            id: id.to_string(),
+            dir,
+            vmm,
+            kernel: guest.kernel.clone(),
+            initramfs: guest.initramfs.clone(),
+            vcpus: 1,
+            memory_mib: 256,
+            disks: Vec::new(),
+            ready_timeout: Duration::from_secs(300),
+            cmdline_extra: String::new(),
+        }
+    }
+
     fn vm_json(&self) -> serde_json::Value {
         let disks: Vec<serde_json::Value> = self
             .disks
@@ -266,6 +305,27 @@ impl Sandbox {
         code
     }
 
+    /// When husk-vmm has exited (or does within `grace`: a lost agent connection comes
+    /// just before), why, with the console's last lines; `None` while it runs.
+    pub async fn stopped(&mut self, grace: Duration) -> Option<SandboxError> {
+        let child = self.vmm.as_mut()?;
+        let deadline = Instant::now() + grace;
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => {
+                    return Some(SandboxError::VmStopped {
+                        status: describe_exit(st),
+                        console: console_tail(&self.dir),
+                    });
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                _ => return None,
+            }
+        }
+    }
+
     /// Stops the VM at once (SIGKILL) and removes the folder.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.vmm.take() {
@@ -324,7 +384,7 @@ async fn wait_ready(
             r = ready.accept() => break r?.0,
             _ = tokio::time::sleep(Duration::from_millis(50)) => {
                 if let Ok(Some(status)) = child.try_wait() {
-                    return Err(SandboxError::VmExited { status: status.to_string(), console: console_tail(dir) });
+                    return Err(SandboxError::VmExited { status: describe_exit(status), console: console_tail(dir) });
                 }
                 if tokio::time::Instant::now() > deadline {
                     return Err(SandboxError::NotReady(timeout, console_tail(dir)));
