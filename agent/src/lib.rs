@@ -16,3 +16,9 @@ pub mod reaper;
 pub mod rpc;
 pub mod server;
 pub mod stdio;
+
+/// Locks `m`, also after another thread panicked while holding it: the data stays
+/// usable (every critical section leaves it consistent), and PID 1 must keep going.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

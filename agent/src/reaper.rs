@@ -56,9 +56,7 @@ fn now_ns() -> i64 {
 
 impl Reaper {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A poisoned lock only means another thread panicked while holding it; the
-        // maps stay usable, and PID 1 must keep reaping.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.state)
     }
 
     /// Watches `pid`. If it already exited (and was not claimed), the watch is resolved.

@@ -14,9 +14,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use husk_agent_protocol::stdio::HEADER_VERSION;
+use husk_agent_protocol::stdio::{HEADER_VERSION, LineError, read_line};
 use husk_agent_protocol::validate;
 
 /// Longest header line accepted.
@@ -51,7 +51,7 @@ impl std::fmt::Debug for Pending {
 
 impl Pending {
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, (BoxStream, Instant)>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.inner)
     }
 
     fn insert(&self, key: Key, s: BoxStream) {
@@ -130,22 +130,13 @@ pub fn parse_header(line: &str) -> Result<Key, HeaderError> {
 }
 
 async fn read_header<S: AsyncRead + Unpin>(s: &mut S) -> Result<String, HeaderError> {
-    // Byte by byte: nothing after the newline may be consumed (it is stdin data).
-    let mut buf = Vec::with_capacity(64);
-    loop {
-        let mut b = [0u8; 1];
-        if s.read(&mut b).await? == 0 {
-            return Err(HeaderError::Format(
-                String::from_utf8_lossy(&buf).into_owned(),
-            ));
-        }
-        if b[0] == b'\n' {
-            return String::from_utf8(buf).map_err(|_| HeaderError::TooLong);
-        }
-        buf.push(b[0]);
-        if buf.len() > MAX_HEADER {
-            return Err(HeaderError::TooLong);
-        }
+    match read_line(s, MAX_HEADER).await {
+        Ok(line) => String::from_utf8(line).map_err(|_| HeaderError::TooLong),
+        Err(LineError::Closed(part)) => Err(HeaderError::Format(
+            String::from_utf8_lossy(&part).into_owned(),
+        )),
+        Err(LineError::TooLong(_)) => Err(HeaderError::TooLong),
+        Err(LineError::Io(e)) => Err(HeaderError::Io(e)),
     }
 }
 
@@ -174,6 +165,7 @@ pub async fn accept<S: Stream + 'static>(mut s: S, pending: Pending) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     #[test]
     fn headers() {

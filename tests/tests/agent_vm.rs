@@ -93,19 +93,17 @@ async fn in_vm(erofs: &Path) {
         .tempdir_in("/tmp")
         .unwrap();
     let sb_spec = SandboxSpec {
-        id: "vmtest".into(),
-        dir: dir.path().join("sb"),
-        vmm: vmm_binary().unwrap(),
-        kernel: image.kernel.clone(),
-        initramfs: image.initramfs.clone(),
-        vcpus: 1,
-        memory_mib: 256,
         disks: vec![Disk {
             path: erofs.to_path_buf(),
             read_only: true,
         }],
         ready_timeout: Duration::from_secs(180),
-        cmdline_extra: String::new(),
+        ..SandboxSpec::new(
+            "vmtest",
+            dir.path().join("sb"),
+            vmm_binary().unwrap(),
+            &image,
+        )
     };
     let t0 = Instant::now();
     let sb = Sandbox::boot(&sb_spec)

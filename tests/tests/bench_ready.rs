@@ -82,16 +82,13 @@ fn agent_ready_inside() {
     for i in 0..runs() {
         let dir = tempfile::tempdir().unwrap();
         let spec = SandboxSpec {
-            id: format!("bench{i}"),
-            dir: dir.path().join("sb"),
-            vmm: vmm_binary().unwrap(),
-            kernel: image.kernel.clone(),
-            initramfs: image.initramfs.clone(),
-            vcpus: 1,
-            memory_mib: 256,
-            disks: Vec::new(),
             ready_timeout: Duration::from_secs(120),
-            cmdline_extra: String::new(),
+            ..SandboxSpec::new(
+                &format!("bench{i}"),
+                dir.path().join("sb"),
+                vmm_binary().unwrap(),
+                &image,
+            )
         };
         rt.block_on(async {
             let sb = Sandbox::boot(&spec)

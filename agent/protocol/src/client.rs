@@ -7,12 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 use crate::agent_ttrpc::AgentClient;
 pub use crate::stdio::StdioKind;
-use crate::stdio::{STDIO_PORT, header, unix_path};
+use crate::stdio::{LineError, STDIO_PORT, header, unix_path};
 use crate::{AGENT_PORT, validate};
 
 /// Where the agent is.
@@ -43,31 +43,18 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
 }
 
-/// Reads one line, byte by byte (nothing after the newline is consumed), at most 256
-/// bytes, within `timeout`.
+/// Reads one line of an answer (at most 256 bytes) within `timeout`.
 async fn read_line(s: &mut UnixStream, timeout: Duration) -> std::io::Result<String> {
-    let read = async {
-        let mut buf = Vec::new();
-        loop {
-            let mut b = [0u8; 1];
-            if s.read(&mut b).await? == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "closed",
-                ));
-            }
-            if b[0] == b'\n' {
-                return Ok(String::from_utf8_lossy(&buf).into_owned());
-            }
-            buf.push(b[0]);
-            if buf.len() > 256 {
-                return Err(std::io::Error::other("line too long"));
-            }
-        }
-    };
-    tokio::time::timeout(timeout, read)
+    use std::io::{Error, ErrorKind};
+    let line = tokio::time::timeout(timeout, crate::stdio::read_line(s, 256))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"))?
+        .map_err(|_| Error::new(ErrorKind::TimedOut, "no answer in time"))?;
+    match line {
+        Ok(l) => Ok(String::from_utf8_lossy(&l).into_owned()),
+        Err(LineError::Closed(_)) => Err(Error::new(ErrorKind::UnexpectedEof, "closed")),
+        Err(LineError::Io(e)) => Err(e),
+        Err(e) => Err(Error::other(e.to_string())),
+    }
 }
 
 /// Connects to a guest port through husk-vmm's hybrid vsock socket.

@@ -54,3 +54,39 @@ pub fn unix_path(api: &Path) -> PathBuf {
     s.push(".stdio");
     PathBuf::from(s)
 }
+
+/// Why [`read_line`] returned no line.
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    /// The stream ended first; what came before the end.
+    #[error("closed before the end of the line")]
+    Closed(Vec<u8>),
+    #[error("line longer than {0} bytes")]
+    TooLong(usize),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one line (without its newline) of at most `max` bytes, byte by byte: nothing
+/// after the newline is consumed, since what follows a header is the stream's data.
+/// Used by both sides of the stdio and vsock handshakes.
+pub async fn read_line<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    max: usize,
+) -> Result<Vec<u8>, LineError> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::with_capacity(64);
+    loop {
+        let mut b = [0u8; 1];
+        if s.read(&mut b).await? == 0 {
+            return Err(LineError::Closed(buf));
+        }
+        if b[0] == b'\n' {
+            return Ok(buf);
+        }
+        buf.push(b[0]);
+        if buf.len() > max {
+            return Err(LineError::TooLong(max));
+        }
+    }
+}

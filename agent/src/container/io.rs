@@ -11,6 +11,7 @@ use tokio::net::unix::pipe;
 use tokio::task::JoinHandle;
 
 use super::helper::ChildStdio;
+use crate::lock;
 use crate::stdio::BoxStream;
 
 /// The agent's side of a process's stdio.
@@ -148,8 +149,4 @@ impl ProcessIo {
             t.abort();
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

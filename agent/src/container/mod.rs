@@ -13,7 +13,7 @@ pub mod user;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libcontainer::container::Container as YoukiContainer;
@@ -25,6 +25,7 @@ use husk_agent_protocol::agent::event::Kind as EventKind;
 use husk_agent_protocol::validate;
 
 use crate::events::Events;
+use crate::lock;
 use crate::reaper::{self, Reaper};
 use crate::stdio::{self, Pending};
 use io::ProcessIo;
@@ -119,10 +120,6 @@ pub struct Container {
     mounts: Mutex<rootfs::Mounted>,
     status: Mutex<Status>,
     procs: Mutex<HashMap<String, Arc<Process>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Container {
