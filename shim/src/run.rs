@@ -283,7 +283,7 @@ async fn run_prepared(
     t.guest_uptime = sb.times.guest_uptime;
     let mut result = run_in(&sb, opts, cdir, &process, &user, t).await;
     if let Err(RunError::Agent(msg)) = &result
-        && let Some(why) = sb.stopped(Duration::from_secs(1)).await
+        && let Some(why) = sb.stopped(Duration::from_millis(300)).await
     {
         // The agent's connection went because the VM did: say why.
         result = Err(RunError::Agent(format!("{msg}\n{why}")));

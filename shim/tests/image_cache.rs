@@ -76,10 +76,19 @@ fn one_conversion_for_concurrent_runs() {
         converted += usize::from(p.converted);
     }
     assert_eq!(converted, 1, "exactly one run converts");
-    let hex = results[0].as_ref().unwrap().digest.trim_start_matches("sha256:").to_string();
+    let hex = results[0]
+        .as_ref()
+        .unwrap()
+        .digest
+        .trim_start_matches("sha256:")
+        .to_string();
     assert_eq!(
         files(&cache),
-        vec![format!("{hex}.erofs"), format!("{hex}.json"), format!("{hex}.lock")]
+        vec![
+            format!("{hex}.erofs"),
+            format!("{hex}.json"),
+            format!("{hex}.lock")
+        ]
     );
     assert!(files(&state.join("tmp")).is_empty(), "scratch folders left");
 
@@ -93,6 +102,10 @@ fn one_conversion_for_concurrent_runs() {
     assert!(redone.converted);
     assert_eq!(
         files(&cache),
-        vec![format!("{hex}.erofs"), format!("{hex}.json"), format!("{hex}.lock")]
+        vec![
+            format!("{hex}.erofs"),
+            format!("{hex}.json"),
+            format!("{hex}.lock")
+        ]
     );
 }
