@@ -103,7 +103,7 @@ fn now_unix_ns() -> i64 {
 fn describe_exit(st: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     let why = match st.code() {
-        Some(0) => "the guest powered off",
+        Some(0) => "the guest powered off or reset",
         Some(1) => "the guest crashed",
         Some(2) => "bad VM configuration",
         Some(3) => "host failure",
@@ -474,5 +474,29 @@ fn is_vmm(pid: i32) -> bool {
 pub fn progress(enabled: bool, msg: &str) {
     if enabled {
         let _ = writeln!(std::io::stderr(), "husk: {msg}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    use super::describe_exit;
+
+    #[test]
+    fn exit_statuses_in_words() {
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(1 << 8)),
+            "husk-vmm exited with 1 (the guest crashed)"
+        );
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(4 << 8)),
+            "husk-vmm exited with 4 (stopped by the host)"
+        );
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(9)),
+            "husk-vmm killed by signal 9"
+        );
     }
 }
