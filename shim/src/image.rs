@@ -13,6 +13,8 @@ use std::process::{Command, Stdio};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
 use serde_json::Value;
 
 /// Why an image could not be used.
@@ -257,14 +259,37 @@ pub fn mkfs_erofs(root: &Path, out: &Path) -> Result<(), ImageError> {
     std::fs::rename(&tmp, out).map_err(io_err(out))
 }
 
-/// A scratch folder under `<state_dir>/tmp`, removed on drop.
+/// A scratch folder `<state_dir>/tmp/image-<pid>-XXXXXX`, removed on drop. Those left
+/// by husk processes that died on the way (killed while unpacking) are removed first.
 fn scratch(state_dir: &Path) -> Result<tempfile::TempDir, ImageError> {
     let base = state_dir.join("tmp");
     std::fs::create_dir_all(&base).map_err(io_err(&base))?;
+    remove_dead_scratch(&base);
     tempfile::Builder::new()
-        .prefix("image-")
+        .prefix(&format!("image-{}-", std::process::id()))
         .tempdir_in(&base)
         .map_err(io_err(&base))
+}
+
+/// Removes the scratch folders in `base` whose owner process no longer exists.
+fn remove_dead_scratch(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("image-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok());
+        let Some(pid) = pid.filter(|p| *p > 0) else {
+            continue;
+        };
+        if matches!(kill(Pid::from_raw(pid), None), Err(Errno::ESRCH)) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Prepares `r` for a run: from the cache, or unpacked and converted (`progress` is

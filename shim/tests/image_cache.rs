@@ -1,6 +1,7 @@
 //! The image cache on this host (no VM): a busybox OCI layout converted to erofs once
 //! while four runs ask for it at the same time; later runs take it from the cache; a
-//! leftover temporary file from a killed conversion does not get in the way.
+//! leftover temporary file or scratch folder from a killed conversion does not get in
+//! the way or stay behind.
 //! Needs umoci, mkfs.erofs and busybox-static (`make setup` installs them).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
@@ -98,8 +99,14 @@ fn one_conversion_for_concurrent_runs() {
     assert!(!again.converted);
     std::fs::remove_file(cache.join(format!("{hex}.erofs"))).unwrap();
     std::fs::write(cache.join(format!("{hex}.erofs.tmp")), b"half-written").unwrap();
+    // ... and the scratch folder of a husk killed while unpacking goes too.
+    let mut gone = Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let dead = state.join(format!("tmp/image-{}-x1y2z3", gone.id()));
+    std::fs::create_dir_all(dead.join("rootfs/bin")).unwrap();
     let redone = prepare(&image, &state, scratch.path(), &|_| {}).unwrap();
     assert!(redone.converted);
+    assert!(files(&state.join("tmp")).is_empty(), "dead scratch left");
     assert_eq!(
         files(&cache),
         vec![
