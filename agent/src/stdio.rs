@@ -41,6 +41,8 @@ type Key = (String, String, Kind);
 #[derive(Clone, Default)]
 pub struct Pending {
     inner: Arc<Mutex<HashMap<Key, (BoxStream, Instant)>>>,
+    /// Told whenever a stream is parked.
+    parked: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -72,6 +74,8 @@ impl Pending {
         }
         // A second stream for the same key replaces the first (which is closed).
         m.insert(key, (s, now));
+        drop(m);
+        self.parked.notify_waiters();
     }
 
     /// Takes the stream for (container, exec, kind); `exec` is "" for the init process.
@@ -79,6 +83,31 @@ impl Pending {
         self.lock()
             .remove(&(container.to_string(), exec.to_string(), kind))
             .map(|(s, _)| s)
+    }
+
+    /// Takes the stream for (container, exec, kind), waiting up to `grace` for it: the
+    /// host sends its request as soon as it reads the "OK" of the stream's header, and
+    /// the stream is parked only just after that answer.
+    pub async fn take_within(
+        &self,
+        container: &str,
+        exec: &str,
+        kind: Kind,
+        grace: Duration,
+    ) -> Option<BoxStream> {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let parked = self.parked.notified();
+            tokio::pin!(parked);
+            // Registered before the check, so a stream parked in between is not missed.
+            parked.as_mut().enable();
+            if let Some(s) = self.take(container, exec, kind) {
+                return Some(s);
+            }
+            if tokio::time::timeout_at(deadline, parked).await.is_err() {
+                return None;
+            }
+        }
     }
 
     /// Drops every stream parked for a container (when it is deleted).
@@ -224,5 +253,27 @@ mod tests {
         t.await.unwrap();
         assert!(reply.starts_with("ERR "), "{reply}");
         assert!(reply.contains("container_id"), "{reply}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_parked_just_after_the_request_is_found() {
+        let pending = Pending::default();
+        let p = pending.clone();
+        let parker = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let (_, agent) = tokio::io::duplex(64);
+            p.insert(("c1".into(), String::new(), Kind::Stdout), Box::new(agent));
+        });
+        let grace = Duration::from_secs(5);
+        let s = pending.take_within("c1", "", Kind::Stdout, grace).await;
+        assert!(s.is_some());
+        parker.await.unwrap();
+        // One that never comes: None once the grace is over.
+        let t0 = Instant::now();
+        let none = pending
+            .take_within("c1", "", Kind::Stderr, Duration::from_millis(100))
+            .await;
+        assert!(none.is_none());
+        assert!(t0.elapsed() >= Duration::from_millis(100));
     }
 }

@@ -34,6 +34,8 @@ use io::ProcessIo;
 pub const MAX_SPEC_BYTES: usize = 1 << 20;
 /// How long a forced delete waits for the container's processes to die.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long a create/exec waits for a stdio stream whose header was just answered.
+const STREAM_GRACE: Duration = Duration::from_secs(1);
 
 /// Why an operation failed; each maps to one ttrpc status code.
 #[derive(Debug, thiserror::Error)]
@@ -198,7 +200,7 @@ impl Runtime {
         lock(&self.containers).keys().cloned().collect()
     }
 
-    fn take_streams(
+    async fn take_streams(
         &self,
         id: &str,
         exec: &str,
@@ -214,7 +216,8 @@ impl Runtime {
         .enumerate()
         {
             if want {
-                out[i] = Some(self.pending.take(id, exec, kind).ok_or_else(|| {
+                let s = self.pending.take_within(id, exec, kind, STREAM_GRACE).await;
+                out[i] = Some(s.ok_or_else(|| {
                     RuntimeError::State(format!(
                         "container {id}: stdio.{} is set but no such stream was opened (open it on the stdio port first)",
                         kind.name()
@@ -404,7 +407,7 @@ impl Runtime {
             serde_json::to_vec_pretty(&*spec).map_err(|e| RuntimeError::Internal(e.to_string()))?;
         std::fs::write(bundle.join("config.json"), json)
             .map_err(|e| RuntimeError::Internal(format!("bundle config.json: {e}")))?;
-        let streams = self.take_streams(id, "", stdio_req)?;
+        let streams = self.take_streams(id, "", stdio_req).await?;
         self.spawn_process(id, "", helper::Op::Create { bundle }, terminal, streams)
             .await
     }
@@ -497,7 +500,7 @@ impl Runtime {
             serde_json::to_vec(&process).map_err(|e| RuntimeError::Internal(e.to_string()))?;
         std::fs::write(&path, json)
             .map_err(|e| RuntimeError::Internal(format!("{}: {e}", path.display())))?;
-        let streams = self.take_streams(id, exec, stdio_req)?;
+        let streams = self.take_streams(id, exec, stdio_req).await?;
         let r = self
             .spawn_process(
                 id,
