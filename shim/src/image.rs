@@ -13,8 +13,6 @@ use std::process::{Command, Stdio};
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
-use nix::sys::signal::kill;
-use nix::unistd::Pid;
 use serde_json::Value;
 
 /// Why an image could not be used.
@@ -228,8 +226,9 @@ fn run_tool(tool: &'static str, args: &[&std::ffi::OsStr], path: &Path) -> Resul
 }
 
 /// Makes an erofs image of `root` at `out` (atomically: a temporary name beside `out`,
-/// then rename; the caller makes sure nobody else writes `out` at once). A folder on a filesystem without xattr listing
-/// (virtio-fs, some FUSE) is converted without xattrs, after a warning.
+/// then rename; the caller makes sure nobody else writes `out` at once). A folder on a
+/// filesystem without xattr listing (virtio-fs, some FUSE) is converted without xattrs,
+/// after a warning.
 pub fn mkfs_erofs(root: &Path, out: &Path) -> Result<(), ImageError> {
     let tmp = out.with_extension("erofs.tmp");
     let mut r = run_tool("mkfs.erofs", &[tmp.as_os_str(), root.as_os_str()], root);
@@ -283,10 +282,7 @@ fn remove_dead_scratch(base: &Path) {
             .and_then(|n| n.strip_prefix("image-"))
             .and_then(|rest| rest.split('-').next())
             .and_then(|p| p.parse::<i32>().ok());
-        let Some(pid) = pid.filter(|p| *p > 0) else {
-            continue;
-        };
-        if matches!(kill(Pid::from_raw(pid), None), Err(Errno::ESRCH)) {
+        if pid.is_some_and(|p| p > 0 && !crate::sandbox::alive(p)) {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }

@@ -102,16 +102,18 @@ fn now_unix_ns() -> i64 {
 /// husk-vmm's exit status in words (docs/vmm.md lists the codes).
 fn describe_exit(st: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
-    let why = match st.code() {
-        Some(0) => "the guest powered off or reset",
-        Some(1) => "the guest crashed",
-        Some(2) => "bad VM configuration",
-        Some(3) => "host failure",
-        Some(4) => "stopped by the host",
-        Some(_) => "unknown status",
-        None => return format!("husk-vmm killed by signal {}", st.signal().unwrap_or(0)),
+    let Some(code) = st.code() else {
+        return format!("husk-vmm killed by signal {}", st.signal().unwrap_or(0));
     };
-    format!("husk-vmm exited with {} ({why})", st.code().unwrap_or(0))
+    let why = match code {
+        0 => "the guest powered off or reset",
+        1 => "the guest crashed",
+        2 => "bad VM configuration",
+        3 => "host failure",
+        4 => "stopped by the host",
+        _ => "unknown status",
+    };
+    format!("husk-vmm exited with {code} ({why})")
 }
 
 /// The last lines of the guest's console, for error messages.
@@ -284,21 +286,9 @@ impl Sandbox {
         .await;
         let mut code = None;
         if let Some(mut child) = self.vmm.take() {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(st)) => {
-                        code = st.code();
-                        break;
-                    }
-                    Ok(None) if Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(20)).await
-                    }
-                    _ => {
-                        kill_and_reap(&mut child);
-                        break;
-                    }
-                }
+            match wait_exit(&mut child, Duration::from_secs(10)).await {
+                Some(st) => code = st.code(),
+                None => kill_and_reap(&mut child),
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -308,22 +298,11 @@ impl Sandbox {
     /// When husk-vmm has exited (or does within `grace`: a lost agent connection comes
     /// just before), why, with the console's last lines; `None` while it runs.
     pub async fn stopped(&mut self, grace: Duration) -> Option<SandboxError> {
-        let child = self.vmm.as_mut()?;
-        let deadline = Instant::now() + grace;
-        loop {
-            match child.try_wait() {
-                Ok(Some(st)) => {
-                    return Some(SandboxError::VmStopped {
-                        status: describe_exit(st),
-                        console: console_tail(&self.dir),
-                    });
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-                _ => return None,
-            }
-        }
+        let st = wait_exit(self.vmm.as_mut()?, grace).await?;
+        Some(SandboxError::VmStopped {
+            status: describe_exit(st),
+            console: console_tail(&self.dir),
+        })
     }
 
     /// Stops the VM at once (SIGKILL) and removes the folder.
@@ -349,6 +328,21 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         if self.vmm.is_some() {
             self.kill();
+        }
+    }
+}
+
+/// The child's exit status once it has exited, waiting up to `grace`; `None` if it still
+/// runs then (or cannot be waited for).
+async fn wait_exit(c: &mut Child, grace: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + grace;
+    loop {
+        match c.try_wait() {
+            Ok(Some(st)) => return Some(st),
+            Ok(None) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            _ => return None,
         }
     }
 }
@@ -461,9 +455,13 @@ pub fn reap_stale(run_dir: &Path) -> usize {
     n
 }
 
-/// Whether a process with this pid exists.
+/// Whether a process with this pid exists (one we may not signal exists too).
 pub(crate) fn alive(pid: i32) -> bool {
-    pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    pid > 0
+        && !matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        )
 }
 
 fn is_vmm(pid: i32) -> bool {

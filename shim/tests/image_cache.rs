@@ -83,14 +83,12 @@ fn one_conversion_for_concurrent_runs() {
         .digest
         .trim_start_matches("sha256:")
         .to_string();
-    assert_eq!(
-        files(&cache),
-        vec![
-            format!("{hex}.erofs"),
-            format!("{hex}.json"),
-            format!("{hex}.lock")
-        ]
-    );
+    let one_entry = vec![
+        format!("{hex}.erofs"),
+        format!("{hex}.json"),
+        format!("{hex}.lock"),
+    ];
+    assert_eq!(files(&cache), one_entry);
     assert!(files(&state.join("tmp")).is_empty(), "scratch folders left");
 
     // From the cache now; a stale temporary file (a conversion killed half-way) is
@@ -107,12 +105,5 @@ fn one_conversion_for_concurrent_runs() {
     let redone = prepare(&image, &state, scratch.path(), &|_| {}).unwrap();
     assert!(redone.converted);
     assert!(files(&state.join("tmp")).is_empty(), "dead scratch left");
-    assert_eq!(
-        files(&cache),
-        vec![
-            format!("{hex}.erofs"),
-            format!("{hex}.json"),
-            format!("{hex}.lock")
-        ]
-    );
+    assert_eq!(files(&cache), one_entry);
 }
