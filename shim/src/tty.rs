@@ -3,6 +3,7 @@
 use std::os::fd::AsFd;
 
 use nix::sys::termios::{SetArg, Termios, cfmakeraw, tcgetattr, tcsetattr};
+use nix::unistd::{getpgrp, tcgetpgrp};
 
 pub fn stdin_is_terminal() -> bool {
     nix::unistd::isatty(std::io::stdin().as_fd()).unwrap_or(false)
@@ -19,8 +20,17 @@ pub struct RawMode {
 }
 
 impl RawMode {
+    /// A husk in a background process group of its terminal is stopped here (SIGTTOU)
+    /// until it is brought to the foreground, as any terminal program is; it says so
+    /// first, so that a stop is not a silent hang.
     pub fn enable() -> nix::Result<RawMode> {
         let stdin = std::io::stdin();
+        if tcgetpgrp(stdin.as_fd()).is_ok_and(|fg| fg != getpgrp()) {
+            eprintln!(
+                "husk: -t: not in the foreground of this terminal; \
+                 waiting to be brought to the foreground (fg)"
+            );
+        }
         let saved = tcgetattr(stdin.as_fd())?;
         let mut raw = saved.clone();
         cfmakeraw(&mut raw);

@@ -41,7 +41,9 @@ case_ workload_host "$(seq 100000 | md5sum | cut -d' ' -f1)"
 out=$("$husk" run -q "oci-archive:$archive" echo from-archive); case_ archive "$out"
 out=$(echo 'echo default-cmd' | "$husk" run -q -i "oci:$img"); case_ default_cmd "$out"
 out=$("$husk" run -q --rootfs "$rootfs" sh -c 'echo from-rootfs; ls /home'); case_ rootfs "$(echo $out | tr ' ' _)"
-out=$(script -qec "timeout -s KILL 300 $real_husk run -q -t oci:$img sh -c 'tty; test -t 0 && test -t 1 && echo both-terminals; echo \$TERM'" /dev/null </dev/null | tr -d '\r' | tr '\n' ' ')
+# --foreground: timeout keeps husk in the terminal's foreground process group (else
+# husk's raw mode stops it with SIGTTOU when script's shell does not exec the command).
+out=$(SHELL=/bin/sh script -qec "timeout --foreground -s KILL 300 $real_husk run -q -t oci:$img sh -c 'tty; test -t 0 && test -t 1 && echo both-terminals; echo \$TERM'" /dev/null </dev/null | tr -d '\r' | tr '\n' ' ')
 [ "${out%Killed*}" != "$out" ] && diag "husk run -t was killed after 300 s"
 case_ tty "$(echo $out | tr ' ' _)"
 # Ctrl-C reaches the container (its handler decides the exit status).
