@@ -49,8 +49,9 @@ fn mnt(
     })
 }
 
-/// Loads the modules listed in /modules/order. A module already built in (EEXIST) is
-/// fine; another failure is logged and the next module tried (a missing device driver
+/// Loads the modules listed in /modules/order. A module already built in (EEXIST) or
+/// for hardware this VM lacks (ENODEV) is fine; another failure is logged and the next
+/// module tried (a missing device driver
 /// shows up later as a clear error about that device).
 pub fn load_modules() -> usize {
     let order = Path::new(MODULES_DIR).join("order");
@@ -76,8 +77,12 @@ pub fn load_modules() -> usize {
             loaded += 1;
         } else {
             let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EEXIST) {
-                tracing::warn!(module = name, error = %err, "module did not load");
+            match err.raw_os_error() {
+                Some(libc::EEXIST) => {}
+                // A driver for hardware this VM lacks, such as crc32c-intel (a soft
+                // dependency) on a CPU without SSE4.2: its fallback is loaded too.
+                Some(libc::ENODEV) => tracing::info!(module = name, "module not for this machine"),
+                _ => tracing::warn!(module = name, error = %err, "module did not load"),
             }
         }
     }

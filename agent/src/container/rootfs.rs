@@ -27,12 +27,24 @@ pub enum RootfsError {
         path: PathBuf,
         err: std::io::Error,
     },
-    #[error("rootfs: mount {what} on {path}: {err}")]
+    #[error("rootfs: mount {what} on {path}: {err}{}", hint(*err))]
     Mount {
         what: String,
         path: PathBuf,
         err: nix::Error,
     },
+}
+
+/// What a failed mount's errno alone does not explain (mount(2): ENODEV is a filesystem
+/// type the kernel does not know).
+fn hint(err: nix::Error) -> &'static str {
+    match err {
+        nix::Error::ENODEV => {
+            " (the guest kernel has no driver for this filesystem: build it in, or add its \
+             module to the guest image)"
+        }
+        _ => "",
+    }
 }
 
 /// What the host asked for.
