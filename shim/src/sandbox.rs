@@ -20,6 +20,9 @@ use husk_agent_protocol::agent_ttrpc::AgentClient;
 use husk_agent_protocol::client::{ClientError, Endpoint};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
+/// The guest kernel command line husk gives every VM (before `cmdline_extra`).
+pub const CMDLINE: &str = "console=ttyS0 quiet panic=-1 pci=off HUSK_AGENT_LOG=warn";
+
 /// Why a sandbox failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -173,10 +176,13 @@ impl SandboxSpec {
             .iter()
             .map(|d| serde_json::json!({"path": d.path, "read_only": d.read_only}))
             .collect();
+        // pci=off: the VM has no PCI (virtio-mmio devices come from ACPI), and a kernel
+        // with AGP or early PCI quirks (Debian's generic one) otherwise scans config
+        // space port by port: 18.4 s -> 12.1 s to agent-ready in the lab (docs/guest-image.md).
         serde_json::json!({
             "kernel": self.kernel,
             "initramfs": self.initramfs,
-            "cmdline": format!("console=ttyS0 quiet panic=-1 HUSK_AGENT_LOG=warn {}", self.cmdline_extra).trim().to_string(),
+            "cmdline": format!("{CMDLINE} {}", self.cmdline_extra).trim().to_string(),
             "vcpus": self.vcpus,
             "memory_mib": self.memory_mib,
             "serial": {"file": self.dir.join("console.log")},

@@ -15,17 +15,6 @@ use std::time::Duration;
 
 use husk_tests::require_lab;
 
-fn ensure_vmm() {
-    let vmm = PathBuf::from(env!("CARGO_BIN_EXE_husk")).with_file_name("husk-vmm");
-    if !vmm.is_file() {
-        let st = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "husk-vmm", "--bin", "husk-vmm"])
-            .status()
-            .unwrap();
-        assert!(st.success(), "cargo build -p husk-vmm failed");
-    }
-}
-
 #[test]
 fn husk_cli_in_the_lab() {
     let lab = require_lab!();
@@ -34,7 +23,7 @@ fn husk_cli_in_the_lab() {
         guest.join("initramfs.img").is_file(),
         "no guest image: run `make guest-image` (make test does)"
     );
-    ensure_vmm();
+    husk_tests::ensure_husk_vmm(std::path::Path::new(env!("CARGO_BIN_EXE_husk")));
     let scratch = husk_tests::scratch_dir();
     let (img, archive) = (
         scratch.path().join("busybox"),

@@ -31,3 +31,19 @@ pub fn scratch_dir() -> tempfile::TempDir {
         Err(e) => panic!("cannot create a folder in {}: {e}", base.display()),
     }
 }
+
+/// Builds `husk-vmm` (debug) unless it is already beside `bin`, a binary of the same
+/// build (`husk` finds its VMM there). Panics with cargo's failure.
+pub fn ensure_husk_vmm(bin: &std::path::Path) {
+    if bin.with_file_name("husk-vmm").is_file() {
+        return;
+    }
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    match std::process::Command::new(cargo)
+        .args(["build", "-q", "-p", "husk-vmm", "--bin", "husk-vmm"])
+        .status()
+    {
+        Ok(st) if st.success() => {}
+        other => panic!("cargo build -p husk-vmm failed: {other:?}"),
+    }
+}
