@@ -163,8 +163,25 @@ fn blob(layout: &Path, digest: &str) -> Result<PathBuf, ImageError> {
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
-/// Finds the manifest for `tag` (default "latest", or the only one) in a layout.
-fn find_manifest(layout: &Path, tag: Option<&str>) -> Result<(String, String), ImageError> {
+/// What points at a manifest or an index: its digest and size (umoci checks both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Descriptor {
+    digest: String,
+    size: u64,
+}
+
+impl Descriptor {
+    fn of(v: &Value) -> Option<Descriptor> {
+        Some(Descriptor {
+            digest: v["digest"].as_str()?.to_string(),
+            size: v["size"].as_u64()?,
+        })
+    }
+}
+
+/// Finds the entry for `tag` (default "latest", or the only one) in a layout's
+/// index.json; a layout with a single untagged entry is that entry.
+fn find_manifest(layout: &Path, tag: Option<&str>) -> Result<(String, Descriptor), ImageError> {
     if !layout.join("oci-layout").is_file() {
         return Err(ImageError::Layout {
             path: layout.to_path_buf(),
@@ -173,12 +190,12 @@ fn find_manifest(layout: &Path, tag: Option<&str>) -> Result<(String, String), I
     }
     let index = read_json(&layout.join("index.json"), layout)?;
     let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
-    let named: Vec<(String, String)> = manifests
+    let named: Vec<(String, Descriptor)> = manifests
         .iter()
         .filter_map(|m| {
             Some((
                 m["annotations"][REF_NAME].as_str()?.to_string(),
-                m["digest"].as_str()?.to_string(),
+                Descriptor::of(m)?,
             ))
         })
         .collect();
@@ -186,8 +203,15 @@ fn find_manifest(layout: &Path, tag: Option<&str>) -> Result<(String, String), I
     if let Some((t, d)) = named.iter().find(|(t, _)| t == want) {
         return Ok((t.clone(), d.clone()));
     }
-    if tag.is_none() && named.len() == 1 {
-        return Ok(named[0].clone());
+    if tag.is_none() {
+        if let [(t, d)] = &named[..] {
+            return Ok((t.clone(), d.clone()));
+        }
+        if let ([], [only]) = (&named[..], &manifests[..])
+            && let Some(d) = Descriptor::of(only)
+        {
+            return Ok((d.digest.clone(), d));
+        }
     }
     Err(ImageError::NoTag {
         path: layout.to_path_buf(),
@@ -202,6 +226,112 @@ fn find_manifest(layout: &Path, tag: Option<&str>) -> Result<(String, String), I
                 .join(", ")
         },
     })
+}
+
+/// This host's architecture as OCI platforms name it (guests run the host's).
+fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// Follows image indexes (multi-platform images; the nested index of `docker save` and
+/// `ctr export` layouts) from `desc` down to the image manifest for linux on this
+/// host's architecture. Returns it with its parsed JSON.
+fn resolve_manifest(layout: &Path, desc: Descriptor) -> Result<(Descriptor, Value), ImageError> {
+    let bad = |what: String| ImageError::Layout {
+        path: layout.to_path_buf(),
+        what,
+    };
+    let mut desc = desc;
+    for _ in 0..4 {
+        let doc = read_json(&blob(layout, &desc.digest)?, layout)?;
+        let Some(list) = doc["manifests"].as_array() else {
+            if doc["config"]["digest"].is_string() {
+                return Ok((desc, doc));
+            }
+            return Err(bad(format!(
+                "{}: neither an image manifest (no config) nor an index (no manifests)",
+                desc.digest
+            )));
+        };
+        let arch = oci_arch();
+        let platform = |m: &Value| {
+            let p = &m["platform"];
+            let mut s = format!(
+                "{}/{}",
+                p["os"].as_str().unwrap_or("?"),
+                p["architecture"].as_str().unwrap_or("?")
+            );
+            if let Some(v) = p["variant"].as_str() {
+                s = format!("{s}/{v}");
+            }
+            s
+        };
+        // Attestations (buildkit) are manifests too, marked as such.
+        let images: Vec<&Value> = list
+            .iter()
+            .filter(|m| m["annotations"]["vnd.docker.reference.type"].is_null())
+            .collect();
+        let chosen = images
+            .iter()
+            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == arch)
+            .or_else(|| match &images[..] {
+                [only] if only["platform"].is_null() => Some(only),
+                _ => None,
+            });
+        let Some(next) = chosen.and_then(|m| Descriptor::of(m)) else {
+            let have: Vec<String> = images.iter().map(|m| platform(m)).collect();
+            return Err(bad(format!(
+                "no image for linux/{arch} in index {} (it has: {})",
+                desc.digest,
+                if have.is_empty() {
+                    "nothing".into()
+                } else {
+                    have.join(", ")
+                }
+            )));
+        };
+        desc = next;
+    }
+    Err(bad(format!(
+        "{}: image indexes nested more than 4 deep",
+        desc.digest
+    )))
+}
+
+/// A layout of our own in `dir` for umoci: the image's blobs (a symlink, nothing is
+/// copied or written there) and an index naming only `manifest`, as tag "husk". So a
+/// multi-platform or untagged image unpacks as the one manifest chosen here. Returns
+/// umoci's `--image` argument.
+fn layout_view(layout: &Path, manifest: &Descriptor, dir: &Path) -> Result<String, ImageError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let blobs =
+        std::fs::canonicalize(layout.join("blobs")).map_err(io_err(&layout.join("blobs")))?;
+    std::os::unix::fs::symlink(&blobs, dir.join("blobs")).map_err(io_err(&dir.join("blobs")))?;
+    let write = |name: &str, v: Value| {
+        let p = dir.join(name);
+        std::fs::write(&p, v.to_string()).map_err(io_err(&p))
+    };
+    write(
+        "oci-layout",
+        serde_json::json!({"imageLayoutVersion": "1.0.0"}),
+    )?;
+    write(
+        "index.json",
+        serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest.digest,
+                "size": manifest.size,
+                "annotations": {REF_NAME: "husk"},
+            }],
+        }),
+    )?;
+    Ok(format!("{}:husk", dir.display()))
 }
 
 fn run_tool(tool: &'static str, args: &[&std::ffi::OsStr], path: &Path) -> Result<(), ImageError> {
@@ -398,7 +528,9 @@ fn prepare_layout(
     state_dir: &Path,
     progress: &dyn Fn(&str),
 ) -> Result<Prepared, ImageError> {
-    let (tag, digest) = find_manifest(layout, tag)?;
+    let (tag, top) = find_manifest(layout, tag)?;
+    let (desc, manifest) = resolve_manifest(layout, top)?;
+    let digest = desc.digest.clone();
     let hex = blob(layout, &digest)?
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -417,13 +549,12 @@ fn prepare_layout(
     if let Some(p) = cached(&erofs, &cfg_path, &cache, &digest)? {
         return Ok(p);
     }
-    let manifest = read_json(&blob(layout, &digest)?, layout)?;
     let cfg_digest = manifest["config"]["digest"].as_str().unwrap_or("");
     let config = ImageConfig::from_json(&read_json(&blob(layout, cfg_digest)?, layout)?);
     let tmp = scratch(state_dir)?;
     let rootfs = tmp.path().join("rootfs");
     progress(&format!("unpacking {}:{tag}", layout.display()));
-    let image_arg = format!("{}:{tag}", layout.display());
+    let image_arg = layout_view(layout, &desc, &tmp.path().join("layout"))?;
     run_tool(
         "umoci",
         &[

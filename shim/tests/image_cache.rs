@@ -23,6 +23,28 @@ fn tools_missing() -> Option<&'static str> {
     })
 }
 
+/// A scratch folder with a busybox OCI layout in it (tests/images/busybox-oci), or
+/// None after saying why `test` is skipped (fails instead under HUSK_REQUIRE_LAB).
+fn busybox_layout(test: &str) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    if let Some(t) = tools_missing() {
+        assert!(
+            std::env::var_os("HUSK_REQUIRE_LAB").is_none(),
+            "{t} is missing (make setup installs it)"
+        );
+        eprintln!("SKIPPED {test}: {t} is missing (make setup)");
+        return None;
+    }
+    let scratch = husk_tests::scratch_dir();
+    let layout = scratch.path().join("busybox");
+    let st = Command::new(husk_tests::repo_root().join("tests/images/busybox-oci"))
+        .arg(&layout)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "busybox-oci failed");
+    Some((scratch, layout))
+}
+
 fn files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
@@ -34,22 +56,9 @@ fn files(dir: &Path) -> Vec<String> {
 
 #[test]
 fn one_conversion_for_concurrent_runs() {
-    if let Some(t) = tools_missing() {
-        assert!(
-            std::env::var_os("HUSK_REQUIRE_LAB").is_none(),
-            "{t} is missing (make setup installs it)"
-        );
-        eprintln!("SKIPPED one_conversion_for_concurrent_runs: {t} is missing (make setup)");
+    let Some((scratch, layout)) = busybox_layout("one_conversion_for_concurrent_runs") else {
         return;
-    }
-    let scratch = husk_tests::scratch_dir();
-    let layout = scratch.path().join("busybox");
-    let st = Command::new(husk_tests::repo_root().join("tests/images/busybox-oci"))
-        .arg(&layout)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "busybox-oci failed");
+    };
     let state = scratch.path().join("state");
     let image = ImageRef::parse(&format!("oci:{}", layout.display())).unwrap();
     let cache = state.join("images");
@@ -106,4 +115,103 @@ fn one_conversion_for_concurrent_runs() {
     assert!(redone.converted);
     assert!(files(&state.join("tmp")).is_empty(), "dead scratch left");
     assert_eq!(files(&cache), one_entry);
+}
+
+/// Writes `doc` as a blob of `layout`; returns its descriptor fields.
+fn add_blob(layout: &Path, doc: &serde_json::Value) -> (String, usize) {
+    let bytes = doc.to_string().into_bytes();
+    let tmp = layout.join("blob.tmp");
+    std::fs::write(&tmp, &bytes).unwrap();
+    let out = Command::new("sha256sum").arg(&tmp).output().unwrap();
+    let hex = String::from_utf8(out.stdout).unwrap()[..64].to_string();
+    std::fs::rename(&tmp, layout.join("blobs/sha256").join(&hex)).unwrap();
+    (format!("sha256:{hex}"), bytes.len())
+}
+
+/// Copies `src` to `dst` with its index.json's only manifest wrapped in an image index
+/// listing `platforms` (os, architecture): the shape of multi-platform images and of
+/// `docker save` / `ctr export` layouts.
+fn wrapped(src: &Path, dst: &Path, platforms: &[(&str, &str)], tagged: bool) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dst.join("index.json")).unwrap()).unwrap();
+    let m = &index["manifests"][0];
+    let entries: Vec<serde_json::Value> = platforms
+        .iter()
+        .map(|(os, arch)| {
+            serde_json::json!({"mediaType": m["mediaType"], "digest": m["digest"], "size": m["size"],
+                "platform": {"os": os, "architecture": arch}})
+        })
+        .collect();
+    let inner = serde_json::json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries});
+    let (digest, size) = add_blob(dst, &inner);
+    let mut top = serde_json::json!({"mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": digest, "size": size});
+    if tagged {
+        top["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "latest"});
+    }
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [top]});
+    std::fs::write(dst.join("index.json"), index.to_string()).unwrap();
+}
+
+#[test]
+fn image_indexes_pick_this_hosts_platform() {
+    let Some((scratch, plain)) = busybox_layout("image_indexes_pick_this_hosts_platform") else {
+        return;
+    };
+    let state = scratch.path().join("state");
+    let prep = |layout: &Path| {
+        let image = ImageRef::parse(&format!("oci:{}", layout.display())).unwrap();
+        prepare(&image, &state, scratch.path(), &|_| {})
+    };
+    let direct = prep(&plain).unwrap();
+
+    // Multi-platform, tagged: this host's entry is chosen among others, and it is the
+    // same image (one cache entry, keyed by the manifest) as the plain layout's.
+    let multi = scratch.path().join("multi");
+    let arch = if cfg!(target_arch = "x86_64") {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    wrapped(
+        &plain,
+        &multi,
+        &[("linux", "s390x"), ("linux", arch), ("windows", arch)],
+        true,
+    );
+    let m = prep(&multi).unwrap_or_else(|e| panic!("multi-platform: {e}"));
+    assert_eq!(m.digest, direct.digest);
+    assert!(!m.converted, "the same manifest is taken from the cache");
+    assert_eq!(m.config.cmd, vec!["sh".to_string()]);
+
+    // Untagged single index (as some tools write): converted from scratch this time.
+    std::fs::remove_dir_all(state.join("images")).unwrap();
+    let untagged = scratch.path().join("untagged");
+    wrapped(&plain, &untagged, &[("linux", arch)], false);
+    let u = prep(&untagged).unwrap_or_else(|e| panic!("untagged: {e}"));
+    assert!(u.converted && u.erofs.is_file());
+    assert!(files(&state.join("tmp")).is_empty(), "scratch folders left");
+
+    // No image for this platform: the error lists what the index has.
+    let foreign = scratch.path().join("foreign");
+    wrapped(
+        &plain,
+        &foreign,
+        &[("linux", "s390x"), ("linux", "riscv64")],
+        true,
+    );
+    let err = prep(&foreign).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("no image for linux/{arch}"))
+            && err.contains("linux/s390x, linux/riscv64"),
+        "{err}"
+    );
 }
