@@ -398,6 +398,9 @@ impl Runtime {
         user: &str,
     ) -> Result<Arc<Process>, RuntimeError> {
         spec::prepare(spec, id, root, user)?;
+        if let Some(cwd) = spec.process().as_ref().map(|p| p.cwd().clone()) {
+            rootfs::make_dir_in(root, &cwd)?;
+        }
         let terminal = spec
             .process()
             .as_ref()

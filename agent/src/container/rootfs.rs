@@ -204,6 +204,57 @@ impl Mounted {
     }
 }
 
+/// Creates `dir` (an absolute path inside the container) under `root` where it is
+/// missing, as runc does for a process's working directory; new folders are 0755 and
+/// root's. Every step is resolved inside `root` (openat2 RESOLVE_IN_ROOT), so a symlink
+/// in the image cannot lead the agent outside the container's root.
+pub fn make_dir_in(root: &Path, dir: &Path) -> Result<(), RootfsError> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, open, openat2};
+    use nix::sys::stat::{Mode, mkdirat};
+    use std::path::Component;
+
+    let fail = |what: &'static str, err: nix::Error| RootfsError::Io {
+        what,
+        path: dir.to_path_buf(),
+        err: err.into(),
+    };
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let rootfd = open(root, flags, Mode::empty()).map_err(|e| fail("open root for", e))?;
+    let how = || {
+        OpenHow::new()
+            .flags(flags)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT)
+    };
+    let mut parent = rootfd.try_clone().map_err(|err| RootfsError::Io {
+        what: "open root for",
+        path: dir.to_path_buf(),
+        err,
+    })?;
+    let mut prefix = PathBuf::from(".");
+    for c in dir.components() {
+        let name = match c {
+            Component::RootDir | Component::CurDir => continue,
+            Component::Normal(n) => n,
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(fail("resolve", nix::Error::EINVAL));
+            }
+        };
+        prefix.push(name);
+        parent = match openat2(&rootfd, &prefix, how()) {
+            Ok(fd) => fd,
+            Err(nix::Error::ENOENT) => {
+                match mkdirat(&parent, name, Mode::from_bits_truncate(0o755)) {
+                    Ok(()) | Err(nix::Error::EEXIST) => {}
+                    Err(e) => return Err(fail("mkdir", e)),
+                }
+                openat2(&rootfd, &prefix, how()).map_err(|e| fail("open", e))?
+            }
+            Err(e) => return Err(fail("open", e)),
+        };
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +291,36 @@ mod tests {
         ));
         assert!(Source::from_request("", "/dev/vdb", "erofs").is_ok());
         assert!(Source::from_request("/r", "", "").is_ok());
+    }
+
+    #[test]
+    fn working_directories_are_made_inside_the_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, outside) = (tmp.path().join("root"), tmp.path().join("outside"));
+        std::fs::create_dir_all(root.join("srv")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        make_dir_in(&root, Path::new("/a/b/c")).unwrap();
+        assert!(root.join("a/b/c").is_dir());
+        make_dir_in(&root, Path::new("/a/b/c")).unwrap(); // already there
+        // A relative symlink inside the image is followed inside the root.
+        std::os::unix::fs::symlink("srv", root.join("app")).unwrap();
+        make_dir_in(&root, Path::new("/app/data")).unwrap();
+        assert!(root.join("srv/data").is_dir());
+        // One aiming outside (absolute, or climbing with ..) is read as inside the root,
+        // where its target is missing: an error, and nothing made outside.
+        std::os::unix::fs::symlink(&outside, root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../outside", root.join("rel")).unwrap();
+        assert!(make_dir_in(&root, Path::new("/abs/x")).is_err());
+        assert!(make_dir_in(&root, Path::new("/rel/y")).is_err());
+        assert!(
+            std::fs::read_dir(&outside).unwrap().next().is_none(),
+            "wrote outside"
+        );
+        // A file where a folder should be is an error naming the path.
+        std::fs::write(root.join("file"), b"").unwrap();
+        let err = make_dir_in(&root, Path::new("/file/z"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/file/z"), "{err}");
     }
 }
