@@ -24,6 +24,8 @@ use crate::tty;
 pub struct RunOptions {
     pub image: ImageRef,
     pub args: Vec<String>,
+    /// Replaces the image's entrypoint ("" clears it); the image's Cmd is then not used.
+    pub entrypoint: Option<String>,
     pub env: Vec<String>,
     pub workdir: Option<String>,
     pub user: Option<String>,
@@ -90,6 +92,41 @@ pub(crate) fn rpc_msg(e: ttrpc::Error) -> String {
         ttrpc::Error::RpcStatus(s) => s.message().to_string(),
         other => other.to_string(),
     }
+}
+
+/// Reads an environment file as docker's `--env-file`: one `KEY=VALUE` per line (the
+/// value taken as written, no quotes removed), `KEY` alone for this process's value of
+/// KEY (skipped when unset), blank lines and lines starting with `#` ignored.
+pub fn parse_env_file(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--env-file {}: {e}", path.display()))?;
+    let mut env = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = match line.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (line.trim_end(), None),
+        };
+        if key.is_empty() || key.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "--env-file {} line {}: {key:?} is not a variable name (expected KEY=VALUE)",
+                path.display(),
+                n + 1
+            ));
+        }
+        match value {
+            Some(v) => env.push(format!("{key}={v}")),
+            None => {
+                if let Ok(v) = std::env::var(key) {
+                    env.push(format!("{key}={v}"));
+                }
+            }
+        }
+    }
+    Ok(env)
 }
 
 /// Parses a memory size like docker: a number with an optional b, k, m or g suffix
@@ -160,8 +197,13 @@ fn process_spec(
     opts: &RunOptions,
     image: &crate::image::ImageConfig,
 ) -> Result<serde_json::Value, RunError> {
-    let mut args: Vec<String> = image.entrypoint.clone();
-    if opts.args.is_empty() {
+    // As docker: --entrypoint replaces the image's entrypoint and drops its Cmd.
+    let mut args: Vec<String> = match opts.entrypoint.as_deref() {
+        None => image.entrypoint.clone(),
+        Some("") => Vec::new(),
+        Some(e) => vec![e.to_string()],
+    };
+    if opts.args.is_empty() && opts.entrypoint.is_none() {
         args.extend(image.cmd.iter().cloned());
     } else {
         args.extend(opts.args.iter().cloned());
@@ -542,5 +584,88 @@ mod tests {
         assert!(parse_memory("0").is_err());
         assert!(parse_memory("10m").is_err());
         assert!(parse_memory("lots").is_err());
+    }
+
+    fn opts(args: &[&str], entrypoint: Option<&str>) -> RunOptions {
+        RunOptions {
+            image: ImageRef::Rootfs("/".into()),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            entrypoint: entrypoint.map(str::to_string),
+            env: vec![],
+            workdir: None,
+            user: None,
+            vcpus: None,
+            memory_mib: None,
+            name: None,
+            interactive: false,
+            tty: false,
+            quiet: true,
+            timings: false,
+            detached: None,
+        }
+    }
+
+    #[test]
+    fn entrypoint_as_docker() {
+        let image = crate::image::ImageConfig {
+            entrypoint: vec!["/entry".into(), "--flag".into()],
+            cmd: vec!["serve".into()],
+            ..Default::default()
+        };
+        let argv = |o: &RunOptions| process_spec(o, &image).unwrap()["process"]["args"].clone();
+        assert_eq!(
+            argv(&opts(&[], None)),
+            serde_json::json!(["/entry", "--flag", "serve"])
+        );
+        assert_eq!(
+            argv(&opts(&["x"], None)),
+            serde_json::json!(["/entry", "--flag", "x"])
+        );
+        // --entrypoint drops the image's Cmd; "" clears the entrypoint.
+        assert_eq!(
+            argv(&opts(&[], Some("/bin/sh"))),
+            serde_json::json!(["/bin/sh"])
+        );
+        assert_eq!(
+            argv(&opts(&["-c", "id"], Some("/bin/sh"))),
+            serde_json::json!(["/bin/sh", "-c", "id"])
+        );
+        assert_eq!(argv(&opts(&["ls"], Some(""))), serde_json::json!(["ls"]));
+        assert!(
+            process_spec(&opts(&[], Some("")), &image).is_err(),
+            "no command left"
+        );
+    }
+
+    #[test]
+    fn env_files_as_docker() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("env");
+        // SAFETY: std's environment accessors are synchronized among themselves, and no
+        // other test in this binary reads the environment through libc meanwhile.
+        unsafe { std::env::set_var("HUSK_TEST_FROM_HOST", "host value") };
+        std::fs::write(
+            &f,
+            "# comment\n\nA=1\n  B=two words \nC=\"q\"\nHUSK_TEST_FROM_HOST\nHUSK_TEST_UNSET_X\nD=a=b\n",
+        )
+        .unwrap();
+        assert_eq!(
+            parse_env_file(&f).unwrap(),
+            [
+                "A=1",
+                "B=two words ",
+                "C=\"q\"",
+                "HUSK_TEST_FROM_HOST=host value",
+                "D=a=b"
+            ]
+        );
+        std::fs::write(&f, "OK=1\nBAD KEY=2\n").unwrap();
+        let err = parse_env_file(&f).unwrap_err();
+        assert!(err.contains("line 2") && err.contains("BAD KEY"), "{err}");
+        let err = parse_env_file(&dir.path().join("missing")).unwrap_err();
+        assert!(
+            err.contains("--env-file") && err.contains("missing"),
+            "{err}"
+        );
     }
 }

@@ -67,6 +67,7 @@ fn husk_cli_in_the_lab() {
     };
     check("exit3", "3");
     check("envwd", "hi_/tmp/made/by/husk"); // a missing workdir is made, as by runc
+    check("envfile_entrypoint", "file_value/flag");
     check("user", "1000");
     check("usernum", "uid=1234_gid=55");
     check("stdin", "piped");

@@ -31,6 +31,9 @@ leftovers() {
 
 out=$("$husk" run -q "oci:$img" sh -c 'exit 3'); case_ exit3 "$?"
 out=$("$husk" run -q -e GREETING=hi -w /tmp/made/by/husk "oci:$img" sh -c 'echo $GREETING $(pwd)'); case_ envwd "$(echo $out | tr ' ' _)"
+printf '# env file\nFROM_FILE=file value\nBOTH=file\n' >/tmp/envfile
+out=$("$husk" run -q --env-file /tmp/envfile -e BOTH=flag --entrypoint /bin/sh "oci:$img" -c 'echo "$FROM_FILE/$BOTH"')
+case_ envfile_entrypoint "$(echo $out | tr ' ' _)"
 out=$("$husk" run -q -u alice "oci:$img" id -u); case_ user "$out"
 out=$("$husk" run -q -u 1234:55 "oci:$img" id); case_ usernum "$(echo $out | tr ' ' _)"
 out=$(echo piped | "$husk" run -q -i "oci:$img" cat); case_ stdin "$out"

@@ -112,6 +112,14 @@ struct RunArgs {
     /// A name for the container ([A-Za-z0-9_.-], at most 128).
     #[arg(long)]
     name: Option<String>,
+    /// Replace the image's entrypoint ("" clears it); the image's default command is
+    /// then not used.
+    #[arg(long, value_name = "CMD")]
+    entrypoint: Option<String>,
+    /// Read environment variables from a file (KEY=VALUE lines, # comments; KEY alone
+    /// takes this shell's value); repeatable, -e wins.
+    #[arg(long, value_name = "FILE")]
+    env_file: Vec<PathBuf>,
     /// Use this folder as the root filesystem instead of an image.
     #[arg(long, value_name = "DIR")]
     rootfs: Option<PathBuf>,
@@ -147,10 +155,16 @@ fn run_options(a: RunArgs) -> Result<husk::run::RunOptions, String> {
         .as_deref()
         .map(husk::run::parse_memory)
         .transpose()?;
+    let mut env = Vec::new();
+    for f in &a.env_file {
+        env.extend(husk::run::parse_env_file(f)?);
+    }
+    env.extend(a.process.env);
     Ok(husk::run::RunOptions {
         image,
         args: command,
-        env: a.process.env,
+        entrypoint: a.entrypoint,
+        env,
         workdir: a.process.workdir,
         user: a.process.user,
         vcpus: a.cpus,
