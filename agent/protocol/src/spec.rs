@@ -40,7 +40,9 @@ pub fn process(args: &[&str]) -> Value {
     })
 }
 
-/// A default spec running `args`.
+/// A default spec running `args`: docker's defaults. As in docker there is no tmpfs on
+/// /tmp (it is part of the container's writable layer, a tmpfs overlay under husk), so
+/// a working directory under /tmp can be made before the container starts.
 pub fn default_spec(args: &[&str]) -> Value {
     json!({
         "ociVersion": "1.0.2",
@@ -61,8 +63,6 @@ pub fn default_spec(args: &[&str]) -> Value {
              "options": ["nosuid", "noexec", "nodev", "ro"]},
             {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
              "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
-            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "nodev", "mode=1777"]},
         ],
         "linux": {
             "resources": {"devices": [{"allow": false, "access": "rwm"}]},
