@@ -190,22 +190,23 @@ fn find_manifest(layout: &Path, tag: Option<&str>) -> Result<(String, Descriptor
     }
     let index = read_json(&layout.join("index.json"), layout)?;
     let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
-    let named: Vec<(String, Descriptor)> = manifests
+    let named: Vec<(String, &Value)> = manifests
         .iter()
-        .filter_map(|m| {
-            Some((
-                m["annotations"][REF_NAME].as_str()?.to_string(),
-                Descriptor::of(m)?,
-            ))
-        })
+        .filter_map(|m| Some((m["annotations"][REF_NAME].as_str()?.to_string(), m)))
         .collect();
+    let entry = |t: &str, m: &Value| {
+        Descriptor::of(m).ok_or_else(|| ImageError::Layout {
+            path: layout.to_path_buf(),
+            what: format!("index.json: the entry of tag {t:?} lacks a digest or a size"),
+        })
+    };
     let want = tag.unwrap_or("latest");
-    if let Some((t, d)) = named.iter().find(|(t, _)| t == want) {
-        return Ok((t.clone(), d.clone()));
+    if let Some((t, m)) = named.iter().find(|(t, _)| t == want) {
+        return Ok((t.clone(), entry(t, m)?));
     }
     if tag.is_none() {
-        if let [(t, d)] = &named[..] {
-            return Ok((t.clone(), d.clone()));
+        if let [(t, m)] = &named[..] {
+            return Ok((t.clone(), entry(t, m)?));
         }
         if let ([], [only]) = (&named[..], &manifests[..])
             && let Some(d) = Descriptor::of(only)
