@@ -51,8 +51,8 @@ fn mnt(
 
 /// Loads the modules listed in /modules/order. A module already built in (EEXIST) or
 /// for hardware this VM lacks (ENODEV) is fine; another failure is logged and the next
-/// module tried (a missing device driver
-/// shows up later as a clear error about that device).
+/// module tried (a missing device driver shows up later as a clear error about that
+/// device).
 pub fn load_modules() -> usize {
     let order = Path::new(MODULES_DIR).join("order");
     let Ok(list) = std::fs::read_to_string(&order) else {

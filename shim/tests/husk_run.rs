@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use husk_tests::require_lab;
@@ -29,13 +28,7 @@ fn husk_cli_in_the_lab() {
         scratch.path().join("busybox"),
         scratch.path().join("busybox.tar"),
     );
-    let st = Command::new(husk_tests::repo_root().join("tests/images/busybox-oci"))
-        .arg(&img)
-        .env("HUSK_OCI_ARCHIVE", &archive)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "busybox-oci failed");
+    husk_tests::busybox_oci(&img, Some(&archive));
     let rootfs = scratch.path().join("rootfs");
     husk_tests::agent::busybox_rootfs(&rootfs);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/husk_run.sh");

@@ -36,12 +36,7 @@ fn busybox_layout(test: &str) -> Option<(tempfile::TempDir, std::path::PathBuf)>
     }
     let scratch = husk_tests::scratch_dir();
     let layout = scratch.path().join("busybox");
-    let st = Command::new(husk_tests::repo_root().join("tests/images/busybox-oci"))
-        .arg(&layout)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "busybox-oci failed");
+    husk_tests::busybox_oci(&layout, None);
     Some((scratch, layout))
 }
 

@@ -33,12 +33,7 @@ fn husk_run_on_the_generic_kernel() {
     husk_tests::ensure_husk_vmm(std::path::Path::new(env!("CARGO_BIN_EXE_husk")));
     let scratch = husk_tests::scratch_dir();
     let img = scratch.path().join("busybox");
-    let st = Command::new(root.join("tests/images/busybox-oci"))
-        .arg(&img)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "busybox-oci failed");
+    husk_tests::busybox_oci(&img, None);
 
     let script = format!(
         "rc=0; {husk} run -q oci:{img} sh -c 'uname -r; seq 100000 | md5sum; exit 7' || rc=$?

@@ -47,3 +47,17 @@ pub fn ensure_husk_vmm(bin: &std::path::Path) {
         other => panic!("cargo build -p husk-vmm failed: {other:?}"),
     }
 }
+
+/// Builds the busybox OCI image layout (tests/images/busybox-oci, tag `latest`) at
+/// `layout`, and a tar of it at `archive` when given. Panics when the script fails.
+pub fn busybox_oci(layout: &std::path::Path, archive: Option<&std::path::Path>) {
+    let mut cmd = std::process::Command::new(repo_root().join("tests/images/busybox-oci"));
+    cmd.arg(layout).stdout(std::process::Stdio::null());
+    if let Some(a) = archive {
+        cmd.env("HUSK_OCI_ARCHIVE", a);
+    }
+    match cmd.status() {
+        Ok(st) if st.success() => {}
+        other => panic!("tests/images/busybox-oci {}: {other:?}", layout.display()),
+    }
+}

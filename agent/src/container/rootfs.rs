@@ -213,30 +213,26 @@ pub fn make_dir_in(root: &Path, dir: &Path) -> Result<(), RootfsError> {
     use nix::sys::stat::{Mode, mkdirat};
     use std::path::Component;
 
-    let fail = |what: &'static str, err: nix::Error| RootfsError::Io {
+    let fail = |what: &'static str, err: std::io::Error| RootfsError::Io {
         what,
         path: dir.to_path_buf(),
-        err: err.into(),
+        err,
     };
     let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let rootfd = open(root, flags, Mode::empty()).map_err(|e| fail("open root for", e))?;
+    let rootfd = open(root, flags, Mode::empty()).map_err(|e| fail("open root for", e.into()))?;
     let how = || {
         OpenHow::new()
             .flags(flags)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT)
     };
-    let mut parent = rootfd.try_clone().map_err(|err| RootfsError::Io {
-        what: "open root for",
-        path: dir.to_path_buf(),
-        err,
-    })?;
+    let mut parent = rootfd.try_clone().map_err(|e| fail("open root for", e))?;
     let mut prefix = PathBuf::from(".");
     for c in dir.components() {
         let name = match c {
             Component::RootDir | Component::CurDir => continue,
             Component::Normal(n) => n,
             Component::ParentDir | Component::Prefix(_) => {
-                return Err(fail("resolve", nix::Error::EINVAL));
+                return Err(fail("resolve", nix::Error::EINVAL.into()));
             }
         };
         prefix.push(name);
@@ -245,11 +241,11 @@ pub fn make_dir_in(root: &Path, dir: &Path) -> Result<(), RootfsError> {
             Err(nix::Error::ENOENT) => {
                 match mkdirat(&parent, name, Mode::from_bits_truncate(0o755)) {
                     Ok(()) | Err(nix::Error::EEXIST) => {}
-                    Err(e) => return Err(fail("mkdir", e)),
+                    Err(e) => return Err(fail("mkdir", e.into())),
                 }
-                openat2(&rootfd, &prefix, how()).map_err(|e| fail("open", e))?
+                openat2(&rootfd, &prefix, how()).map_err(|e| fail("open", e.into()))?
             }
-            Err(e) => return Err(fail("open", e)),
+            Err(e) => return Err(fail("open", e.into())),
         };
     }
     Ok(())
