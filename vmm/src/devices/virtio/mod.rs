@@ -1,6 +1,6 @@
 //! virtio devices (virtio 1.2) over the MMIO transport.
 //!
-//! A device implements [`VirtioDevice`]; [`mmio::MmioTransport`] puts it on the MMIO bus
+//! A device implements [`VirtioDevice`]; [`transport::mmio::MmioTransport`] puts it on the MMIO bus
 //! and runs the register state machine. When the driver sets DRIVER_OK the transport
 //! hands the device its queues, their notification eventfds (KVM ioeventfds on the
 //! QueueNotify register) and an [`Interrupt`] (a KVM irqfd); the device then serves the
@@ -10,11 +10,11 @@
 //! virtio-queue's bounded iterators, and each device bounds the lengths it accepts.
 
 pub mod block;
-pub mod mmio;
 pub mod queue_worker;
 pub mod rng;
 #[cfg(test)]
 pub mod test_utils;
+pub mod transport;
 pub mod vsock;
 pub mod worker;
 
@@ -136,9 +136,15 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
     data[..n].copy_from_slice(&config[start..start + n]);
 }
 
-/// A counter for metrics.
+/// A counter for metrics; serialises as its value.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
+
+impl serde::Serialize for Counter {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.get())
+    }
+}
 
 impl Counter {
     pub fn add(&self, n: u64) {

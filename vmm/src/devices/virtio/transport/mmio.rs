@@ -12,9 +12,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{ActivateContext, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
 use crate::devices::ExitReason;
 use crate::devices::bus::BusDevice;
+use crate::devices::virtio::{ActivateContext, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
 const VERSION: u32 = 2;
