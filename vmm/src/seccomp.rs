@@ -75,6 +75,7 @@ const ALLOWED: &[i64] = &[
     libc::SYS_pwrite64,
     libc::SYS_lseek,
     libc::SYS_fsync,
+    libc::SYS_ftruncate,
     libc::SYS_fdatasync,
     libc::SYS_openat,
     libc::SYS_close,
@@ -90,6 +91,10 @@ const ALLOWED: &[i64] = &[
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_eventfd2,
+    // the vsock device's timeouts
+    libc::SYS_timerfd_create,
+    libc::SYS_timerfd_settime,
+    libc::SYS_timerfd_gettime,
     // unix sockets: vsock, the API
     libc::SYS_socket,
     libc::SYS_connect,

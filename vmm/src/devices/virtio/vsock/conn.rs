@@ -6,9 +6,12 @@
 use std::io::{self, Read, Write};
 use std::num::Wrapping;
 use std::os::unix::net::UnixStream;
+use std::time::Instant;
 
 /// Bytes of guest data we buffer per connection: the `buf_alloc` we advertise.
 pub const CONN_BUF_SIZE: u32 = 256 * 1024;
+/// A drained buffer larger than this is freed.
+const IDLE_BUF_CAPACITY: usize = 16 * 1024;
 
 /// Which side opened the connection, and where the handshake is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +48,11 @@ pub struct Conn {
     pub host_eof: bool,
     /// SHUTDOWN flags the guest sent.
     pub peer_shutdown: u32,
+    /// The host closed its socket altogether (EPOLLHUP), not just its writing half.
+    pub host_closed: bool,
+    /// When the muxer resets the connection unless something happens first (the
+    /// guest's answer to our REQUEST, its RST after the host closed).
+    pub deadline: Option<Instant>,
 }
 
 /// Why a connection must be reset.
@@ -73,6 +81,8 @@ impl Conn {
             queued: false,
             host_eof: false,
             peer_shutdown: 0,
+            host_closed: false,
+            deadline: None,
         }
     }
 
@@ -110,6 +120,10 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(ConnError::Io(e.kind())),
             }
+        }
+        // An idle connection keeps no buffer: the memory bound is for busy ones.
+        if self.tx_buf.capacity() > IDLE_BUF_CAPACITY {
+            self.tx_buf = Vec::new();
         }
         Ok(())
     }

@@ -6,7 +6,9 @@
 //! (virtio-vsock's `VsockPacket` parses either).
 
 pub mod conn;
+pub mod host;
 pub mod muxer;
+pub mod packet;
 
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -35,7 +37,7 @@ pub enum VsockError {
 }
 
 /// Counters for the metrics API.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct Metrics {
     pub tx_packets: Counter,
     pub rx_packets: Counter,
@@ -43,6 +45,12 @@ pub struct Metrics {
     pub rx_bytes: Counter,
     pub conns_opened: Counter,
     pub conns_closed: Counter,
+    /// Connections refused: the limit reached, or the host listener absent or full.
+    pub conns_refused: Counter,
+    /// Connections ended by a timeout (handshake, or close not answered by the guest).
+    pub conns_timed_out: Counter,
+    /// Times the listener paused because accept() ran out of descriptors or memory.
+    pub accept_backoffs: Counter,
     pub rst_sent: Counter,
     pub bad_packets: Counter,
 }
@@ -54,6 +62,8 @@ pub struct Vsock {
     uds: PathBuf,
     listener: UnixListener,
     metrics: Arc<Metrics>,
+    /// Most connections at once, within this process's file limit.
+    max_conns: usize,
     worker: Option<Worker>,
 }
 
@@ -78,6 +88,7 @@ impl Vsock {
             uds: uds.to_path_buf(),
             listener,
             metrics: Arc::default(),
+            max_conns: host::connection_limit(muxer::MAX_CONNS),
             worker: None,
         })
     }
@@ -132,6 +143,7 @@ impl VirtioDevice for Vsock {
             self.uds.clone(),
             listener,
             self.metrics.clone(),
+            self.max_conns,
         );
         self.worker = Some(Worker::spawn("virtio-vsock", m).map_err(ActivateError::Worker)?);
         Ok(())
@@ -143,12 +155,6 @@ impl VirtioDevice for Vsock {
     }
 
     fn metrics(&self) -> serde_json::Value {
-        let m = &self.metrics;
-        serde_json::json!({
-            "tx_packets": m.tx_packets.get(), "rx_packets": m.rx_packets.get(),
-            "tx_bytes": m.tx_bytes.get(), "rx_bytes": m.rx_bytes.get(),
-            "conns_opened": m.conns_opened.get(), "conns_closed": m.conns_closed.get(),
-            "rst_sent": m.rst_sent.get(), "bad_packets": m.bad_packets.get(),
-        })
+        serde_json::to_value(&*self.metrics).unwrap_or_default()
     }
 }

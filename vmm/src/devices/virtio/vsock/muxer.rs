@@ -10,6 +10,18 @@
 //! unknown connections get RST, a guest sending past its credit gets RST. Replies wait
 //! in a bounded queue; when it is full we stop taking TX packets until the guest gives
 //! RX buffers, so a flood cannot grow the VMM's memory.
+//!
+//! Nothing here blocks or spins: connecting to a host listener whose backlog is full
+//! fails at once (RST to the guest); an accept() that runs out of descriptors pauses
+//! the listener for [`ACCEPT_BACKOFF`]; and a timer ends connections a peer left
+//! behind: one the host closed that the guest does not reset within [`CLOSE_TIMEOUT`]
+//! (Firecracker's 2 s), a host client that sends no `CONNECT` line, or a guest that
+//! does not answer our REQUEST, within [`HANDSHAKE_TIMEOUT`].
+//!
+//! Memory bound (worst case, a guest that fills every connection while no host peer
+//! reads): `max_conns` × [`CONN_BUF_SIZE`] of buffered guest data (1024 × 256 KiB =
+//! 256 MiB at the default limit), plus [`MAX_PENDING_REPLIES`] 16-byte replies, plus
+//! one [`MAX_PKT_DATA`] read buffer. Idle connections give their buffer back.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -17,55 +29,46 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use virtio_vsock::packet::{PKT_HEADER_SIZE, VsockPacket};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::Metrics;
 use super::conn::{CONN_BUF_SIZE, Conn, ConnState};
+use super::host::{connect_nonblocking, is_resource_shortage};
+pub use super::packet::*;
 use crate::devices::virtio::Interrupt;
 use crate::devices::virtio::worker::{EventHandler, add_fd};
 
-/// The host's context id.
-pub const HOST_CID: u64 = 2;
-pub const TYPE_STREAM: u16 = 1;
-pub const OP_REQUEST: u16 = 1;
-pub const OP_RESPONSE: u16 = 2;
-pub const OP_RST: u16 = 3;
-pub const OP_SHUTDOWN: u16 = 4;
-pub const OP_RW: u16 = 5;
-pub const OP_CREDIT_UPDATE: u16 = 6;
-pub const OP_CREDIT_REQUEST: u16 = 7;
-/// SHUTDOWN flags: the sender will receive / send no more.
-pub const SHUTDOWN_RCV: u32 = 1;
-pub const SHUTDOWN_SEND: u32 = 2;
-
-/// Largest payload accepted in one TX packet (Linux sends at most 64 KiB).
-pub const MAX_PKT_DATA: u32 = 64 * 1024;
 /// Replies waiting for RX buffers before we stop reading the TX queue.
 pub const MAX_PENDING_REPLIES: usize = 1024;
-/// Longest `CONNECT <port>\n` line.
-const MAX_CONNECT_LINE: usize = 32;
-/// Most connections at once (host and guest initiated together).
+/// Most connections at once (host and guest initiated together), before the file
+/// limit lowers it (see [`super::host::connection_limit`]).
 pub const MAX_CONNS: usize = 1024;
 /// Host ports for host-initiated connections are taken from here up.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
+/// How long a connection the host closed may wait for the guest's RST (or for its
+/// last data to be taken) before we reset it ourselves.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a host client may take to send `CONNECT <port>\n`, and the guest to
+/// answer our REQUEST.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the listener rests after accept() ran out of descriptors or memory.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// The timer's period while a deadline is pending.
+const TICK: Duration = Duration::from_millis(200);
 
 const TOKEN_RX: u64 = 0;
 const TOKEN_TX: u64 = 1;
 const TOKEN_EV: u64 = 2;
 const TOKEN_LISTENER: u64 = 3;
+const TOKEN_TIMER: u64 = 4;
 const FIRST_DYNAMIC_TOKEN: u64 = 16;
-
-/// (host port, guest port).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnKey {
-    pub local_port: u32,
-    pub peer_port: u32,
-}
 
 /// A packet header we owe the guest.
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +89,7 @@ enum Token {
 struct Pending {
     stream: UnixStream,
     line: Vec<u8>,
+    deadline: Instant,
 }
 
 /// The worker's state.
@@ -99,6 +103,14 @@ pub struct Muxer {
     pub(super) uds: PathBuf,
     pub(super) listener: UnixListener,
     pub(super) metrics: Arc<Metrics>,
+    /// Most connections at once (host clients still in their handshake included).
+    max_conns: usize,
+    /// Deadlines (close and handshake timeouts, accept back-off) are checked on its
+    /// ticks; armed only while one is pending.
+    timer: Option<TimerFd>,
+    timer_armed: bool,
+    /// The listener is out of epoll until then, after accept() hit EMFILE & co.
+    accept_paused_until: Option<Instant>,
     conns: HashMap<ConnKey, Conn>,
     tokens: HashMap<u64, Token>,
     pending: HashMap<u64, Pending>,
@@ -130,6 +142,7 @@ impl Muxer {
         uds: PathBuf,
         listener: UnixListener,
         metrics: Arc<Metrics>,
+        max_conns: usize,
     ) -> Muxer {
         Muxer {
             mem,
@@ -141,6 +154,10 @@ impl Muxer {
             uds,
             listener,
             metrics,
+            max_conns,
+            timer: None,
+            timer_armed: false,
+            accept_paused_until: None,
             conns: HashMap::new(),
             tokens: HashMap::new(),
             pending: HashMap::new(),
@@ -164,11 +181,11 @@ impl Muxer {
     }
 
     fn unwatch(epoll: &Epoll, stream: &UnixStream) {
-        let _ = epoll.ctl(
-            ControlOperation::Delete,
-            stream.as_raw_fd(),
-            EpollEvent::default(),
-        );
+        Self::unwatch_fd(epoll, stream.as_raw_fd());
+    }
+
+    fn unwatch_fd(epoll: &Epoll, fd: std::os::fd::RawFd) {
+        let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
     }
 
     /// Puts a connection in line for sending host data to the guest (once).
@@ -288,6 +305,7 @@ impl Muxer {
         match h.op {
             OP_RESPONSE if conn.state == ConnState::Connecting => {
                 conn.state = ConnState::Established;
+                conn.deadline = None;
                 let ok = format!("OK {}\n", key.local_port);
                 if conn.stream.write_all(ok.as_bytes()).is_err() {
                     self.reset_conn(epoll, key);
@@ -335,23 +353,23 @@ impl Muxer {
     }
 
     fn guest_connect(&mut self, epoll: &Epoll, key: ConnKey, h: &Header) {
-        if self.conns.contains_key(&key) || self.conns.len() >= MAX_CONNS {
+        if self.conns.contains_key(&key) || self.conn_count() >= self.max_conns {
+            self.metrics.conns_refused.inc();
             self.reply(key, OP_RST, 0);
             return;
         }
-        let path = format!("{}_{}", self.uds.display(), key.local_port);
-        let stream = match UnixStream::connect(&path) {
+        let mut path = self.uds.clone().into_os_string();
+        path.push(format!("_{}", key.local_port));
+        // Non-blocking: a listener with a full backlog answers EAGAIN at once (RST).
+        let stream = match connect_nonblocking(std::path::Path::new(&path)) {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!(path, error = %e, "vsock: guest connection refused");
+                tracing::debug!(port = key.local_port, error = %e, "vsock: guest connection refused");
+                self.metrics.conns_refused.inc();
                 self.reply(key, OP_RST, 0);
                 return;
             }
         };
-        if stream.set_nonblocking(true).is_err() {
-            self.reply(key, OP_RST, 0);
-            return;
-        }
         let token = self.new_token();
         if self.watch(epoll, &stream, token).is_err() {
             self.reply(key, OP_RST, 0);
@@ -450,7 +468,15 @@ impl Muxer {
                     conn.host_eof = true;
                     let fwd = conn.fwd_cnt.0;
                     conn.fwd_cnt_reported = conn.fwd_cnt;
-                    self.set_header(pkt, key, OP_SHUTDOWN, SHUTDOWN_SEND, CONN_BUF_SIZE, fwd, 0);
+                    // A host that closed its socket (not just its writing half) takes
+                    // nothing more either.
+                    let flags = if conn.host_closed {
+                        conn.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+                        SHUTDOWN_SEND | SHUTDOWN_RCV
+                    } else {
+                        SHUTDOWN_SEND
+                    };
+                    self.set_header(pkt, key, OP_SHUTDOWN, flags, CONN_BUF_SIZE, fwd, 0);
                     return Some(0);
                 }
                 Ok(n) => {
@@ -462,6 +488,10 @@ impl Muxer {
                         continue;
                     }
                     conn.rx_cnt += std::num::Wrapping(n as u32);
+                    if conn.host_closed {
+                        // Still delivering what the host wrote before it closed.
+                        conn.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+                    }
                     let fwd = conn.fwd_cnt.0;
                     conn.fwd_cnt_reported = conn.fwd_cnt;
                     self.metrics.rx_bytes.add(n as u64);
@@ -510,13 +540,18 @@ impl Muxer {
 
     // ------------------------------------------------------------------ host sockets
 
+    /// Connections, host clients in their handshake included.
+    fn conn_count(&self) -> usize {
+        self.conns.len() + self.pending.len()
+    }
+
     fn accept(&mut self, epoll: &Epoll) {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if self.pending.len() + self.conns.len() >= MAX_CONNS
-                        || stream.set_nonblocking(true).is_err()
+                    if self.conn_count() >= self.max_conns || stream.set_nonblocking(true).is_err()
                     {
+                        self.metrics.conns_refused.inc();
                         continue; // dropped: the client sees EOF
                     }
                     let token = self.new_token();
@@ -529,12 +564,102 @@ impl Muxer {
                         Pending {
                             stream,
                             line: Vec::new(),
+                            deadline: Instant::now() + HANDSHAKE_TIMEOUT,
                         },
                     );
+                    self.arm_timer(epoll);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_resource_shortage(&e) => {
+                    // The client stays in the backlog and the listener readable: rest
+                    // instead of spinning on the same error.
+                    tracing::warn!(error = %e, "vsock: cannot accept a host connection; pausing");
+                    self.metrics.accept_backoffs.inc();
+                    Self::unwatch_fd(epoll, self.listener.as_raw_fd());
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    self.arm_timer(epoll);
+                    return;
+                }
                 Err(_) => return, // WouldBlock, or a transient error
             }
+        }
+    }
+
+    /// Arms the timer's periodic tick (once) while a deadline is pending.
+    fn arm_timer(&mut self, epoll: &Epoll) {
+        if self.timer_armed {
+            return;
+        }
+        if self.timer.is_none() {
+            match TimerFd::new() {
+                Ok(t) => {
+                    if let Err(e) = add_fd(epoll, &t, EventSet::IN, TOKEN_TIMER) {
+                        tracing::warn!(error = %e, "vsock: cannot watch the timer");
+                        return;
+                    }
+                    self.timer = Some(t);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "vsock: cannot create the timer");
+                    return;
+                }
+            }
+        }
+        if let Some(t) = self.timer.as_mut() {
+            match t.reset(TICK, Some(TICK)) {
+                Ok(()) => self.timer_armed = true,
+                Err(e) => tracing::warn!(error = %e, "vsock: cannot arm the timer"),
+            }
+        }
+    }
+
+    /// On a tick: ends what passed its deadline, resumes accepting, and disarms the
+    /// timer when nothing is left to wait for.
+    pub(super) fn expire(&mut self, epoll: &Epoll, now: Instant) {
+        let late: Vec<ConnKey> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|d| d <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in late {
+            tracing::debug!(
+                host_port = key.local_port,
+                guest_port = key.peer_port,
+                "vsock: connection timed out"
+            );
+            self.metrics.conns_timed_out.inc();
+            self.reset_conn(epoll, key);
+        }
+        let late: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in late {
+            if let Some(p) = self.pending.remove(&token) {
+                Self::unwatch(epoll, &p.stream);
+                self.tokens.remove(&token);
+                self.metrics.conns_timed_out.inc();
+            }
+        }
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept_paused_until = None;
+            if let Err(e) = add_fd(epoll, &self.listener, EventSet::IN, TOKEN_LISTENER) {
+                tracing::warn!(error = %e, "vsock: cannot watch the listener again");
+            }
+            self.accept(epoll);
+        }
+        let waiting = self.accept_paused_until.is_some()
+            || !self.pending.is_empty()
+            || self.conns.values().any(|c| c.deadline.is_some());
+        if !waiting
+            && self.timer_armed
+            && let Some(t) = self.timer.as_mut()
+        {
+            let _ = t.clear();
+            self.timer_armed = false;
         }
     }
 
@@ -582,6 +707,7 @@ impl Muxer {
         };
         let mut conn = Conn::new(p.stream, token, ConnState::Connecting);
         conn.early_data = rest;
+        conn.deadline = Some(Instant::now() + HANDSHAKE_TIMEOUT);
         self.conns.insert(key, conn);
         self.tokens.insert(token, Token::Conn(key));
         self.metrics.conns_opened.inc();
@@ -609,10 +735,19 @@ impl Muxer {
         };
         if events.intersects(EventSet::IN | EventSet::READ_HANG_UP | EventSet::HANG_UP) {
             conn.readable = true;
-            if conn.state == ConnState::Connecting && events.contains(EventSet::HANG_UP) {
-                // The client gave up before the guest answered.
-                self.reset_conn(epoll, key);
-                return;
+            if events.contains(EventSet::HANG_UP) {
+                if conn.state == ConnState::Connecting {
+                    // The client gave up before the guest answered.
+                    self.reset_conn(epoll, key);
+                    return;
+                }
+                // The host closed its socket: its last data and a SHUTDOWN go to the
+                // guest, which then has CLOSE_TIMEOUT to reset (or to take the data).
+                if !conn.host_closed {
+                    conn.host_closed = true;
+                    conn.deadline = Some(Instant::now() + CLOSE_TIMEOUT);
+                    self.arm_timer(epoll);
+                }
             }
             self.queue_rx(key);
         }
@@ -640,55 +775,17 @@ impl Muxer {
     }
 }
 
-/// Parses `CONNECT <port>\n`; returns the port and the bytes after the newline.
-fn parse_connect(line: &[u8]) -> Option<(u32, Vec<u8>)> {
-    let nl = line.iter().position(|b| *b == b'\n')?;
-    let text = std::str::from_utf8(&line[..nl]).ok()?;
-    let port = text
-        .trim_end_matches('\r')
-        .strip_prefix("CONNECT ")?
-        .trim()
-        .parse()
-        .ok()?;
-    Some((port, line[nl + 1..].to_vec()))
-}
-
-/// The fields of a packet header we act on.
-#[derive(Debug, Clone, Copy)]
-struct Header {
-    src_cid: u64,
-    dst_cid: u64,
-    src_port: u32,
-    dst_port: u32,
-    type_: u16,
-    op: u16,
-    flags: u32,
-    buf_alloc: u32,
-    fwd_cnt: u32,
-}
-
-impl Header {
-    fn of<B: vm_memory::bitmap::BitmapSlice>(p: &VsockPacket<'_, B>) -> Header {
-        Header {
-            src_cid: p.src_cid(),
-            dst_cid: p.dst_cid(),
-            src_port: p.src_port(),
-            dst_port: p.dst_port(),
-            type_: p.type_(),
-            op: p.op(),
-            flags: p.flags(),
-            buf_alloc: p.buf_alloc(),
-            fwd_cnt: p.fwd_cnt(),
-        }
-    }
-}
-
 impl EventHandler for Muxer {
     fn init(&mut self, epoll: &Epoll) -> io::Result<()> {
         add_fd(epoll, &self.evts[0], EventSet::IN, TOKEN_RX)?;
         add_fd(epoll, &self.evts[1], EventSet::IN, TOKEN_TX)?;
         add_fd(epoll, &self.evts[2], EventSet::IN, TOKEN_EV)?;
-        add_fd(epoll, &self.listener, EventSet::IN, TOKEN_LISTENER)
+        add_fd(epoll, &self.listener, EventSet::IN, TOKEN_LISTENER)?;
+        // Made now, not when first needed: by then descriptors may have run out.
+        let timer = TimerFd::new()?;
+        add_fd(epoll, &timer, EventSet::IN, TOKEN_TIMER)?;
+        self.timer = Some(timer);
+        Ok(())
     }
 
     fn handle(&mut self, epoll: &Epoll, token: u64, events: EventSet) {
@@ -704,6 +801,12 @@ impl EventHandler for Muxer {
                 let _ = self.evts[2].read();
             }
             TOKEN_LISTENER => self.accept(epoll),
+            TOKEN_TIMER => {
+                if let Some(t) = self.timer.as_mut() {
+                    let _ = t.wait();
+                }
+                self.expire(epoll, Instant::now());
+            }
             t => match self.tokens.get(&t) {
                 Some(Token::Pending) => self.pending_readable(epoll, t),
                 Some(Token::Conn(key)) => {
@@ -721,273 +824,5 @@ impl EventHandler for Muxer {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::devices::virtio::test_utils::{TestQueue, W};
-
-    const GUEST_CID: u64 = 3;
-    const HDR_ADDR: u64 = 0x10_000;
-    const DATA_ADDR: u64 = 0x20_000;
-    const RX_HDR: u64 = 0x30_000;
-    const RX_DATA: u64 = 0x31_000;
-
-    #[allow(clippy::too_many_arguments)]
-    fn hdr(src_port: u32, dst_port: u32, len: u32, op: u16, flags: u32) -> Vec<u8> {
-        let mut h = Vec::with_capacity(PKT_HEADER_SIZE);
-        h.extend_from_slice(&GUEST_CID.to_le_bytes());
-        h.extend_from_slice(&HOST_CID.to_le_bytes());
-        h.extend_from_slice(&src_port.to_le_bytes());
-        h.extend_from_slice(&dst_port.to_le_bytes());
-        h.extend_from_slice(&len.to_le_bytes());
-        h.extend_from_slice(&TYPE_STREAM.to_le_bytes());
-        h.extend_from_slice(&op.to_le_bytes());
-        h.extend_from_slice(&flags.to_le_bytes());
-        h.extend_from_slice(&65536u32.to_le_bytes()); // buf_alloc
-        h.extend_from_slice(&0u32.to_le_bytes()); // fwd_cnt
-        h
-    }
-
-    struct Rig {
-        tq: TestQueue,
-        m: Muxer,
-        epoll: Epoll,
-        dir: tempfile::TempDir,
-        next_tx: u16,
-        next_rx: u16,
-    }
-
-    impl Rig {
-        fn new() -> Rig {
-            let tq = TestQueue::with_queues(3);
-            let dir = tempfile::tempdir().unwrap();
-            let uds = dir.path().join("v.sock");
-            let listener = UnixListener::bind(&uds).unwrap();
-            listener.set_nonblocking(true).unwrap();
-            let evts = (0..3)
-                .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
-                .collect();
-            let m = Muxer::new(
-                tq.mem.clone(),
-                tq.queue_n(0),
-                tq.queue_n(1),
-                evts,
-                tq.interrupt.clone(),
-                GUEST_CID,
-                uds,
-                listener,
-                Arc::default(),
-            );
-            Rig {
-                tq,
-                m,
-                epoll: Epoll::new().unwrap(),
-                dir,
-                next_tx: 0,
-                next_rx: 0,
-            }
-        }
-
-        /// A TX packet, header and data split over two descriptors.
-        fn send_split(&mut self, header: &[u8], data: &[u8]) {
-            self.tq.write(HDR_ADDR, header);
-            self.tq.write(DATA_ADDR, data);
-            let mut d = vec![(HDR_ADDR, header.len() as u32, 0)];
-            if !data.is_empty() {
-                d.push((DATA_ADDR, data.len() as u32, 0));
-            }
-            self.tq.add_chain_n(1, self.next_tx, &d);
-            self.next_tx += d.len() as u16;
-            self.m.process_tx(&self.epoll);
-        }
-
-        /// A TX packet with header and data in one descriptor (Linux >= 6.2).
-        fn send_single(&mut self, header: &[u8], data: &[u8]) {
-            let mut buf = header.to_vec();
-            buf.extend_from_slice(data);
-            self.tq.write(HDR_ADDR, &buf);
-            self.tq
-                .add_chain_n(1, self.next_tx, &[(HDR_ADDR, buf.len() as u32, 0)]);
-            self.next_tx += 1;
-            self.m.process_tx(&self.epoll);
-        }
-
-        /// Offers one RX buffer and returns the packet the device put there, if any:
-        /// (op, src_port, dst_port, data).
-        fn receive(&mut self) -> Option<(u16, u32, u32, Vec<u8>)> {
-            let n = self.next_rx;
-            self.tq
-                .add_chain_n(0, n * 2, &[(RX_HDR, 44, W), (RX_DATA, 4096, W)]);
-            self.next_rx += 1;
-            self.m.process_rx(&self.epoll);
-            let len = self.tq.used_n(0, n)? as usize;
-            let h = self.tq.read(RX_HDR, 44);
-            let u16_at = |o: usize| u16::from_le_bytes([h[o], h[o + 1]]);
-            let u32_at = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().unwrap());
-            let data = self.tq.read(RX_DATA, len.saturating_sub(44));
-            Some((u16_at(30), u32_at(16), u32_at(20), data))
-        }
-    }
-
-    #[test]
-    fn guest_connects_and_sends_in_both_layouts() {
-        let mut r = Rig::new();
-        let host = UnixListener::bind(r.dir.path().join("v.sock_6000")).unwrap();
-        r.send_split(&hdr(1234, 6000, 0, OP_REQUEST, 0), &[]);
-        assert_eq!(r.receive().unwrap().0, OP_RESPONSE);
-        let (mut s, _) = host.accept().unwrap();
-        r.send_split(&hdr(1234, 6000, 5, OP_RW, 0), b"hello");
-        r.send_single(&hdr(1234, 6000, 5, OP_RW, 0), b"world");
-        let mut got = [0u8; 10];
-        s.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"helloworld");
-        // Host to guest.
-        s.write_all(b"back").unwrap();
-        r.m.conn_event(
-            &r.epoll,
-            ConnKey {
-                local_port: 6000,
-                peer_port: 1234,
-            },
-            EventSet::IN,
-        );
-        let (op, src, dst, data) = r.receive().unwrap();
-        assert_eq!(
-            (op, src, dst, data.as_slice()),
-            (OP_RW, 6000, 1234, &b"back"[..])
-        );
-        assert_eq!(r.m.metrics.tx_bytes.get(), 10);
-    }
-
-    #[test]
-    fn refused_and_unknown_connections_get_rst() {
-        let mut r = Rig::new();
-        r.send_split(&hdr(1, 7777, 0, OP_REQUEST, 0), &[]);
-        assert_eq!(r.receive().unwrap().0, OP_RST);
-        r.send_split(&hdr(1, 7777, 3, OP_RW, 0), b"abc");
-        assert_eq!(r.receive().unwrap().0, OP_RST);
-        // An RST for nothing is not answered.
-        r.send_split(&hdr(1, 7777, 0, OP_RST, 0), &[]);
-        assert!(r.receive().is_none());
-    }
-
-    #[test]
-    fn malformed_packets_are_dropped() {
-        let mut r = Rig::new();
-        // Short header; wrong source cid; header len larger than the data; outside memory.
-        r.send_split(&[0u8; 10], &[]);
-        let mut wrong_cid = hdr(1, 6000, 0, OP_REQUEST, 0);
-        wrong_cid[0] = 9;
-        r.send_split(&wrong_cid, &[]);
-        r.send_split(&hdr(1, 6000, 1 << 20, OP_RW, 0), b"x");
-        r.tq.add_chain_n(1, r.next_tx, &[(0xffff_0000_0000, 44, 0)]);
-        r.next_tx += 1;
-        r.m.process_tx(&r.epoll);
-        // A write-only TX descriptor.
-        r.tq.add_chain_n(1, r.next_tx, &[(HDR_ADDR, 44, W)]);
-        r.m.process_tx(&r.epoll);
-        assert!(r.m.metrics.bad_packets.get() >= 4);
-        assert_eq!(r.tq.used_n(1, 4), Some(0));
-        assert!(r.m.conns.is_empty());
-    }
-
-    #[test]
-    fn host_connect_handshake() {
-        let mut r = Rig::new();
-        let mut c = UnixStream::connect(r.dir.path().join("v.sock")).unwrap();
-        c.write_all(b"CONNECT 5000\nearly").unwrap();
-        r.m.accept(&r.epoll);
-        let token = *r.m.pending.keys().next().unwrap();
-        r.m.pending_readable(&r.epoll, token);
-        let (op, src, dst, _) = r.receive().unwrap();
-        assert_eq!((op, dst), (OP_REQUEST, 5000));
-        assert_eq!(src, FIRST_LOCAL_PORT);
-        r.send_split(&hdr(5000, src, 0, OP_RESPONSE, 0), &[]);
-        let mut ok = [0u8; 14];
-        c.read_exact(&mut ok).unwrap();
-        assert_eq!(&ok, b"OK 1073741824\n");
-        // Bytes sent before the OK reach the guest first.
-        let (op, _, _, data) = r.receive().unwrap();
-        assert_eq!((op, data.as_slice()), (OP_RW, &b"early"[..]));
-        // A bad line is refused.
-        let mut bad = UnixStream::connect(r.dir.path().join("v.sock")).unwrap();
-        bad.write_all(b"HELLO\n").unwrap();
-        r.m.accept(&r.epoll);
-        let token = *r.m.pending.keys().next().unwrap();
-        r.m.pending_readable(&r.epoll, token);
-        let mut answer = String::new();
-        bad.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with("ERR"));
-    }
-
-    #[test]
-    fn tx_stops_while_replies_wait() {
-        let mut r = Rig::new();
-        let key = ConnKey {
-            local_port: 1,
-            peer_port: 1,
-        };
-        for _ in 0..MAX_PENDING_REPLIES {
-            r.m.reply(key, OP_RST, 0);
-        }
-        r.send_split(&hdr(1, 7777, 0, OP_REQUEST, 0), &[]);
-        // The packet stays in the TX queue, unprocessed.
-        assert_eq!(r.tq.used_n(1, 0), None);
-        assert_eq!(r.m.replies.len(), MAX_PENDING_REPLIES);
-    }
-
-    /// Thousands of random packets (valid cid, random ops, ports, flags, lengths and
-    /// layouts), with RX buffers offered now and then: no panic, bounded state.
-    #[test]
-    fn random_packets_never_panic() {
-        let mut rng = crate::devices::virtio::test_utils::XorShift(0x9e37_79b9_7f4a_7c15);
-        let mut next = || rng.next_u64();
-        // A fresh device every 6 packets: the test queues hold 16 descriptors.
-        for _ in 0..600 {
-            let mut r = Rig::new();
-            let _host = UnixListener::bind(r.dir.path().join("v.sock_7")).unwrap();
-            for _ in 0..6 {
-                let op = (next() % 9) as u16;
-                let src = (next() % 4) as u32;
-                let dst = if next() % 2 == 0 {
-                    7
-                } else {
-                    (next() % 4) as u32
-                };
-                let len = match next() % 4 {
-                    0 => 0,
-                    1 => (next() % 64) as u32,
-                    2 => (next() % 5000) as u32,
-                    _ => next() as u32,
-                };
-                let mut h = hdr(src, dst, len, op, (next() % 8) as u32);
-                if next() % 8 == 0 {
-                    h[28] = (next() % 4) as u8; // type
-                }
-                let data = vec![0x5au8; (next() % 256) as usize];
-                if next() % 2 == 0 {
-                    r.send_split(&h, &data);
-                } else {
-                    r.send_single(&h, &data);
-                }
-                if next() % 2 == 0 && r.next_rx < 6 {
-                    let _ = r.receive();
-                }
-                assert!(r.m.replies.len() <= MAX_PENDING_REPLIES);
-                assert!(r.m.conns.len() <= MAX_CONNS);
-            }
-        }
-    }
-
-    #[test]
-    fn connect_lines_parse() {
-        assert_eq!(parse_connect(b"CONNECT 1024\n"), Some((1024, vec![])));
-        assert_eq!(
-            parse_connect(b"CONNECT 52\r\nhello"),
-            Some((52, b"hello".to_vec()))
-        );
-        assert_eq!(parse_connect(b"CONNECT x\n"), None);
-        assert_eq!(parse_connect(b"connect 1\n"), None);
-        assert_eq!(parse_connect(b"CONNECT 99999999999\n"), None);
-        assert_eq!(parse_connect(b"CONNECT 5"), None);
-    }
-}
+#[path = "muxer_tests.rs"]
+mod tests;
