@@ -18,6 +18,8 @@ use husk_agent_protocol::agent::{
 };
 use husk_agent_protocol::agent_ttrpc::AgentClient;
 use husk_agent_protocol::client::{ClientError, Endpoint};
+use husk_vmm::config::{BlockConfig, SerialConfig, SerialOutput, VmConfig, VsockConfig};
+use husk_vmm::exit_status::VmmExit;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 /// The guest kernel command line husk gives every VM (before `cmdline_extra`).
@@ -111,21 +113,35 @@ fn describe_exit(st: std::process::ExitStatus) -> String {
     let Some(code) = st.code() else {
         return format!("husk-vmm killed by signal {}", st.signal().unwrap_or(0));
     };
-    let why = match code {
-        0 => "the guest powered off or reset",
-        1 => "the guest crashed",
-        2 => "bad VM configuration",
-        3 => "host failure",
-        4 => "stopped by the host",
-        _ => "unknown status",
-    };
+    let why = VmmExit::from_code(code).map_or("unknown status", VmmExit::describe);
     format!("husk-vmm exited with {code} ({why})")
+}
+
+/// Most bytes read from the end of a log for an error message: the guest decides what
+/// it prints, so a log is never read whole.
+const LOG_TAIL_BYTES: u64 = 16 << 10;
+
+/// The last [`LOG_TAIL_BYTES`] of a file, as text; empty when it cannot be read.
+fn read_tail(path: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    if f.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))
+        .is_err()
+    {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(LOG_TAIL_BYTES).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// The last lines of the guest's console, for error messages.
 fn console_tail(dir: &Path) -> String {
-    let text = std::fs::read_to_string(dir.join("console.log")).unwrap_or_default();
-    let vmm = std::fs::read_to_string(dir.join("vmm.log")).unwrap_or_default();
+    let text = read_tail(&dir.join("console.log"));
+    let vmm = read_tail(&dir.join("vmm.log"));
     let tail = |t: &str| {
         t.lines()
             .rev()
@@ -173,23 +189,33 @@ impl SandboxSpec {
         }
     }
 
-    fn vm_json(&self) -> serde_json::Value {
-        let disks: Vec<serde_json::Value> = self
-            .disks
-            .iter()
-            .map(|d| serde_json::json!({"path": d.path, "read_only": d.read_only}))
-            .collect();
-        serde_json::json!({
-            "kernel": self.kernel,
-            "initramfs": self.initramfs,
-            "cmdline": format!("{CMDLINE} {}", self.cmdline_extra).trim().to_string(),
-            "vcpus": self.vcpus,
-            "memory_mib": self.memory_mib,
-            "serial": {"file": self.dir.join("console.log")},
-            "block": disks,
-            "vsock": {"cid": 3, "uds": self.dir.join("vsock.sock")},
-            "rng": true,
-        })
+    /// The VM husk-vmm is to run (its console log capped at the default 1 MiB).
+    pub fn vm_config(&self) -> VmConfig {
+        VmConfig {
+            kernel: self.kernel.clone(),
+            initramfs: Some(self.initramfs.clone()),
+            cmdline: format!("{CMDLINE} {}", self.cmdline_extra)
+                .trim()
+                .to_string(),
+            vcpus: self.vcpus,
+            memory_mib: u64::from(self.memory_mib),
+            memory_shared: false,
+            serial: SerialConfig(SerialOutput::file(self.dir.join("console.log"))),
+            block: self
+                .disks
+                .iter()
+                .map(|d| BlockConfig {
+                    path: d.path.clone(),
+                    read_only: d.read_only,
+                })
+                .collect(),
+            vsock: Some(VsockConfig {
+                cid: 3,
+                uds: self.dir.join("vsock.sock"),
+            }),
+            rng: true,
+            virtio_mmio_cmdline: false,
+        }
     }
 }
 
@@ -203,11 +229,9 @@ impl Sandbox {
         };
         std::fs::create_dir_all(&spec.dir).map_err(dir_err)?;
         let vm_json = spec.dir.join("vm.json");
-        std::fs::write(
-            &vm_json,
-            serde_json::to_vec_pretty(&spec.vm_json()).unwrap_or_default(),
-        )
-        .map_err(dir_err)?;
+        let config = serde_json::to_vec_pretty(&spec.vm_config())
+            .map_err(|e| dir_err(std::io::Error::other(e)))?;
+        std::fs::write(&vm_json, config).map_err(dir_err)?;
         let uds = spec.dir.join("vsock.sock");
         let ready_path = spec
             .dir

@@ -1,11 +1,15 @@
 //! The VM configuration: a JSON file given with `--config` (see docs/vmm-config.md).
 //!
-//! Parsed with serde, unknown fields refused; [`VmConfig::validate`] checks values that
-//! serde cannot (ranges, files that must exist) and names the field in its error.
+//! This is the contract between husk-vmm and whoever starts it: the runtime builds a
+//! [`VmConfig`] and serialises it, husk-vmm parses the same type back (unknown fields
+//! refused). [`VmConfig::validate`] checks values that serde cannot (ranges, files that
+//! must exist) and names the field in its error.
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+use crate::devices::serial::log::{DEFAULT_MAX_BYTES, MIN_MAX_BYTES};
 
 /// Largest guest memory accepted, in MiB (1 TiB): anything larger is a typo.
 pub const MAX_MEMORY_MIB: u64 = 1 << 20;
@@ -54,29 +58,67 @@ pub enum SerialOutput {
     Stdout,
     /// Discarded (the device still exists, so the guest may write to it).
     None,
-    /// Appended to a file.
-    File(PathBuf),
+    /// Appended to a log file that never grows past `max_bytes` (it keeps the newest
+    /// output; see devices/serial/log.rs).
+    File { path: PathBuf, max_bytes: u64 },
+}
+
+impl SerialOutput {
+    /// A capped log file with the default cap (1 MiB).
+    pub fn file(path: impl Into<PathBuf>) -> SerialOutput {
+        SerialOutput::File {
+            path: path.into(),
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+/// The JSON forms of `serial`: "stdout" | "none" | {"file": PATH, "max_bytes": N}.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum RawSerial {
+    Word(String),
+    File {
+        file: PathBuf,
+        #[serde(default = "default_serial_max")]
+        max_bytes: u64,
+    },
+}
+
+fn default_serial_max() -> u64 {
+    DEFAULT_MAX_BYTES
 }
 
 impl<'de> Deserialize<'de> for SerialConfig {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // "stdout" | "none" | {"file": PATH}
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Word(String),
-            File { file: PathBuf },
-        }
-        match Raw::deserialize(d).map_err(|_| {
-            serde::de::Error::custom(r#"serial: expected "stdout", "none" or {"file": PATH}"#)
-        })? {
-            Raw::Word(w) if w == "stdout" => Ok(SerialConfig(SerialOutput::Stdout)),
-            Raw::Word(w) if w == "none" => Ok(SerialConfig(SerialOutput::None)),
-            Raw::Word(w) => Err(serde::de::Error::custom(format!(
-                r#"serial: unknown value {w:?}, expected "stdout", "none" or {{"file": PATH}}"#
+        const EXPECTED: &str = r#"expected "stdout", "none" or {"file": PATH, "max_bytes": N}"#;
+        match RawSerial::deserialize(d)
+            .map_err(|_| serde::de::Error::custom(format!("serial: {EXPECTED}")))?
+        {
+            RawSerial::Word(w) if w == "stdout" => Ok(SerialConfig(SerialOutput::Stdout)),
+            RawSerial::Word(w) if w == "none" => Ok(SerialConfig(SerialOutput::None)),
+            RawSerial::Word(w) => Err(serde::de::Error::custom(format!(
+                "serial: unknown value {w:?}, {EXPECTED}"
             ))),
-            Raw::File { file } => Ok(SerialConfig(SerialOutput::File(file))),
+            RawSerial::File { file, max_bytes } => Ok(SerialConfig(SerialOutput::File {
+                path: file,
+                max_bytes,
+            })),
         }
+    }
+}
+
+impl Serialize for SerialConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            SerialOutput::Stdout => RawSerial::Word("stdout".into()),
+            SerialOutput::None => RawSerial::Word("none".into()),
+            SerialOutput::File { path, max_bytes } => RawSerial::File {
+                file: path.clone(),
+                max_bytes: *max_bytes,
+            },
+        }
+        .serialize(s)
     }
 }
 
@@ -91,7 +133,7 @@ impl Default for SerialConfig {
 }
 
 /// A virtio-blk disk.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlockConfig {
     pub path: PathBuf,
@@ -100,7 +142,7 @@ pub struct BlockConfig {
 }
 
 /// The hybrid vsock device.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VsockConfig {
     /// The guest's context id (3 or more; 0–2 are reserved).
@@ -111,7 +153,7 @@ pub struct VsockConfig {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
     /// Guest kernel: a bzImage or an ELF vmlinux.
@@ -228,10 +270,16 @@ impl VmConfig {
                 ),
             ));
         }
-        if let SerialOutput::File(p) = &self.serial.0
-            && p.as_os_str().is_empty()
-        {
-            return Err(invalid("serial.file", "empty path"));
+        if let SerialOutput::File { path, max_bytes } = &self.serial.0 {
+            if path.as_os_str().is_empty() {
+                return Err(invalid("serial.file", "empty path"));
+            }
+            if *max_bytes < MIN_MAX_BYTES {
+                return Err(invalid(
+                    "serial.max_bytes",
+                    format!("{max_bytes} is less than the {MIN_MAX_BYTES} bytes allowed"),
+                ));
+            }
         }
         for (i, b) in self.block.iter().enumerate() {
             check_file(&format!("block[{i}].path"), &b.path)?;
@@ -298,9 +346,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.vcpus, 2);
-        assert_eq!(c.serial.0, SerialOutput::File("/tmp/console.log".into()));
+        assert_eq!(c.serial.0, SerialOutput::file("/tmp/console.log"));
         assert!(c.block[0].read_only && c.rng);
         assert_eq!(c.vsock.unwrap().cid, 3);
+    }
+
+    #[test]
+    fn config_round_trips_through_json() {
+        let c = parse(
+            r#"{"kernel": "/k", "initramfs": "/i", "cmdline": "quiet", "vcpus": 2,
+                "memory_mib": 512, "serial": {"file": "/c.log", "max_bytes": 65536},
+                "block": [{"path": "/d.img", "read_only": true}],
+                "vsock": {"cid": 3, "uds": "/run/v.sock"}, "rng": true}"#,
+        )
+        .unwrap();
+        let text = serde_json::to_string(&c).unwrap();
+        assert_eq!(parse(&text).unwrap(), c);
+        for serial in [
+            SerialOutput::Stdout,
+            SerialOutput::None,
+            SerialOutput::file("/x"),
+        ] {
+            let mut c2 = c.clone();
+            c2.serial = SerialConfig(serial);
+            assert_eq!(parse(&serde_json::to_string(&c2).unwrap()).unwrap(), c2);
+        }
+        assert_eq!(
+            c.serial.0,
+            SerialOutput::File {
+                path: "/c.log".into(),
+                max_bytes: 65536
+            }
+        );
     }
 
     #[test]
@@ -388,6 +465,8 @@ mod tests {
                 .starts_with("config field kernel: /nonexistent/k"),
             "{e}"
         );
+        let e = check(r#", "serial": {"file": "/c.log", "max_bytes": 10}"#).unwrap_err();
+        assert!(e.starts_with("config field serial.max_bytes"), "{e}");
         let e = check(&format!(r#", "cmdline": "{}""#, "a".repeat(3000))).unwrap_err();
         assert!(e.starts_with("config field cmdline"), "{e}");
     }

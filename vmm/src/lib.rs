@@ -9,12 +9,14 @@
 //! - [`machine`]: all of it put together;
 //! - [`host`]: what this host offers (`husk-vmm check`);
 //! - [`report`]: the exit report (exit reason, memory overhead);
+//! - [`exit_status`]: husk-vmm's exit codes, shared with the runtime;
 //! - [`seccomp`]: the system call filter the VMM runs under.
 
 pub mod api;
 pub mod boot;
 pub mod config;
 pub mod devices;
+pub mod exit_status;
 pub mod host;
 pub mod machine;
 pub mod memory;

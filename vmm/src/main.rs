@@ -11,14 +11,10 @@ use clap::{Parser, Subcommand};
 use husk_vmm::api::server::ApiSocket;
 use husk_vmm::config::VmConfig;
 use husk_vmm::devices::ExitReason;
+use husk_vmm::exit_status::VmmExit;
 use husk_vmm::host::HostReport;
 use husk_vmm::machine::{Machine, MachineError, RunOptions};
 use husk_vmm::report::Report;
-
-const EXIT_GUEST_CRASH: u8 = 1;
-const EXIT_BAD_CONFIG: u8 = 2;
-const EXIT_HOST_ERROR: u8 = 3;
-const EXIT_STOPPED: u8 = 4;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -70,6 +66,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Every vsock connection is a descriptor: take the hard limit, not the shell's.
+    husk_vmm::devices::virtio::vsock::host::raise_file_limit();
     if let Some(Command::Check { json }) = cli.command {
         return check(json);
     }
@@ -77,46 +75,37 @@ fn main() -> ExitCode {
     // during set-up still removes what was created.
     if let Err(e) = husk_vmm::signals::block_stop_signals() {
         eprintln!("husk-vmm: cannot block stop signals: {e}");
-        return ExitCode::from(EXIT_HOST_ERROR);
+        return ExitCode::from(VmmExit::HostError.code());
     }
     let Some(path) = cli.config else {
-        return ExitCode::from(EXIT_BAD_CONFIG);
+        return ExitCode::from(VmmExit::BadConfig.code());
     };
-    match run(
+    let status = match run(
         &path,
         cli.api_sock.as_deref(),
         cli.report.as_deref(),
         !cli.no_seccomp,
     ) {
-        Ok(ExitReason::Poweroff) => {
-            tracing::info!("guest powered off");
-            ExitCode::SUCCESS
-        }
-        Ok(ExitReason::Reset) => {
-            tracing::info!("guest reset");
-            ExitCode::SUCCESS
-        }
-        Ok(ExitReason::Crash(why)) => {
-            eprintln!("husk-vmm: the guest crashed: {why}");
-            ExitCode::from(EXIT_GUEST_CRASH)
-        }
-        Ok(ExitReason::HostError(why)) => {
-            eprintln!("husk-vmm: host failure: {why}");
-            ExitCode::from(EXIT_HOST_ERROR)
-        }
-        Ok(ExitReason::Stopped(why)) => {
-            eprintln!("husk-vmm: stopped: {why}");
-            ExitCode::from(EXIT_STOPPED)
+        Ok(reason) => {
+            match &reason {
+                ExitReason::Poweroff => tracing::info!("guest powered off"),
+                ExitReason::Reset => tracing::info!("guest reset"),
+                ExitReason::Crash(why) => eprintln!("husk-vmm: the guest crashed: {why}"),
+                ExitReason::HostError(why) => eprintln!("husk-vmm: host failure: {why}"),
+                ExitReason::Stopped(why) => eprintln!("husk-vmm: stopped: {why}"),
+            }
+            VmmExit::of(&reason)
         }
         Err(e) => {
             eprintln!("husk-vmm: {}", chain(&e));
-            ExitCode::from(if e.is_config_error() {
-                EXIT_BAD_CONFIG
+            if e.is_config_error() {
+                VmmExit::BadConfig
             } else {
-                EXIT_HOST_ERROR
-            })
+                VmmExit::HostError
+            }
         }
-    }
+    };
+    ExitCode::from(status.code())
 }
 
 fn run(
@@ -168,7 +157,7 @@ fn check(json: bool) -> ExitCode {
             Ok(s) => println!("{s}"),
             Err(e) => {
                 eprintln!("husk-vmm: {e}");
-                return ExitCode::from(EXIT_HOST_ERROR);
+                return ExitCode::from(VmmExit::HostError.code());
             }
         }
     } else {

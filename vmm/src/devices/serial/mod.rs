@@ -1,7 +1,8 @@
 //! COM1, a 16550A UART (vm-superio), at port 0x3f8 with IRQ 4 delivered through an
-//! irqfd. Output goes to stdout, a file, or nowhere.
+//! irqfd. Output goes to stdout, a size-capped log file ([`log`]), or nowhere.
 
-use std::fs::OpenOptions;
+pub mod log;
+
 use std::io::Write;
 use std::path::Path;
 
@@ -11,6 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::ExitReason;
 use super::bus::BusDevice;
 use crate::config::SerialOutput;
+use log::CappedLog;
 
 /// Raises the serial IRQ by writing to an eventfd that KVM turns into an interrupt.
 #[derive(Debug)]
@@ -68,21 +70,17 @@ impl SerialOut {
         let w: Box<dyn Write + Send> = match out {
             SerialOutput::Stdout => Box::new(std::io::stdout()),
             SerialOutput::None => Box::new(std::io::sink()),
-            SerialOutput::File(p) => Box::new(open_append(p)?),
+            SerialOutput::File { path, max_bytes } => Box::new(open_log(path, *max_bytes)?),
         };
         Ok(SerialOut(w))
     }
 }
 
-fn open_append(p: &Path) -> Result<std::fs::File, SerialError> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(p)
-        .map_err(|source| SerialError::Open {
-            path: p.display().to_string(),
-            source,
-        })
+fn open_log(p: &Path, max_bytes: u64) -> Result<CappedLog, SerialError> {
+    CappedLog::open(p, max_bytes).map_err(|source| SerialError::Open {
+        path: p.display().to_string(),
+        source,
+    })
 }
 
 /// The UART on the port-I/O bus.
@@ -165,7 +163,7 @@ mod tests {
 
     #[test]
     fn unopenable_file_is_named() {
-        let e = SerialOut::open(&SerialOutput::File("/nonexistent/dir/c.log".into())).err();
+        let e = SerialOut::open(&SerialOutput::file("/nonexistent/dir/c.log")).err();
         assert!(e.unwrap().to_string().contains("/nonexistent/dir/c.log"));
     }
 }
