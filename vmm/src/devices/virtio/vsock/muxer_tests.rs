@@ -37,6 +37,10 @@ struct Rig {
 
 impl Rig {
     fn new() -> Rig {
+        Rig::with_limit(MAX_CONNS)
+    }
+
+    fn with_limit(max_conns: usize) -> Rig {
         let tq = TestQueue::with_queues(3);
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("v.sock");
@@ -55,7 +59,7 @@ impl Rig {
             uds,
             listener,
             Arc::default(),
-            MAX_CONNS,
+            max_conns,
         );
         let epoll = Epoll::new().unwrap();
         let mut m = m;
@@ -374,31 +378,17 @@ fn handshakes_that_never_finish_time_out() {
 
 #[test]
 fn the_connection_limit_holds_for_both_directions() {
-    let tq = TestQueue::with_queues(3);
-    let dir = tempfile::tempdir().unwrap();
-    let uds = dir.path().join("v.sock");
-    let listener = UnixListener::bind(&uds).unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let evts = (0..3)
-        .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
-        .collect();
-    let mut m = Muxer::new(
-        tq.mem.clone(),
-        tq.queue_n(0),
-        tq.queue_n(1),
-        evts,
-        tq.interrupt.clone(),
-        GUEST_CID,
-        uds.clone(),
-        listener,
-        Arc::default(),
-        2,
-    );
-    let epoll = Epoll::new().unwrap();
+    let mut r = Rig::with_limit(2);
+    let uds = r.dir.path().join("v.sock");
     let clients: Vec<UnixStream> = (0..4).map(|_| UnixStream::connect(&uds).unwrap()).collect();
-    m.accept(&epoll);
-    assert_eq!(m.pending.len(), 2);
-    assert_eq!(m.metrics.conns_refused.get(), 2);
+    r.m.accept(&r.epoll);
+    assert_eq!(r.m.pending.len(), 2);
+    assert_eq!(r.m.metrics.conns_refused.get(), 2);
+    // The guest's side counts against the same limit.
+    let _host = UnixListener::bind(r.dir.path().join("v.sock_6000")).unwrap();
+    r.send_split(&hdr(1, 6000, 0, OP_REQUEST, 0), &[]);
+    assert_eq!(r.receive().unwrap().0, OP_RST);
+    assert_eq!(r.m.metrics.conns_refused.get(), 3);
     drop(clients);
 }
 
