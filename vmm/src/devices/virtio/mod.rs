@@ -11,6 +11,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod queue_worker;
 pub mod rng;
 #[cfg(test)]
@@ -29,6 +30,7 @@ use vmm_sys_util::eventfd::EventFd;
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 /// Device ids (virtio 1.2, 5).
+pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_VSOCK: u32 = 19;
@@ -149,6 +151,14 @@ impl Counter {
     }
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A counter serialises as its value, so that a device's metrics may be a
+/// `#[derive(Serialize)]` struct of counters.
+impl serde::Serialize for Counter {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.get())
     }
 }
 
