@@ -192,14 +192,12 @@ impl SandboxSpec {
     /// The VM husk-vmm is to run (its console log capped at the default 1 MiB).
     pub fn vm_config(&self) -> VmConfig {
         VmConfig {
-            kernel: self.kernel.clone(),
             initramfs: Some(self.initramfs.clone()),
             cmdline: format!("{CMDLINE} {}", self.cmdline_extra)
                 .trim()
                 .to_string(),
             vcpus: self.vcpus,
             memory_mib: u64::from(self.memory_mib),
-            memory_shared: false,
             serial: SerialConfig(SerialOutput::file(self.dir.join("console.log"))),
             block: self
                 .disks
@@ -214,7 +212,7 @@ impl SandboxSpec {
                 uds: self.dir.join("vsock.sock"),
             }),
             rng: true,
-            virtio_mmio_cmdline: false,
+            ..VmConfig::new(self.kernel.clone())
         }
     }
 }

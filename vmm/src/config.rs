@@ -152,6 +152,103 @@ pub struct VsockConfig {
     pub uds: PathBuf,
 }
 
+/// A virtio-net device on a tap: `{"tap": NAME}` (created or attached by husk-vmm) or
+/// `{"fd": N}` (an open tap inherited from the runtime), exactly one of them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
+    /// `aa:bb:cc:dd:ee:ff`; a random locally administered address when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Offered to the guest (VIRTIO_NET_F_MTU), 68 to 65535.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+/// Smallest MTU an IPv4 host must accept (RFC 791).
+pub const MIN_MTU: u32 = 68;
+/// Longest interface name (IFNAMSIZ less its NUL).
+pub const MAX_TAP_NAME: usize = 15;
+
+/// Parses `aa:bb:cc:dd:ee:ff` (hex, either case); multicast addresses are refused, since
+/// an interface cannot have one.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("{s:?} is not a MAC address like aa:bb:cc:dd:ee:ff");
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next().ok_or_else(bad)?;
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!("{s} is a multicast address"));
+    }
+    Ok(mac)
+}
+
+impl NetConfig {
+    /// The MAC address, if one is configured and valid.
+    pub fn mac_bytes(&self) -> Option<[u8; 6]> {
+        self.mac.as_deref().and_then(|m| parse_mac(m).ok())
+    }
+
+    /// Checks `net[i]`.
+    fn validate(&self, i: usize) -> Result<(), ConfigError> {
+        match (&self.tap, self.fd) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(invalid(
+                    format!("net[{i}]"),
+                    r#"give exactly one of "tap" (a name) and "fd" (an inherited tap)"#,
+                ));
+            }
+            (Some(name), None) => {
+                if name.is_empty() || name.len() > MAX_TAP_NAME {
+                    return Err(invalid(
+                        format!("net[{i}].tap"),
+                        format!("{name:?}: 1 to {MAX_TAP_NAME} bytes"),
+                    ));
+                }
+                if name.contains(['/', '\0']) || name.chars().any(char::is_whitespace) {
+                    return Err(invalid(
+                        format!("net[{i}].tap"),
+                        format!("{name:?} is not an interface name"),
+                    ));
+                }
+            }
+            (None, Some(fd)) => {
+                if fd < 3 {
+                    return Err(invalid(
+                        format!("net[{i}].fd"),
+                        format!("{fd} is standard input, output or error, or negative"),
+                    ));
+                }
+            }
+        }
+        if let Some(m) = &self.mac {
+            parse_mac(m).map_err(|e| invalid(format!("net[{i}].mac"), e))?;
+        }
+        if let Some(mtu) = self.mtu
+            && !(MIN_MTU..=u32::from(u16::MAX)).contains(&mtu)
+        {
+            return Err(invalid(
+                format!("net[{i}].mtu"),
+                format!("{mtu} is outside {MIN_MTU}..=65535"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,6 +272,8 @@ pub struct VmConfig {
     #[serde(default)]
     pub block: Vec<BlockConfig>,
     #[serde(default)]
+    pub net: Vec<NetConfig>,
+    #[serde(default)]
     pub vsock: Option<VsockConfig>,
     #[serde(default)]
     pub rng: bool,
@@ -193,6 +292,26 @@ fn default_memory_mib() -> u64 {
 }
 
 impl VmConfig {
+    /// A VM that boots `kernel` with every other field at its default (what a JSON file
+    /// with only `kernel` gives); callers set the rest with struct update syntax, so
+    /// that a new field does not break them.
+    pub fn new(kernel: impl Into<PathBuf>) -> VmConfig {
+        VmConfig {
+            kernel: kernel.into(),
+            initramfs: None,
+            cmdline: String::new(),
+            vcpus: default_vcpus(),
+            memory_mib: default_memory_mib(),
+            memory_shared: false,
+            serial: SerialConfig::default(),
+            block: Vec::new(),
+            net: Vec::new(),
+            vsock: None,
+            rng: false,
+            virtio_mmio_cmdline: false,
+        }
+    }
+
     /// Reads and parses `path` (not yet validated against the host: see [`validate`]).
     ///
     /// [`validate`]: VmConfig::validate
@@ -283,6 +402,9 @@ impl VmConfig {
         }
         for (i, b) in self.block.iter().enumerate() {
             check_file(&format!("block[{i}].path"), &b.path)?;
+        }
+        for (i, n) in self.net.iter().enumerate() {
+            n.validate(i)?;
         }
         if let Some(v) = &self.vsock {
             if v.cid < 3 || v.cid == u32::MAX {
@@ -383,6 +505,7 @@ mod tests {
     #[test]
     fn defaults_apply() {
         let c = parse(r#"{"kernel": "/k"}"#).unwrap();
+        assert_eq!(c, VmConfig::new("/k"));
         assert_eq!((c.vcpus, c.memory_mib), (1, 256));
         assert_eq!(c.serial.0, SerialOutput::Stdout);
         assert!(c.block.is_empty() && c.vsock.is_none() && !c.rng);
@@ -406,6 +529,60 @@ mod tests {
         assert!(e.contains("unknown field `ro`"), "{e}");
         let e = parse(r#"{"vcpus": 1}"#).unwrap_err().to_string();
         assert!(e.contains("missing field `kernel`"), "{e}");
+    }
+
+    #[test]
+    fn net_devices_parse_validate_and_serialise() {
+        let c = parse(
+            r#"{"kernel": "/k", "net": [{"tap": "tap0", "mac": "02:aa:bb:cc:dd:0E",
+                "mtu": 9000}, {"fd": 7}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.net.len(), 2);
+        assert_eq!(
+            c.net[0].mac_bytes(),
+            Some([2, 0xaa, 0xbb, 0xcc, 0xdd, 0x0e])
+        );
+        assert_eq!(c.net[1].fd, Some(7));
+        for (i, n) in c.net.iter().enumerate() {
+            n.validate(i).unwrap();
+            let back: NetConfig = serde_json::from_value(serde_json::to_value(n).unwrap()).unwrap();
+            assert_eq!(&back, n);
+        }
+        let j = serde_json::to_string(&c.net[1]).unwrap();
+        assert_eq!(j, r#"{"fd":7}"#);
+        let e = parse(r#"{"kernel": "/k", "net": [{"tap": "t", "ip": "1.2.3.4"}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `ip`"), "{e}");
+        let check = |json: &str| {
+            let n: NetConfig = serde_json::from_str(json).unwrap();
+            n.validate(1).unwrap_err().to_string()
+        };
+        let e = check(r#"{}"#);
+        assert!(e.starts_with("config field net[1]:"), "{e}");
+        let e = check(r#"{"tap": "t", "fd": 4}"#);
+        assert!(e.starts_with("config field net[1]:"), "{e}");
+        let e = check(r#"{"tap": "a-name-far-too-long"}"#);
+        assert!(e.starts_with("config field net[1].tap:"), "{e}");
+        let e = check(r#"{"tap": "a/b"}"#);
+        assert!(e.starts_with("config field net[1].tap:"), "{e}");
+        let e = check(r#"{"fd": 1}"#);
+        assert!(e.starts_with("config field net[1].fd:"), "{e}");
+        for bad in [
+            "02:aa:bb:cc:dd",
+            "02:aa:bb:cc:dd:ee:ff",
+            "0g:aa:bb:cc:dd:ee",
+            "2:aa:bb:cc:dd:eee",
+            "03:00:00:00:00:01",
+        ] {
+            let e = check(&format!(r#"{{"tap": "t", "mac": "{bad}"}}"#));
+            assert!(e.starts_with("config field net[1].mac:"), "{bad}: {e}");
+        }
+        for bad in [0u32, 67, 65536, 4_000_000_000] {
+            let e = check(&format!(r#"{{"tap": "t", "mtu": {bad}}}"#));
+            assert!(e.starts_with("config field net[1].mtu:"), "{bad}: {e}");
+        }
     }
 
     #[test]

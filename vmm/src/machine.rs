@@ -21,6 +21,7 @@ use crate::devices::bus::{Bus, BusError};
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{SerialDevice, SerialError, SerialOut};
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::net::{Net, NetError, TapSource, random_mac};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::transport::mmio::{MmioError, MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
@@ -52,6 +53,8 @@ pub enum MachineError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Block(#[from] BlockError),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error("virtio-mmio transport")]
     Mmio(#[from] MmioError),
     #[error(transparent)]
@@ -98,6 +101,7 @@ impl MachineError {
             MachineError::Config(_)
                 | MachineError::Serial(_)
                 | MachineError::Block(_)
+                | MachineError::Net(_)
                 | MachineError::Vsock(_)
                 | MachineError::ApiSocket(_)
                 | MachineError::TooManyDevices
@@ -209,6 +213,18 @@ impl Machine {
         }
         if config.rng {
             m.add_virtio(Box::new(Rng::new()))?;
+        }
+        for (i, n) in config.net.iter().enumerate() {
+            let source = match (&n.tap, n.fd) {
+                (Some(name), _) => TapSource::Name(name.clone()),
+                (None, Some(fd)) => TapSource::Fd(fd),
+                // validate() made sure there is one.
+                (None, None) => continue,
+            };
+            let mac = n.mac_bytes().unwrap_or_else(random_mac);
+            // validate() bounds the MTU to 68..=65535.
+            let mtu = n.mtu.and_then(|m| u16::try_from(m).ok());
+            m.add_virtio(Box::new(Net::new(i, &source, mac, mtu)?))?;
         }
         if let Some(v) = &config.vsock {
             m.add_virtio(Box::new(Vsock::new(v.cid, &v.uds)?))?;

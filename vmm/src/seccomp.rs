@@ -33,6 +33,9 @@ const KVM_RUN: u64 = 0xae80;
 const FIONBIO: u64 = 0x5421;
 const TCGETS: u64 = 0x5401;
 const TIOCGWINSZ: u64 = 0x5413;
+/// virtio-net sets the tap's offloads when the driver activates the device, on a vCPU
+/// thread, from the features it accepted (the tap's other ioctls run before the filter).
+const TUNSETOFFLOAD: u64 = crate::devices::virtio::net::tap::TUNSETOFFLOAD;
 
 /// Calls allowed with any arguments.
 const ALLOWED: &[i64] = &[
@@ -112,7 +115,7 @@ const ALLOWED: &[i64] = &[
 fn filter() -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|nr| (*nr, Vec::new())).collect();
-    let ioctl_rules = [KVM_RUN, FIONBIO, TCGETS, TIOCGWINSZ]
+    let ioctl_rules = [KVM_RUN, FIONBIO, TCGETS, TIOCGWINSZ, TUNSETOFFLOAD]
         .iter()
         .map(|req| {
             let c = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *req)

@@ -141,3 +141,30 @@ fn a_socket_in_use_is_refused_and_kept() {
     assert_refused(&out, "is in use by another process");
     assert!(uds.exists(), "someone else's socket was removed");
 }
+
+#[test]
+fn net_entries_that_cannot_work_are_refused_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let k = junk_kernel(d);
+    let out = run_config(
+        d,
+        &format!(r#"{{"kernel": "{k}", "net": [{{"tap": "t0", "mac": "01:00:00:00:00:01"}}]}}"#),
+    );
+    assert_refused(&out, "net[0].mac");
+    let out = run_config(
+        d,
+        &format!(r#"{{"kernel": "{k}", "net": [{{"mtu": 1500}}]}}"#),
+    );
+    assert_refused(&out, "net[0]");
+    if !Path::new("/dev/kvm").exists() {
+        eprintln!("SKIPPED the fd case: needs /dev/kvm (taps are opened after the VM is made)");
+        return;
+    }
+    // An fd that is not open in husk-vmm: a configuration error naming entry and fd.
+    let out = run_config(
+        d,
+        &format!(r#"{{"kernel": "{k}", "net": [{{"fd": 987}}]}}"#),
+    );
+    assert_refused(&out, "net[0]: cannot use the tap: fd 987 is not open");
+}

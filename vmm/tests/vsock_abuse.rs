@@ -48,22 +48,17 @@ fn a_hostile_guest_cannot_stall_or_grow_the_vsock_device() {
     )
     .unwrap();
     let config = husk_vmm::config::VmConfig {
-        kernel,
         initramfs: Some(d.join("initrd.cpio.gz")),
         cmdline: "console=ttyS0 panic=-1 quiet".into(),
-        vcpus: 1,
         memory_mib: 512,
-        memory_shared: false,
         serial: husk_vmm::config::SerialConfig(husk_vmm::config::SerialOutput::file(
             d.join("console.log"),
         )),
-        block: Vec::new(),
         vsock: Some(husk_vmm::config::VsockConfig {
             cid: 3,
             uds: d.join("v.sock"),
         }),
-        rng: false,
-        virtio_mmio_cmdline: false,
+        ..husk_vmm::config::VmConfig::new(kernel)
     };
     std::fs::write(
         d.join("vm.json"),

@@ -10,6 +10,7 @@
 //! virtio-queue's bounded iterators, and each device bounds the lengths it accepts.
 
 pub mod block;
+pub mod net;
 pub mod queue_worker;
 pub mod rng;
 #[cfg(test)]
@@ -29,6 +30,7 @@ use vmm_sys_util::eventfd::EventFd;
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 /// Device ids (virtio 1.2, 5).
+pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_VSOCK: u32 = 19;

@@ -95,8 +95,14 @@ impl TestQueue {
 
     /// Adds a one-descriptor chain to queue 0 whose `next` points back at itself.
     pub fn add_looping_chain(&self, index: u16, addr: u64) {
-        let d = SplitDescriptor::new(addr, 64, W | VRING_DESC_F_NEXT as u16, index);
-        self.mocks[0]
+        self.add_looping_chain_n(0, index, addr, W);
+    }
+
+    /// Adds a one-descriptor chain (64 bytes at `addr`, `flags`) to queue `q` whose
+    /// `next` points back at itself.
+    pub fn add_looping_chain_n(&self, q: usize, index: u16, addr: u64, flags: u16) {
+        let d = SplitDescriptor::new(addr, 64, flags | VRING_DESC_F_NEXT as u16, index);
+        self.mocks[q]
             .add_desc_chains(&[RawDescriptor::from(d)], index)
             .unwrap();
     }
@@ -114,6 +120,15 @@ impl TestQueue {
         }
         let elem = used.unchecked_add(4 + 8 * u64::from(n % SIZE));
         Some(self.mem.read_obj::<u32>(elem.unchecked_add(4)).unwrap())
+    }
+
+    /// Queue `q`'s `n`th used element as (head index, length), once there.
+    pub fn used_elem_n(&self, q: usize, n: u16) -> Option<(u32, u32)> {
+        let len = self.used_n(q, n)?;
+        let elem = self.mocks[q]
+            .used_addr()
+            .unchecked_add(4 + 8 * u64::from(n % SIZE));
+        Some((self.mem.read_obj::<u32>(elem).unwrap(), len))
     }
 
     pub fn read(&self, addr: u64, len: usize) -> Vec<u8> {
