@@ -10,6 +10,7 @@
 //! virtio-queue's bounded iterators, and each device bounds the lengths it accepts.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 pub mod queue_worker;
 pub mod rng;
@@ -32,6 +33,7 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_FS: u32 = 26;
 
 /// InterruptStatus bits (4.2.2).
 pub const INT_VRING: u32 = 1;
@@ -98,6 +100,12 @@ pub enum ActivateError {
     QueueCount { need: usize, got: usize },
     #[error("cannot start the device's worker")]
     Worker(#[source] std::io::Error),
+    /// A vhost-user backend refused or failed a request.
+    #[error("the device's backend failed")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The device failed earlier and cannot start again.
+    #[error("the device failed earlier and stays failed")]
+    BackendFailed,
 }
 
 /// A virtio device, independent of the transport.
