@@ -30,6 +30,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use virtio_queue::QueueT;
 use vmm_sys_util::epoll::{Epoll, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -203,10 +204,13 @@ impl VirtioDevice for Fs {
         if self.failed {
             return Err(ActivateError::BackendFailed);
         }
-        if ctx.queues.len() != NUM_QUEUES {
+        // Both queues must be set up (5.11.2); a driver that left one out is refused
+        // before the backend hears of it, so the device is not marked failed.
+        let ready = ctx.queues.iter().filter(|q| q.ready()).count();
+        if ctx.queues.len() != NUM_QUEUES || ready != NUM_QUEUES {
             return Err(ActivateError::QueueCount {
                 need: NUM_QUEUES,
-                got: ctx.queues.len(),
+                got: ready,
             });
         }
         let calls = self

@@ -457,3 +457,23 @@ fn connecting_to_a_missing_socket_names_the_path() {
         "{s}"
     );
 }
+
+#[test]
+fn a_queue_left_out_is_refused_without_failing_the_device() {
+    let (c, rx) = connected(FakeOptions::default());
+    drain(&rx);
+    let mut fs = Fs::with_connection("t", c, Path::new("/x"), 0).unwrap();
+    let mem = create_guest_memory(16, true).unwrap();
+    let mut ctx = context(&mem);
+    ctx.queues[1].set_ready(false);
+    assert!(matches!(
+        fs.activate(ctx),
+        Err(ActivateError::QueueCount { need: 2, got: 1 })
+    ));
+    assert!(drain(&rx).is_empty());
+    let fs = bounded(10, move || {
+        fs.activate(context(&mem)).unwrap();
+        fs
+    });
+    assert_eq!(fs.metrics()["failed"], false);
+}
