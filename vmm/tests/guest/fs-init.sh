@@ -1,7 +1,9 @@
 #!/bin/sh
 # /init of the virtio-fs test guest (vmm/tests/fs.rs): mounts the share, reads the file
 # the host wrote, writes one back, creates many small files, and reports on the console
-# (times in milliseconds, from /proc/uptime), then powers off.
+# (times in milliseconds, from /proc/uptime), then powers off. With husk.mode=rebind on
+# the command line it instead reads the file, unbinds and rebinds the driver (a device
+# reset, then a second activation) and reads it again.
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
@@ -16,6 +18,21 @@ if ! mount -t virtiofs hostshare /mnt; then
     poweroff -f
 fi
 echo "MOUNTED"
+if grep -q husk.mode=rebind /proc/cmdline; then
+    echo "READ-SHA $(sha256sum /mnt/host.bin | cut -d' ' -f1)"
+    umount /mnt
+    drv=/sys/bus/virtio/drivers/virtiofs
+    dev=$(basename "$(ls -d "$drv"/virtio* | head -1)")
+    echo "$dev" > "$drv/unbind" && echo "UNBOUND $dev"
+    echo "$dev" > "$drv/bind" && echo "BOUND $dev"
+    if mount -t virtiofs hostshare /mnt; then
+        echo "REBIND-SHA $(sha256sum /mnt/host.bin | cut -d' ' -f1)"
+        echo after > /mnt/after-rebind
+        umount /mnt
+    fi
+    echo "FS-DONE"
+    poweroff -f
+fi
 t0=$(ms)
 echo "READ-SHA $(sha256sum /mnt/host.bin | cut -d' ' -f1)"
 t1=$(ms)
