@@ -249,6 +249,19 @@ impl NetConfig {
     }
 }
 
+/// A virtio-fs share served by a vhost-user backend (virtiofsd).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// The name the guest mounts (`mount -t virtiofs TAG DIR`): 1 to 36 bytes, no NUL.
+    pub tag: String,
+    /// The backend's listening unix socket (virtiofsd `--socket-path`).
+    pub socket: PathBuf,
+}
+
+/// Longest virtio-fs tag (virtio 1.2, 5.11.4).
+pub const MAX_FS_TAG: usize = 36;
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -277,6 +290,10 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     #[serde(default)]
     pub rng: bool,
+    /// virtio-fs shares; when any is given, guest memory is the shared memfd whatever
+    /// `memory_shared` says (the backend maps it).
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
     /// Also describe the virtio-mmio devices on the command line (`virtio_mmio.device=`),
     /// for kernels built with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES and without ACPI.
     #[serde(default)]
@@ -306,6 +323,7 @@ impl VmConfig {
             serial: SerialConfig::default(),
             block: Vec::new(),
             net: Vec::new(),
+            fs: Vec::new(),
             vsock: None,
             rng: false,
             virtio_mmio_cmdline: false,
@@ -427,7 +445,49 @@ impl VmConfig {
                 ));
             }
         }
+        self.validate_fs()
+    }
+
+    fn validate_fs(&self) -> Result<(), ConfigError> {
+        for (i, f) in self.fs.iter().enumerate() {
+            let tag = f.tag.as_bytes();
+            if tag.is_empty() || tag.len() > MAX_FS_TAG {
+                return Err(invalid(
+                    format!("fs[{i}].tag"),
+                    format!(
+                        "{:?} is {} bytes, 1 to {MAX_FS_TAG} allowed",
+                        f.tag,
+                        tag.len()
+                    ),
+                ));
+            }
+            if tag.contains(&0) {
+                return Err(invalid(format!("fs[{i}].tag"), "contains a NUL byte"));
+            }
+            if self.fs[..i].iter().any(|o| o.tag == f.tag) {
+                return Err(invalid(
+                    format!("fs[{i}].tag"),
+                    format!("{:?} is used by an earlier share", f.tag),
+                ));
+            }
+            let len = f.socket.as_os_str().len();
+            if len == 0 || len > MAX_SOCKET_PATH {
+                return Err(invalid(
+                    format!("fs[{i}].socket"),
+                    format!(
+                        "{} is {len} bytes, 1 to {MAX_SOCKET_PATH} fit in a unix socket address",
+                        f.socket.display()
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether guest memory must be the shared memfd: asked for, or needed by a
+    /// vhost-user backend.
+    pub fn shared_memory(&self) -> bool {
+        self.memory_shared || !self.fs.is_empty()
     }
 }
 
@@ -646,5 +706,55 @@ mod tests {
         assert!(e.starts_with("config field serial.max_bytes"), "{e}");
         let e = check(&format!(r#", "cmdline": "{}""#, "a".repeat(3000))).unwrap_err();
         assert!(e.starts_with("config field cmdline"), "{e}");
+    }
+
+    #[test]
+    fn fs_shares_parse_and_round_trip() {
+        let c = parse(r#"{"kernel": "/k", "fs": [{"tag": "share", "socket": "/run/vfs.sock"}]}"#)
+            .unwrap();
+        assert_eq!(c.fs[0].tag, "share");
+        assert!(c.shared_memory() && !c.memory_shared);
+        let json = serde_json::to_string(&c.fs[0]).unwrap();
+        let back: FsConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c.fs[0]);
+        assert!(!parse(r#"{"kernel": "/k"}"#).unwrap().shared_memory());
+        let e = parse(r#"{"kernel": "/k", "fs": [{"tag": "a", "path": "/s"}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `path`"), "{e}");
+    }
+
+    #[test]
+    fn fs_validation_names_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = dir.path().join("k");
+        std::fs::write(&k, b"x").unwrap();
+        let check = |fs: &str| {
+            parse(&format!(r#"{{"kernel": "{}", "fs": {fs}}}"#, k.display()))
+                .unwrap()
+                .validate(8)
+                .map_err(|e| e.to_string())
+        };
+        assert!(check(r#"[{"tag": "a", "socket": "/s"}]"#).is_ok());
+        let t36 = "t".repeat(36);
+        assert!(check(&format!(r#"[{{"tag": "{t36}", "socket": "/s"}}]"#)).is_ok());
+        let e = check(r#"[{"tag": "", "socket": "/s"}]"#).unwrap_err();
+        assert!(e.starts_with("config field fs[0].tag"), "{e}");
+        let e = check(&format!(r#"[{{"tag": "{t36}x", "socket": "/s"}}]"#)).unwrap_err();
+        assert!(e.starts_with("config field fs[0].tag"), "{e}");
+        let e = check(r#"[{"tag": "a", "socket": "/s"}, {"tag": "a\u0000", "socket": "/s"}]"#)
+            .unwrap_err();
+        assert!(
+            e.starts_with("config field fs[1].tag: contains a NUL"),
+            "{e}"
+        );
+        let e =
+            check(r#"[{"tag": "a", "socket": "/s"}, {"tag": "a", "socket": "/t"}]"#).unwrap_err();
+        assert!(e.starts_with("config field fs[1].tag"), "{e}");
+        let long = "s".repeat(107);
+        let e = check(&format!(r#"[{{"tag": "a", "socket": "/{long}"}}]"#)).unwrap_err();
+        assert!(e.starts_with("config field fs[0].socket"), "{e}");
+        let e = check(r#"[{"tag": "a", "socket": ""}]"#).unwrap_err();
+        assert!(e.starts_with("config field fs[0].socket"), "{e}");
     }
 }

@@ -1,4 +1,5 @@
-//! What this host offers a VMM: the KVM API and its backend, vhost devices, tun.
+//! What this host offers a VMM: the KVM API and its backend, vhost devices, tun, and
+//! what virtio-fs needs (memfd for shareable guest memory, a virtiofsd to serve it).
 //!
 //! The backend matters: `kvm_pvm` (pvm.ko) runs only PVM-enabled guest kernels, so a stock
 //! distribution kernel will not boot on it; `kvm_intel`/`kvm_amd` run any x86_64 kernel.
@@ -68,6 +69,46 @@ pub struct HostReport {
     pub vhost_vsock: bool,
     pub vhost_net: bool,
     pub tun: bool,
+    /// memfd_create works: guest memory can be shared with a vhost-user backend.
+    pub memfd: bool,
+    /// A virtiofsd binary found in the usual places or on PATH.
+    pub virtiofsd: Option<PathBuf>,
+}
+
+/// Where distributions install virtiofsd (Debian, Fedora, the old QEMU one) besides PATH.
+const VIRTIOFSD_PLACES: &[&str] = &[
+    "usr/libexec/virtiofsd",
+    "usr/lib/qemu/virtiofsd",
+    "usr/local/bin/virtiofsd",
+    "usr/bin/virtiofsd",
+];
+
+fn find_virtiofsd(root: &Path) -> Option<PathBuf> {
+    let fixed = VIRTIOFSD_PLACES.iter().map(|p| root.join(p));
+    let on_path: Vec<PathBuf> = if root == Path::new("/") {
+        std::env::var_os("PATH")
+            .map(|p| {
+                std::env::split_paths(&p)
+                    .map(|d| d.join("virtiofsd"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    fixed.chain(on_path).find(|p| p.is_file())
+}
+
+fn memfd_works() -> bool {
+    // SAFETY: the name is a valid NUL-terminated string; memfd_create returns a new fd
+    // or -1 and touches no memory of ours.
+    let fd = unsafe { libc::memfd_create(c"husk-check".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: `fd` was just returned by memfd_create and is closed once, here.
+    unsafe { libc::close(fd) };
+    true
 }
 
 /// The KVM capabilities the VMM's design uses (irqfd and ioeventfd for virtio-mmio, the
@@ -105,6 +146,8 @@ impl HostReport {
             vhost_vsock: p("dev/vhost-vsock").exists(),
             vhost_net: p("dev/vhost-net").exists(),
             tun: p("dev/net/tun").exists(),
+            memfd: memfd_works(),
+            virtiofsd: find_virtiofsd(root),
         }
     }
 
@@ -136,6 +179,13 @@ impl HostReport {
         s += &format!("vhost-vsock: {}\n", yes_no(self.vhost_vsock));
         s += &format!("vhost-net: {}\n", yes_no(self.vhost_net));
         s += &format!("tun: {}\n", yes_no(self.tun));
+        s += &format!(
+            "vhost-user-fs: memfd {}, virtiofsd {}\n",
+            yes_no(self.memfd),
+            self.virtiofsd
+                .as_ref()
+                .map_or("not found".to_string(), |p| p.display().to_string())
+        );
         s += &format!(
             "boots stock guest kernels: {}\n",
             yes_no(self.boots_stock_kernels())
@@ -222,6 +272,11 @@ mod tests {
         let d = fake_root(&["kvm_amd"], &["dev/net/tun", "dev/vhost-vsock"]);
         let r = HostReport::probe_at(d.path());
         assert!(r.tun && r.vhost_vsock && !r.vhost_net);
+        assert!(r.memfd && r.virtiofsd.is_none());
+        assert!(r.to_text().contains("virtiofsd not found"));
+        let d = fake_root(&[], &["usr/libexec/virtiofsd"]);
+        let r = HostReport::probe_at(d.path());
+        assert_eq!(r.virtiofsd, Some(d.path().join("usr/libexec/virtiofsd")));
         assert_eq!(r.kvm.as_ref().unwrap_err(), "/dev/kvm does not exist");
         assert!(r.to_text().contains("boots stock guest kernels: no"));
     }

@@ -21,6 +21,7 @@ use crate::devices::bus::{Bus, BusError};
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{SerialDevice, SerialError, SerialOut};
 use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::net::{Net, NetError, TapSource, random_mac};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::transport::mmio::{MmioError, MmioTransport, REG_QUEUE_NOTIFY};
@@ -59,6 +60,8 @@ pub enum MachineError {
     Mmio(#[from] MmioError),
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
     #[error(transparent)]
     ApiSocket(#[from] crate::api::server::ServerError),
     #[error("too many virtio devices: IRQs {VIRTIO_IRQ_FIRST}-{VIRTIO_IRQ_LAST} are all taken")]
@@ -103,6 +106,7 @@ impl MachineError {
                 | MachineError::Block(_)
                 | MachineError::Net(_)
                 | MachineError::Vsock(_)
+                | MachineError::Fs(_)
                 | MachineError::ApiSocket(_)
                 | MachineError::TooManyDevices
                 | MachineError::Kernel(
@@ -207,7 +211,7 @@ impl Machine {
         // validate() bounds vcpus to MAX_VCPUS, which fits in a u8.
         let vcpus = u8::try_from(config.vcpus).unwrap_or(u8::MAX);
         let out = SerialOut::open(&config.serial.0)?;
-        let mut m = Machine::bare(config.memory_mib, config.memory_shared, vcpus, out)?;
+        let mut m = Machine::bare(config.memory_mib, config.shared_memory(), vcpus, out)?;
         for (i, b) in config.block.iter().enumerate() {
             m.add_virtio(Box::new(Block::open(&b.path, b.read_only, i)?))?;
         }
@@ -228,6 +232,9 @@ impl Machine {
         }
         if let Some(v) = &config.vsock {
             m.add_virtio(Box::new(Vsock::new(v.cid, &v.uds)?))?;
+        }
+        for (i, f) in config.fs.iter().enumerate() {
+            m.add_virtio(Box::new(Fs::connect(&f.tag, &f.socket, i)?))?;
         }
         let infos: Vec<MmioDeviceInfo> = m.virtio.iter().map(|(i, _)| *i).collect();
         let mut cmdline = config.cmdline.clone();

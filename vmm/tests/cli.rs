@@ -168,3 +168,34 @@ fn net_entries_that_cannot_work_are_refused_naming_them() {
     );
     assert_refused(&out, "net[0]: cannot use the tap: fd 987 is not open");
 }
+
+#[test]
+fn a_virtio_fs_share_without_a_backend_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let k = d.join("k");
+    std::fs::write(&k, b"x").unwrap();
+    let out = run_config(
+        d,
+        &format!(
+            r#"{{"kernel": "{}", "fs": [{{"tag": "", "socket": "/s"}}]}}"#,
+            k.display()
+        ),
+    );
+    assert_refused(&out, "fs[0].tag");
+    if !Path::new("/dev/kvm").exists() {
+        eprintln!(
+            "SKIPPED (the rest): needs /dev/kvm (the backend is reached after the VM is made)"
+        );
+        return;
+    }
+    let k = junk_kernel(d);
+    let sock = d.join("nobody.sock");
+    let json = format!(
+        r#"{{"kernel": "{k}", "fs": [{{"tag": "share", "socket": "{}"}}]}}"#,
+        sock.display()
+    );
+    let out = run_config(d, &json);
+    assert_refused(&out, "fs[0]");
+    assert_refused(&out, &sock.display().to_string());
+}

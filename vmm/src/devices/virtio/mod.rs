@@ -10,6 +10,7 @@
 //! virtio-queue's bounded iterators, and each device bounds the lengths it accepts.
 
 pub mod block;
+pub mod fs;
 pub mod net;
 pub mod queue_worker;
 pub mod rng;
@@ -34,6 +35,7 @@ pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_FS: u32 = 26;
 
 /// InterruptStatus bits (4.2.2).
 pub const INT_VRING: u32 = 1;
@@ -100,6 +102,12 @@ pub enum ActivateError {
     QueueCount { need: usize, got: usize },
     #[error("cannot start the device's worker")]
     Worker(#[source] std::io::Error),
+    /// A vhost-user backend refused or failed a request.
+    #[error("the device's backend failed")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The device failed earlier and cannot start again.
+    #[error("the device failed earlier and stays failed")]
+    BackendFailed,
 }
 
 /// A virtio device, independent of the transport.
