@@ -12,7 +12,7 @@ APT_PACKAGES := qemu-system-x86 containerd runc busybox-static cpio umoci erofs-
 # Tools from crates.io, installed into $(TOOLS) (not ~/.cargo): name@version.
 VIRTIOFSD_VERSION := 1.14.0
 
-.PHONY: help setup setup-apt setup-tools build test lint unit-test lab-shell bench demo clean guest-image
+.PHONY: help setup setup-apt setup-tools build test lint unit-test lab-shell bench conformance demo clean guest-image
 
 help:
 	@echo "make demo       run a container in a microVM (through the lab where the host has no hardware KVM)"
@@ -21,7 +21,8 @@ help:
 	@echo "make build      build the workspace"
 	@echo "make guest-image  the guest kernel and initramfs (static husk-agent as /init) in build/guest"
 	@echo "make lab-shell  an interactive shell inside the lab (a Linux with hardware-style KVM)"
-	@echo "make bench      boot-time and memory benchmark: husk-vmm against QEMU microvm, in the lab"
+	@echo "make bench      benchmarks in the lab: boot time, memory, virtio-net/fs I/O against QEMU, husk run against runc"
+	@echo "make conformance  real programs' own test suites (CPython's) inside husk and under runc, in the lab (long)"
 	@echo "make clean      remove build outputs (keeps the downloaded kernel in build/cache)"
 
 setup: setup-apt setup-tools
@@ -64,6 +65,10 @@ lab-shell: setup
 # BENCH_RUNS=N for more runs (default 5). Results in build/bench/.
 bench: setup guest-image
 	tests/bench/run
+
+# Not in `make test` (tens of minutes): see docs/conformance.md.
+conformance: setup guest-image
+	tests/conformance/run
 
 # The guest image: rebuilt when the agent, its protocol or the scripts change.
 GUEST := build/guest
