@@ -66,6 +66,7 @@ fn run_share_test(
     let host = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/fs-host.sh");
     let r = lab
         .timeout(Duration::from_secs(timeout_s + 100))
+        .env("HUSK_FS_VMM_TIMEOUT", &(timeout_s - 120).to_string())
         .run(&[
             "timeout".to_string(),
             timeout_s.to_string(),
@@ -90,7 +91,7 @@ fn fs_metrics(out: &str) -> serde_json::Value {
 fn guest_reads_and_writes_a_virtiofsd_share() {
     let lab = require_lab!();
     let start = Instant::now();
-    let (r, _dir) = run_share_test(lab, "", 64, 1400);
+    let (r, _dir) = run_share_test(lab, "", 64, 1600);
     let out = &r.stdout;
     let ctx = format!("stdout:\n{out}\nstderr:\n{}", r.stderr);
     assert_eq!(r.code, Some(0), "{ctx}");

@@ -17,7 +17,10 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 start=$(date +%s%N)
-"$vmm" --config "$dir/vm.json" --report "$dir/report.json" 2>"$dir/vmm.log"
+# Bounded below the lab's own timeout, so that a slow or stuck guest still leaves the
+# console and logs below in the output.
+timeout "${HUSK_FS_VMM_TIMEOUT:-1200}" \
+    "$vmm" --config "$dir/vm.json" --report "$dir/report.json" 2>"$dir/vmm.log"
 echo "VMM-EXIT $?"
 echo "REPORT $(tr -d '\n' < "$dir/report.json" 2>/dev/null)"
 echo "VMM-SECONDS $(( ($(date +%s%N) - start) / 1000000000 ))"

@@ -50,6 +50,8 @@ i=0
 while [ "$i" -lt "$files" ]; do
     echo "$i" > "/mnt/many/f$i"
     i=$((i + 1))
+    # Progress, so that a slow run can be told from a stuck one.
+    [ $((i % 1000)) -eq 0 ] && echo "FILES-PROGRESS $i $(( $(ms) - t0 ))"
 done
 sync
 t1=$(ms)
