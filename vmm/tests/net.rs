@@ -6,8 +6,11 @@
 //! removes the tap.
 //!
 //! 64 MiB each way rather than 256: in the emulated lab (the L2 guest runs under KVM
-//! inside a TCG-emulated L1, on 2 host cores shared with other work) 256 MiB each way
-//! would take most of the lab's time budget.
+//! inside a TCG-emulated L1, on 2 host cores shared with other work) TCP is bound by
+//! latency, not by the device: ping averaged 64 ms (min 10 ms) and TCP ran at
+//! 0.1–0.2 MiB/s guest to host and 0.3–0.5 MiB/s host to guest (first runs, 2026-12-01:
+//! 64 MiB took 342 s and 209 s), so 256 MiB each way would take over half an hour.
+//! `HUSK_NET_TEST_MIB` sets another size for a quicker look.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
