@@ -17,7 +17,7 @@ ip link set "$tap" up
 recv_pid=$!
 "$vmm" --config "$dir/vm.json" --report "$dir/report.json" 2>"$dir/vmm.log" &
 vmm_pid=$!
-for _ in $(seq 3000); do
+for _ in $(seq 6000); do
     grep -q H2G-READY "$dir/console.log" 2>/dev/null && break
     kill -0 "$vmm_pid" 2>/dev/null || break
     sleep 0.2
