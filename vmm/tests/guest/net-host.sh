@@ -7,6 +7,8 @@
 set -u
 dir=$1 vmm=$2 size=$3 tun_ko=$4
 tap=husknet0   # as vm.json says (written by vmm/tests/net.rs)
+# Stopped by timeout(1): still show how far the guest got.
+trap 'echo "HOST-TIMEOUT"; echo "--- console"; tail -40 "$dir/console.log"; echo "--- vmm log"; tail -20 "$dir/vmm.log"; ip link del "$tap" 2>/dev/null; exit 124' TERM
 [ -c /dev/net/tun ] || insmod "$tun_ko" || echo "insmod $tun_ko failed"
 [ -e /dev/net/tun ] || { mkdir -p /dev/net; mknod /dev/net/tun c 10 200; }
 ip tuntap add dev "$tap" mode tap || echo "TAP-FAILED"
@@ -17,20 +19,23 @@ ip link set "$tap" up
 recv_pid=$!
 "$vmm" --config "$dir/vm.json" --report "$dir/report.json" 2>"$dir/vmm.log" &
 vmm_pid=$!
-for _ in $(seq 3000); do
+for _ in $(seq 6000); do
     grep -q H2G-READY "$dir/console.log" 2>/dev/null && break
     kill -0 "$vmm_pid" 2>/dev/null || break
     sleep 0.2
 done
-wait "$recv_pid"
+while kill -0 "$recv_pid" 2>/dev/null; do sleep 1; done
 echo "G2H-GOT $(cat "$dir/g2h.sum" 2>/dev/null)"
 head -c "$size" /dev/urandom > "$dir/h2g"
 echo "H2G-SENT $(sha256sum < "$dir/h2g" | cut -d' ' -f1)"
 t0=$(date +%s.%N)
-socat -u FILE:"$dir/h2g" TCP:10.77.0.2:7002,retry=20,interval=0.5
+socat -u FILE:"$dir/h2g" TCP:10.77.0.2:7002,retry=20,interval=0.5 &
+send_pid=$!
+while kill -0 "$send_pid" 2>/dev/null; do sleep 1; done
 t1=$(date +%s.%N)
 echo "H2G-SECONDS $t0 $t1"
 rm -f "$dir/h2g"
+while kill -0 "$vmm_pid" 2>/dev/null; do sleep 1; done
 wait "$vmm_pid"
 echo "VMM-EXIT $?"
 echo "TAP-STATS $(ip -s link show "$tap" | tr -s ' \n' ' ')"

@@ -24,7 +24,6 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
 
-use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -249,7 +248,6 @@ impl NetWorker {
     fn send(&mut self, mem: &GuestMemoryMmap, chain: DescriptorChain<&GuestMemoryMmap>) {
         let mut len = 0usize;
         for d in chain {
-            let d: Descriptor = d;
             if d.is_write_only() {
                 self.metrics.tx_bad_chains.inc();
                 tracing::debug!("net: TX chain with a writable descriptor");
