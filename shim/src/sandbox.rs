@@ -214,6 +214,7 @@ impl SandboxSpec {
                 uds: self.dir.join("vsock.sock"),
             }),
             rng: true,
+            balloon: None,
             virtio_mmio_cmdline: false,
         }
     }

@@ -63,6 +63,7 @@ fn a_hostile_guest_cannot_stall_or_grow_the_vsock_device() {
             uds: d.join("v.sock"),
         }),
         rng: false,
+        balloon: None,
         virtio_mmio_cmdline: false,
     };
     std::fs::write(
