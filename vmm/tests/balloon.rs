@@ -1,0 +1,105 @@
+//! Free page reporting in the lab: a 1.5 GiB guest with a balloon maps and touches 1 GiB
+//! (balloon-fill.c, built here), then unmaps it; the free pages the guest reports must go back to the host, so
+//! husk-vmm's RSS falls by most of the GiB it had grown by.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use husk_tests::{guest, require_lab};
+use husk_vmm::config::{BalloonConfig, SerialConfig, SerialOutput, VmConfig};
+
+fn num(out: &str, key: &str) -> f64 {
+    guest::field(out, key)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in the output:\n{out}"))
+}
+
+#[test]
+fn freed_guest_memory_goes_back_to_the_host() {
+    let lab = require_lab!();
+    let dir = husk_tests::scratch_dir();
+    let d = dir.path();
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest");
+    let fill = d.join("balloon-fill");
+    let cc = Command::new("cc")
+        .args(["-O2", "-o"])
+        .arg(&fill)
+        .arg(here.join("balloon-fill.c"))
+        .output()
+        .unwrap();
+    assert!(
+        cc.status.success(),
+        "cc: {}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
+    let kernel = guest::debian_kernel().unwrap();
+    let init = std::fs::read_to_string(here.join("balloon-init.sh")).unwrap();
+    guest::busybox_initramfs(
+        &d.join("initrd.cpio.gz"),
+        &init,
+        &["virtio_mmio", "virtio_balloon"],
+        &[fill.to_str().unwrap()],
+    )
+    .unwrap();
+    let config = VmConfig {
+        kernel,
+        initramfs: Some(d.join("initrd.cpio.gz")),
+        // init_on_alloc=0: Debian zeroes every allocated page by default, which would
+        // double the (slow, in the lab) cost of touching the GiB.
+        cmdline: "console=ttyS0 panic=-1 quiet init_on_alloc=0".into(),
+        vcpus: 1,
+        memory_mib: 1536,
+        memory_shared: false,
+        serial: SerialConfig(SerialOutput::file(d.join("console.log"))),
+        block: Vec::new(),
+        vsock: None,
+        rng: false,
+        balloon: Some(BalloonConfig {
+            free_page_reporting: true,
+        }),
+        virtio_mmio_cmdline: false,
+    };
+    std::fs::write(
+        d.join("vm.json"),
+        serde_json::to_vec_pretty(&config).unwrap(),
+    )
+    .unwrap();
+    let r = lab
+        .mem_mib(3072)
+        .timeout(Duration::from_secs(1500))
+        .run(&[
+            "timeout".to_string(),
+            "1440".to_string(),
+            "python3".to_string(),
+            here.join("balloon-host.py").display().to_string(),
+            d.display().to_string(),
+            env!("CARGO_BIN_EXE_husk-vmm").to_string(),
+        ])
+        .unwrap();
+    let out = &r.stdout;
+    let ctx = format!("stdout:\n{out}\nstderr:\n{}", r.stderr);
+    eprintln!("{ctx}");
+    assert_eq!(r.code, Some(0), "{ctx}");
+    let before = num(out, "RSS-BEFORE-KIB");
+    let peak = num(out, "RSS-PEAK-KIB");
+    let after = num(out, "RSS-AFTER-KIB");
+    // The guest's 1 GiB reached the host ...
+    assert!(
+        peak - before >= 900.0 * 1024.0,
+        "RSS grew only {} MiB while the guest filled 1 GiB: {ctx}",
+        (peak - before) / 1024.0
+    );
+    // ... and most of it came back once the guest freed it.
+    assert!(
+        peak - after >= 700.0 * 1024.0,
+        "RSS fell only {} MiB after the guest freed 1 GiB: {ctx}",
+        (peak - after) / 1024.0
+    );
+    let metrics = guest::field(out, "METRICS").unwrap_or_else(|| panic!("no METRICS: {ctx}"));
+    assert!(metrics.contains("\"reported_bytes\""), "{ctx}");
+    assert_eq!(guest::field(out, "VMM-EXIT"), Some("4"), "{ctx}");
+}
