@@ -1,6 +1,7 @@
 //! Free page reporting in the lab: a 1.5 GiB guest with a balloon maps and touches 1 GiB
 //! (balloon-fill.c, built here), then unmaps it; the free pages the guest reports must go back to the host, so
-//! husk-vmm's RSS falls by most of the GiB it had grown by.
+//! husk-vmm's RSS falls by most of the GiB it had grown by. Both backings: private
+//! anonymous memory (MADV_DONTNEED) and the shared memfd (MADV_REMOVE).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
@@ -21,6 +22,18 @@ fn num(out: &str, key: &str) -> f64 {
 #[test]
 fn freed_guest_memory_goes_back_to_the_host() {
     let lab = require_lab!();
+    fill_and_free(lab, false);
+}
+
+#[test]
+fn freed_shared_guest_memory_goes_back_to_the_host() {
+    let lab = require_lab!();
+    fill_and_free(lab, true);
+}
+
+/// Boots the guest (with `memory_shared` as given), lets it touch and free 1 GiB, and
+/// checks husk-vmm's RSS.
+fn fill_and_free(lab: husk_tests::lab::Lab, shared: bool) {
     let dir = husk_tests::scratch_dir();
     let d = dir.path();
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest");
@@ -53,7 +66,7 @@ fn freed_guest_memory_goes_back_to_the_host() {
         cmdline: "console=ttyS0 panic=-1 quiet init_on_alloc=0".into(),
         vcpus: 1,
         memory_mib: 1536,
-        memory_shared: false,
+        memory_shared: shared,
         serial: SerialConfig(SerialOutput::file(d.join("console.log"))),
         block: Vec::new(),
         vsock: None,

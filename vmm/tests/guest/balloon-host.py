@@ -76,7 +76,7 @@ try:
     log("RSS-BEFORE-KIB", rss_kib(p.pid))
     t0 = time.monotonic()
     # The lab's emulated L1 makes every guest page slow to touch.
-    if not wait_console("BALLOON-PEAK", p, 700):
+    if not wait_console("BALLOON-PEAK", p, 900):
         log("ERROR", "the guest never filled its memory")
         sys.exit(1)
     log("FILL-S", f"{time.monotonic() - t0:.1f}")
