@@ -262,6 +262,20 @@ pub struct FsConfig {
 /// Longest virtio-fs tag (virtio 1.2, 5.11.4).
 pub const MAX_FS_TAG: usize = 36;
 
+/// The memory balloon (virtio-balloon), for free page reporting: memory the guest frees
+/// goes back to the host instead of staying resident in husk-vmm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonConfig {
+    /// Offer VIRTIO_BALLOON_F_FREE_PAGE_REPORTING (the default).
+    #[serde(default = "default_true")]
+    pub free_page_reporting: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -294,6 +308,10 @@ pub struct VmConfig {
     /// `memory_shared` says (the backend maps it).
     #[serde(default)]
     pub fs: Vec<FsConfig>,
+
+    /// A balloon device; absent or null: none.
+    #[serde(default)]
+    pub balloon: Option<BalloonConfig>,
     /// Also describe the virtio-mmio devices on the command line (`virtio_mmio.device=`),
     /// for kernels built with CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES and without ACPI.
     #[serde(default)]
@@ -326,6 +344,7 @@ impl VmConfig {
             fs: Vec::new(),
             vsock: None,
             rng: false,
+            balloon: None,
             virtio_mmio_cmdline: false,
         }
     }
@@ -524,10 +543,17 @@ mod tests {
             r#"{"kernel": "/k", "initramfs": "/i", "cmdline": "quiet", "vcpus": 2,
                 "memory_mib": 512, "serial": {"file": "/tmp/console.log"},
                 "block": [{"path": "/d.img", "read_only": true}],
-                "vsock": {"cid": 3, "uds": "/run/v.sock"}, "rng": true}"#,
+                "vsock": {"cid": 3, "uds": "/run/v.sock"}, "rng": true,
+                "balloon": {"free_page_reporting": true}}"#,
         )
         .unwrap();
         assert_eq!(c.vcpus, 2);
+        assert_eq!(
+            c.balloon,
+            Some(BalloonConfig {
+                free_page_reporting: true
+            })
+        );
         assert_eq!(c.serial.0, SerialOutput::file("/tmp/console.log"));
         assert!(c.block[0].read_only && c.rng);
         assert_eq!(c.vsock.unwrap().cid, 3);
@@ -539,7 +565,8 @@ mod tests {
             r#"{"kernel": "/k", "initramfs": "/i", "cmdline": "quiet", "vcpus": 2,
                 "memory_mib": 512, "serial": {"file": "/c.log", "max_bytes": 65536},
                 "block": [{"path": "/d.img", "read_only": true}],
-                "vsock": {"cid": 3, "uds": "/run/v.sock"}, "rng": true}"#,
+                "vsock": {"cid": 3, "uds": "/run/v.sock"}, "rng": true,
+                "balloon": {"free_page_reporting": false}}"#,
         )
         .unwrap();
         let text = serde_json::to_string(&c).unwrap();
@@ -568,7 +595,16 @@ mod tests {
         assert_eq!(c, VmConfig::new("/k"));
         assert_eq!((c.vcpus, c.memory_mib), (1, 256));
         assert_eq!(c.serial.0, SerialOutput::Stdout);
-        assert!(c.block.is_empty() && c.vsock.is_none() && !c.rng);
+        assert!(c.block.is_empty() && c.vsock.is_none() && !c.rng && c.balloon.is_none());
+        let c = parse(r#"{"kernel": "/k", "balloon": null}"#).unwrap();
+        assert!(c.balloon.is_none());
+        let c = parse(r#"{"kernel": "/k", "balloon": {}}"#).unwrap();
+        assert_eq!(
+            c.balloon,
+            Some(BalloonConfig {
+                free_page_reporting: true
+            })
+        );
         let c = parse(r#"{"kernel": "/k", "serial": "none"}"#).unwrap();
         assert_eq!(c.serial.0, SerialOutput::None);
     }
@@ -587,6 +623,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown field `ro`"), "{e}");
+        let e = parse(r#"{"kernel": "/k", "balloon": {"reporting": true}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `reporting`"), "{e}");
+        let e = parse(r#"{"kernel": "/k", "balloon": true}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("BalloonConfig"), "{e}");
         let e = parse(r#"{"vcpus": 1}"#).unwrap_err().to_string();
         assert!(e.contains("missing field `kernel`"), "{e}");
     }

@@ -20,6 +20,7 @@ use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{SerialDevice, SerialError, SerialOut};
+use crate::devices::virtio::balloon::Balloon;
 use crate::devices::virtio::block::{Block, BlockError};
 use crate::devices::virtio::fs::{Fs, FsError};
 use crate::devices::virtio::net::{Net, NetError, TapSource, random_mac};
@@ -217,6 +218,9 @@ impl Machine {
         }
         if config.rng {
             m.add_virtio(Box::new(Rng::new()))?;
+        }
+        if let Some(b) = &config.balloon {
+            m.add_virtio(Box::new(Balloon::new(b.free_page_reporting)))?;
         }
         for (i, n) in config.net.iter().enumerate() {
             let source = match (&n.tap, n.fd) {

@@ -9,6 +9,7 @@
 //! Every value in guest memory is hostile: descriptor chains are walked with
 //! virtio-queue's bounded iterators, and each device bounds the lengths it accepts.
 
+pub mod balloon;
 pub mod block;
 pub mod fs;
 pub mod net;
@@ -34,6 +35,7 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
+pub const TYPE_BALLOON: u32 = 5;
 pub const TYPE_VSOCK: u32 = 19;
 pub const TYPE_FS: u32 = 26;
 
