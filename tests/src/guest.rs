@@ -49,6 +49,12 @@ pub fn busybox_initramfs(
     run_tool(&mut cmd).map(|_| ())
 }
 
+/// Compiles the C program `src` into `out` with the host's `cc -O2` (a guest-side helper
+/// of a system test, copied into the initramfs with `busybox_initramfs`'s `bins`).
+pub fn compile_c(src: &Path, out: &Path) -> Result<(), String> {
+    run_tool(Command::new("cc").args(["-O2", "-o"]).arg(out).arg(src)).map(|_| ())
+}
+
 /// The sha256 of a file, as hex (with the host's sha256sum).
 pub fn sha256_file(path: &Path) -> Result<String, String> {
     let out = run_tool(Command::new("sha256sum").arg(path))?;

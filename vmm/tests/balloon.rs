@@ -10,7 +10,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use husk_tests::{guest, require_lab};
@@ -51,17 +50,7 @@ fn fill_and_free(lab: husk_tests::lab::Lab, shared: bool) {
     let d = dir.path();
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest");
     let fill = d.join("balloon-fill");
-    let cc = Command::new("cc")
-        .args(["-O2", "-o"])
-        .arg(&fill)
-        .arg(here.join("balloon-fill.c"))
-        .output()
-        .unwrap();
-    assert!(
-        cc.status.success(),
-        "cc: {}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
+    guest::compile_c(&here.join("balloon-fill.c"), &fill).unwrap();
     let kernel = guest::debian_kernel().unwrap();
     let init = std::fs::read_to_string(here.join("balloon-init.sh")).unwrap();
     guest::busybox_initramfs(

@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use husk_tests::{guest, require_lab};
@@ -27,17 +26,7 @@ fn a_hostile_guest_cannot_stall_or_grow_the_vsock_device() {
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest");
     // The guest's hostile program, built here (gcc is part of the toolchain set-up).
     let abuse = d.join("vsock-abuse");
-    let cc = Command::new("cc")
-        .args(["-O2", "-o"])
-        .arg(&abuse)
-        .arg(here.join("vsock-abuse.c"))
-        .output()
-        .unwrap();
-    assert!(
-        cc.status.success(),
-        "cc: {}",
-        String::from_utf8_lossy(&cc.stderr)
-    );
+    guest::compile_c(&here.join("vsock-abuse.c"), &abuse).unwrap();
     let kernel = guest::debian_kernel().unwrap();
     let init = std::fs::read_to_string(here.join("vsock-abuse-init.sh")).unwrap();
     guest::busybox_initramfs(

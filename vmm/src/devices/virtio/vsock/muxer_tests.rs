@@ -1,6 +1,8 @@
 //! Unit tests of the vsock muxer on virtio-queue's mock queues: both packet layouts,
 //! refusals, the host handshake, hostile and random packets, the timers.
 
+use std::io::Read;
+
 use super::*;
 use crate::devices::virtio::test_utils::{TestQueue, W};
 
