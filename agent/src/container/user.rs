@@ -35,19 +35,59 @@ struct Entry {
     members: Vec<String>,
 }
 
-fn read_small(path: &Path) -> String {
-    // Missing, not a regular file, too large: as if empty (images without /etc/passwd
-    // are common; a FIFO there must not hang the agent).
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_file() && m.len() <= MAX_FILE => {
-            std::fs::read_to_string(path).unwrap_or_default()
+/// Reads `rel` (e.g. "etc/passwd") of the container's root, resolved as the container
+/// would see it: with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`, so an absolute
+/// or `..` symlink in the image stays inside the root and never reaches the guest's
+/// own files; opened non-blocking and checked to be a regular file after opening (a
+/// FIFO or a device there must not hang the agent, and cannot be swapped in between a
+/// check and the read); at most [`MAX_FILE`] bytes read. Missing, unreadable, not a
+/// regular file, too large: as if empty (images without /etc/passwd are common), with
+/// a log line for the odd cases.
+fn read_small(rootfs: &Path, rel: &str) -> String {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+    use std::io::Read;
+    let root = match std::fs::File::open(rootfs) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(rootfs = %rootfs.display(), error = %e, "cannot open the container's root");
+            return String::new();
         }
-        _ => String::new(),
+    };
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = match openat2(&root, rel, how) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR) => return String::new(),
+        Err(e) => {
+            tracing::warn!(file = rel, error = %e, "cannot open in the container's root; taken as empty");
+            return String::new();
+        }
+    };
+    let file = std::fs::File::from(fd);
+    match file.metadata() {
+        Ok(m) if m.is_file() && m.len() <= MAX_FILE => {}
+        Ok(m) => {
+            tracing::warn!(
+                file = rel,
+                regular = m.is_file(),
+                len = m.len(),
+                "not a regular file of at most 4 MiB; taken as empty"
+            );
+            return String::new();
+        }
+        Err(_) => return String::new(),
     }
+    let mut buf = Vec::new();
+    // Bounded even if the file grows after the check.
+    if file.take(MAX_FILE).read_to_end(&mut buf).is_err() {
+        return String::new();
+    }
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 fn passwd(rootfs: &Path) -> Vec<Entry> {
-    read_small(&rootfs.join("etc/passwd"))
+    read_small(rootfs, "etc/passwd")
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
@@ -66,7 +106,7 @@ fn passwd(rootfs: &Path) -> Vec<Entry> {
 }
 
 fn group(rootfs: &Path) -> Vec<Entry> {
-    read_small(&rootfs.join("etc/group"))
+    read_small(rootfs, "etc/group")
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
@@ -201,5 +241,61 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         assert_eq!(resolve(d.path(), "0").unwrap().uid, 0);
         assert!(resolve(d.path(), "root").is_err());
+    }
+
+    /// A passwd file outside the container's root, and an image whose /etc/passwd
+    /// points at it (absolutely, and by `..`): the lookup must not see it.
+    #[test]
+    fn symlinks_out_of_the_root_stay_inside() {
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("passwd");
+        std::fs::write(&target, "mallory:x:666:666::/:/bin/sh\n").unwrap();
+        let dots = format!("../../../../../../../..{}", target.display());
+        for link in [target.display().to_string(), dots] {
+            let d = tempfile::tempdir().unwrap();
+            std::fs::create_dir(d.path().join("etc")).unwrap();
+            std::os::unix::fs::symlink(&link, d.path().join("etc/passwd")).unwrap();
+            assert_eq!(
+                resolve(d.path(), "mallory"),
+                Err(UserError::NoUser("mallory".into())),
+                "followed {link} out of the root"
+            );
+        }
+        // A symlink that stays inside resolves as it would in the container.
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("etc")).unwrap();
+        std::fs::create_dir_all(d.path().join("usr/lib")).unwrap();
+        std::fs::write(
+            d.path().join("usr/lib/passwd"),
+            "bob:x:5:5::/home/bob:/bin/sh\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/usr/lib/passwd", d.path().join("etc/passwd")).unwrap();
+        assert_eq!(resolve(d.path(), "bob").unwrap().uid, 5);
+    }
+
+    /// A FIFO or a huge file as /etc/group: no hang, no unbounded read.
+    #[test]
+    fn fifos_and_huge_files_are_taken_as_empty() {
+        let d = rootfs();
+        let group = d.path().join("etc/group");
+        std::fs::remove_file(&group).unwrap();
+        nix::unistd::mkfifo(&group, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let root = d.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(resolve(&root, "alice:wheel"));
+        });
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("resolve hung on a FIFO");
+        assert_eq!(r, Err(UserError::NoGroup("wheel".into())));
+        std::fs::remove_file(&group).unwrap();
+        let f = std::fs::File::create(&group).unwrap();
+        f.set_len(MAX_FILE + 1).unwrap();
+        assert_eq!(
+            resolve(d.path(), "alice:wheel"),
+            Err(UserError::NoGroup("wheel".into()))
+        );
     }
 }
