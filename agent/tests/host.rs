@@ -260,6 +260,12 @@ async fn signals_exec_pid_namespaces_and_limits() {
         "exec sees the container's pid 1: {out:?}"
     );
     assert_eq!(wait(&c, "sleeper", "e1").await.exit_status, 0);
+    // A waited exec is freed (execs in a loop must not grow the agent).
+    let mut w = ProcessRequest::new();
+    w.container_id = "sleeper".into();
+    w.exec_id = "e1".into();
+    let (code, msg) = rpc_error(c.wait_process(ctx(), &w).await.unwrap_err());
+    assert_eq!(code, ttrpc::Code::NOT_FOUND, "{msg}");
 
     // A second container in the first one's pid namespace sees its processes.
     let pid1 = {
@@ -411,6 +417,34 @@ async fn hostile_requests_get_clear_errors() {
     r.user = "mallory".into();
     cases.push((r, ttrpc::Code::INVALID_ARGUMENT, "mallory"));
 
+    // The request policy: the guest's root or the agent's state as a root or a bind
+    // source, and the agent's own namespaces, are refused naming the field.
+    let mut r = req(&a, "x", &spec, false);
+    r.stdio = Some(Stdio::new()).into();
+    let mut rf = Rootfs::new();
+    rf.path = "/".into();
+    r.rootfs = Some(rf).into();
+    cases.push((r, ttrpc::Code::INVALID_ARGUMENT, "rootfs.path \"/\""));
+    let state = a.dir.path().join("state").display().to_string();
+    let bad = spec_with(&["true"], |s| {
+        s["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/agent", "type": "bind", "source": state, "options": ["rbind"]}),
+        );
+    });
+    let mut r = req(&a, "x", &bad, false);
+    r.stdio = Some(Stdio::new()).into();
+    cases.push((r, ttrpc::Code::INVALID_ARGUMENT, "agent's state"));
+    let bad = spec_with(&["true"], |s| {
+        s["linux"]["namespaces"][0] = json!({"type": "pid", "path": "/proc/1/ns/pid"});
+    });
+    let mut r = req(&a, "x", &bad, false);
+    r.stdio = Some(Stdio::new()).into();
+    cases.push((
+        r,
+        ttrpc::Code::INVALID_ARGUMENT,
+        "another container's namespace",
+    ));
+
     // stdout marked but never opened
     let r = req(&a, "x", &spec, false);
     cases.push((r, ttrpc::Code::FAILED_PRECONDITION, "stdout"));
@@ -442,5 +476,41 @@ async fn hostile_requests_get_clear_errors() {
         mounts_under(a.dir.path()).is_empty(),
         "mounts left: {:?}",
         mounts_under(a.dir.path())
+    );
+}
+
+/// Without a profile in the spec, a container gets the default one: AF_VSOCK sockets
+/// (the way to husk-vmm's host side) and the keyring refused; a spec's own profile
+/// replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_seccomp_profile() {
+    require_root!();
+    if std::fs::metadata("/dev/vsock").is_err() {
+        eprintln!(
+            "SKIPPED default_seccomp_profile: no /dev/vsock on this host (vsock sockets cannot be told apart from a refusal)"
+        );
+        return;
+    }
+    let a = start_agent();
+    let probe = a.rootfs.join("bin/seccomp-probe");
+    let st = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&probe)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/seccomp-probe.c"))
+        .status()
+        .expect("cc (a C compiler with a static libc)");
+    assert!(st.success(), "cc seccomp-probe.c: {st}");
+    let c = a.ep.agent().await.unwrap();
+    let o = run(&a, &c, "def", default_spec(&["/bin/seccomp-probe"]), None).await;
+    assert_eq!(o.stdout().trim(), "vsock=97 keyctl=1", "{}", o.stderr());
+    let own = spec_with(&["/bin/seccomp-probe"], |s| {
+        s["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW"});
+    });
+    let o = run(&a, &c, "own", own, None).await;
+    assert!(
+        o.stdout().starts_with("vsock=0 "),
+        "{} {}",
+        o.stdout(),
+        o.stderr()
     );
 }

@@ -6,7 +6,9 @@ pub mod cgroup;
 pub mod console;
 pub mod helper;
 pub mod io;
+pub mod policy;
 pub mod rootfs;
+pub mod seccomp;
 pub mod spec;
 pub mod user;
 
@@ -36,6 +38,9 @@ pub const MAX_SPEC_BYTES: usize = 1 << 20;
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// How long a create/exec waits for a stdio stream whose header was just answered.
 const STREAM_GRACE: Duration = Duration::from_secs(1);
+/// Finished execs kept for a WaitProcess that has not come yet (a bound, not a
+/// promise: past it they are freed; a waited exec is freed at once).
+const MAX_FINISHED_EXECS: usize = 1024;
 
 /// Why an operation failed; each maps to one ttrpc status code.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +138,34 @@ impl Container {
         lock(&self.procs).get(exec).cloned().ok_or_else(|| {
             RuntimeError::NotFound(format!("container {}: no process {exec:?}", self.id))
         })
+    }
+
+    /// Frees an exec once its exit has been collected (WaitProcess answered), as kata's
+    /// agent does: a container running execs in a loop must not grow the agent. The
+    /// init process ("") stays until the container is deleted.
+    pub fn forget_exec(&self, exec: &str) {
+        if !exec.is_empty() {
+            let mut procs = lock(&self.procs);
+            if procs.get(exec).is_some_and(|p| p.exited().is_some()) {
+                procs.remove(exec);
+            }
+        }
+    }
+
+    /// Bounds the execs that finished but were never waited for: past
+    /// [`MAX_FINISHED_EXECS`], the finished ones go (running ones always stay).
+    fn prune_finished_execs(procs: &mut HashMap<String, Arc<Process>>) {
+        let finished = procs
+            .iter()
+            .filter(|(k, p)| !k.is_empty() && p.exited().is_some())
+            .count();
+        if finished >= MAX_FINISHED_EXECS {
+            procs.retain(|k, p| k.is_empty() || p.exited().is_none());
+            tracing::warn!(
+                dropped = finished,
+                "finished execs never waited for were freed"
+            );
+        }
     }
 
     fn running_pids(&self) -> Vec<i32> {
@@ -345,6 +378,11 @@ impl Runtime {
             )));
         }
         let mut spec = spec::parse(spec_json)?;
+        if let rootfs::Source::Dir(dir) = source {
+            policy::Policy::new(&self.state_dir)
+                .check_exposed("rootfs.path", dir)
+                .map_err(spec::SpecError::from)?;
+        }
         let bundle = self.bundles.join(id);
         std::fs::create_dir_all(&bundle)
             .map_err(|e| RuntimeError::Internal(format!("bundle {}: {e}", bundle.display())))?;
@@ -397,7 +435,20 @@ impl Runtime {
         stdio_req: &StdioRequest,
         user: &str,
     ) -> Result<Arc<Process>, RuntimeError> {
-        spec::prepare(spec, id, root, user)?;
+        // Off the async threads: it reads the image's /etc/passwd and /etc/group.
+        let (owned, cid, croot, cuser) = (
+            spec.clone(),
+            id.to_string(),
+            root.to_path_buf(),
+            user.to_string(),
+        );
+        let policy = policy::Policy::new(&self.state_dir);
+        *spec = tokio::task::spawn_blocking(move || {
+            let mut s = owned;
+            spec::prepare(&mut s, &cid, &croot, &cuser, &policy).map(|()| s)
+        })
+        .await
+        .map_err(|e| RuntimeError::Internal(format!("preparing the spec: {e}")))??;
         if let Some(cwd) = spec.process().as_ref().map(|p| p.cwd().clone()) {
             rootfs::make_dir_in(root, &cwd)?;
         }
@@ -495,7 +546,13 @@ impl Runtime {
         let mut process = spec::parse_process(process_json)?;
         spec::check_process(&process)?;
         if !user.is_empty() {
-            spec::apply_user(&mut process, &c.rootfs, user)?;
+            // Off the async threads: it reads the image's /etc/passwd and /etc/group.
+            let (rootfs, user) = (c.rootfs.clone(), user.to_string());
+            process = tokio::task::spawn_blocking(move || {
+                spec::apply_user(&mut process, &rootfs, &user).map(|()| process)
+            })
+            .await
+            .map_err(|e| RuntimeError::Internal(format!("resolving the user: {e}")))??;
         }
         let terminal = process.terminal().unwrap_or(false);
         let path = c.bundle.join(format!("exec-{exec}.json"));
@@ -516,7 +573,11 @@ impl Runtime {
         let _ = std::fs::remove_file(&path);
         let p = r?;
         let pid = p.pid;
-        lock(&c.procs).insert(exec.to_string(), p);
+        {
+            let mut procs = lock(&c.procs);
+            Container::prune_finished_execs(&mut procs);
+            procs.insert(exec.to_string(), p);
+        }
         tracing::info!(container = %id, exec = %exec, pid, "exec started");
         Ok(pid)
     }

@@ -7,7 +7,8 @@ use oci_spec::runtime::{LinuxBuilder, Process, Root, Spec, User};
 
 use husk_agent_protocol::validate;
 
-use super::user;
+use super::policy::{Policy, PolicyError};
+use super::{seccomp, user};
 
 /// Mount types a container may ask for.
 const MOUNT_TYPES: &[&str] = &[
@@ -35,6 +36,8 @@ pub enum SpecError {
     MountSource { index: usize },
     #[error("linux.namespaces[{index}].path {path:?}: must be absolute")]
     NamespacePath { index: usize, path: String },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
     #[error("process.cwd {0:?}: must be absolute")]
     Cwd(String),
     #[error(transparent)]
@@ -120,7 +123,13 @@ pub fn apply_user(p: &mut Process, rootfs: &Path, spec: &str) -> Result<(), Spec
 
 /// Checks `spec` and rewrites it for this guest: the root is `rootfs`, the cgroup is
 /// `/husk/<id>`, `user` (if not empty) replaces process.user.
-pub fn prepare(spec: &mut Spec, id: &str, rootfs: &Path, user: &str) -> Result<(), SpecError> {
+pub fn prepare(
+    spec: &mut Spec,
+    id: &str,
+    rootfs: &Path,
+    user: &str,
+    policy: &Policy,
+) -> Result<(), SpecError> {
     let mut process = spec
         .process()
         .clone()
@@ -142,8 +151,13 @@ pub fn prepare(spec: &mut Spec, id: &str, rootfs: &Path, user: &str) -> Result<(
                 .iter()
                 .flatten()
                 .any(|o| o == "bind" || o == "rbind");
-        if is_bind && !m.source().as_ref().is_some_and(|s| s.is_absolute()) {
-            return Err(SpecError::MountSource { index });
+        if is_bind {
+            match m.source() {
+                Some(src) if src.is_absolute() => {
+                    policy.check_exposed(&format!("mounts[{index}].source"), src)?;
+                }
+                _ => return Err(SpecError::MountSource { index }),
+            }
         }
     }
 
@@ -158,15 +172,40 @@ pub fn prepare(spec: &mut Spec, id: &str, rootfs: &Path, user: &str) -> Result<(
             .build()
             .map_err(|e| SpecError::Json(e.to_string()))?,
     };
+    let mut namespaces = Vec::new();
     for (index, ns) in linux.namespaces().iter().flatten().enumerate() {
-        if let Some(p) = ns.path()
-            && !p.is_absolute()
-        {
-            return Err(SpecError::NamespacePath {
-                index,
-                path: p.display().to_string(),
-            });
+        if let Some(p) = ns.path() {
+            if !p.is_absolute() {
+                return Err(SpecError::NamespacePath {
+                    index,
+                    path: p.display().to_string(),
+                });
+            }
+            let typ = serde_json::to_value(ns.typ())
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            if !policy.check_namespace(index, &typ, p)? {
+                continue;
+            }
         }
+        namespaces.push(ns.clone());
+    }
+    if linux.namespaces().is_some() {
+        linux.set_namespaces(Some(namespaces));
+    }
+    // No profile from the host: the default one (docker's shape; AF_VSOCK refused).
+    if linux.seccomp().is_none() {
+        let caps: Vec<_> = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.capabilities().as_ref())
+            .and_then(|c| c.bounding().as_ref())
+            .map(|b| b.iter().copied().collect())
+            .unwrap_or_default();
+        linux.set_seccomp(Some(
+            seccomp::default_profile(&caps).map_err(SpecError::Json)?,
+        ));
     }
     linux.set_cgroups_path(Some(PathBuf::from(format!("/husk/{id}"))));
     spec.set_linux(Some(linux));
@@ -192,7 +231,13 @@ mod tests {
 
     fn prep(v: serde_json::Value) -> Result<Spec, SpecError> {
         let mut s = parse(v.to_string().as_bytes())?;
-        prepare(&mut s, "c1", Path::new("/r"), "")?;
+        prepare(
+            &mut s,
+            "c1",
+            Path::new("/r"),
+            "",
+            &Policy::new(Path::new("/run/husk-agent")),
+        )?;
         Ok(s)
     }
 

@@ -161,6 +161,7 @@ impl Agent for Service {
         resp.exit_status = e.status;
         resp.oom_killed = e.oom_killed;
         resp.exited_at_unix_ns = e.at_unix_ns;
+        c.forget_exec(&req.exec_id);
         Ok(resp)
     }
 
