@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod console;
 pub mod helper;
 pub mod io;
+pub mod netns;
 pub mod rootfs;
 pub mod spec;
 pub mod user;
