@@ -333,7 +333,7 @@ impl Runtime {
         id: &str,
         spec_json: &[u8],
         source: &rootfs::Source,
-        overlay: bool,
+        upper: Option<&rootfs::Upper>,
         stdio_req: &StdioRequest,
         user: &str,
     ) -> Result<i32, RuntimeError> {
@@ -354,8 +354,8 @@ impl Runtime {
             .as_ref()
             .and_then(|r| r.readonly())
             .unwrap_or(false);
-        let mut mounted = match rootfs::Mounted::mount_rootfs(&bundle, source, overlay && !readonly)
-        {
+        let upper = if readonly { None } else { upper };
+        let mut mounted = match rootfs::Mounted::mount_rootfs(&bundle, source, upper) {
             Ok(m) => m,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&bundle);
