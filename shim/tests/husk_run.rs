@@ -3,7 +3,7 @@
 //! OCI archive, `-t`, four VMs at once, `-d` with ps/exec/kill/logs/rm, clean-up after
 //! every run and after `kill -9` of husk while its VM runs (no husk-vmm, folder,
 //! temporary file, mount or loop device), Ctrl-C passed on, the image's default
-//! command, `--rootfs`, storage (a 10 GiB sparse scratch disk by default: 512 MiB
+//! command, `--rootfs`, storage (a 10 GiB sparse scratch disk by default: 300 MiB
 //! written in a 256 MiB VM, `df /` shows the disk, the image gone after the run;
 //! `--storage tmpfs`), lo up in the container, readdir's d_ino equal to stat's st_ino
 //! on lower and upper files (shim/tests/dino.c), and bad input (125; 127 for a command
@@ -49,7 +49,7 @@ fn husk_cli_in_the_lab() {
     // returned and an L2 guest dying of a triple fault early in its boot.
     let r = lab
         .mem_mib(3072)
-        .timeout(Duration::from_secs(1500))
+        .timeout(Duration::from_secs(2100))
         .env("HUSK_GUEST_DIR", &guest.display().to_string())
         .run(&[
             script.display().to_string(),
