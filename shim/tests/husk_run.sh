@@ -82,7 +82,8 @@ case_ df_disk "$(awk -F= '/df_kib/ {print ($2 > 9437184) ? "disk" : "small:" $2}
 case_ ino_disk "$(grep -o '[a-z.]*:[a-z]*' /tmp/st_disk | tr '\n' ,)"
 awk '/dd_seconds/ {printf "storage: 300 MiB dd+fsync in the guest took %.1f s\n", $3 - $2}' /tmp/st_disk_err >&2
 # --storage tmpfs: today's tmpfs upper (half the guest's RAM), lo and inodes too.
-"$husk" run -q --storage tmpfs --rootfs "$rootfs" sh -c 'echo "lo=$(cat /sys/class/net/lo/flags) df_kib=$(df -k / | awk "NR==2 {print \$2}")"; echo t >/t; dino / t etc bin | tr "\n" " "' >/tmp/st_tmpfs 2>>/tmp/err
+tmpfs_cmd='echo t >/t; echo "lo=$(cat /sys/class/net/lo/flags) df_kib=$(df -k / | awk "NR==2 {print \$2}") $(dino / t etc bin | tr "\n" " ")"'
+"$husk" run -q --storage tmpfs --rootfs "$rootfs" sh -c "$tmpfs_cmd" >/tmp/st_tmpfs 2>>/tmp/err
 case_ storage_tmpfs "$(awk '{split($2, a, "="); print $1, (a[2] < 1048576) ? "ram" : "big:" a[2], $3, $4, $5}' /tmp/st_tmpfs | tr ' ' _)"
 case_ after_foreground "$(leftovers)"
 
