@@ -71,7 +71,9 @@ impl Default for VmDefaults {
     fn default() -> Self {
         VmDefaults {
             vcpus: 1,
-            memory_mib: 256,
+            // A ceiling, not a cost: free page reporting gives back what the guest
+            // frees, so a job's peak does not stay (docs/cli.md, "Memory").
+            memory_mib: 1024,
             kernel: None,
             storage_size: "10g".into(),
         }
@@ -147,7 +149,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let c = Config::load(&d.path().join("none.toml")).unwrap();
         assert_eq!(c, Config::default());
-        assert_eq!((c.vm.vcpus, c.vm.memory_mib), (1, 256));
+        assert_eq!((c.vm.vcpus, c.vm.memory_mib), (1, 1024));
     }
 
     #[test]

@@ -281,7 +281,7 @@ pub async fn run(config: &Config, opts: RunOptions) -> Result<i32, RunError> {
     let name = opts.name.clone().unwrap_or_else(random_name);
     std::fs::create_dir_all(&config.run_dir)
         .map_err(|e| RunError::Usage(format!("run_dir {}: {e}", config.run_dir.display())))?;
-    reap_stale(&config.run_dir);
+    reap(config);
     let cdir = ContainerDir::new(config, &name);
     if let Err(e) = cdir.create(&opts) {
         return Err(match e.kind() {
@@ -325,11 +325,11 @@ async fn run_prepared(
         size: config.storage_size(),
     });
     if let Storage::Disk { size } = storage {
-        // In the sandbox folder: it goes with the VM (also after kill -9, reap_stale).
-        let (path, took) = crate::scratch::create(&cdir.vm(), size)?;
-        t.scratch = took;
+        // Under the state folder (on disk; the run folder is a tmpfs); it goes with the
+        // container (cdir.remove, and reap for a killed husk).
+        t.scratch = crate::scratch::create(&cdir.scratch, size)?;
         disks.push(Disk {
-            path,
+            path: cdir.scratch.clone(),
             read_only: false,
         });
     }
@@ -558,11 +558,13 @@ fn tempfile_sink() -> std::fs::File {
 
 /// A container's folder: `<run_dir>/<name>/` with `owner` (the pid of the husk
 /// process running it), `info.json`, `vm/` (the sandbox), and for detached runs
-/// `stdout.log`, `stderr.log` and, once it ended, `exit`.
+/// `stdout.log`, `stderr.log` and, once it ended, `exit`; and its scratch disk
+/// (`<state_dir>/scratch/<name>.img`, kept until the container is removed).
 #[derive(Debug, Clone)]
 pub struct ContainerDir {
     pub name: String,
     pub path: PathBuf,
+    pub scratch: PathBuf,
 }
 
 impl ContainerDir {
@@ -570,6 +572,7 @@ impl ContainerDir {
         ContainerDir {
             name: name.to_string(),
             path: config.run_dir.join(name),
+            scratch: crate::scratch::path(&config.state_dir, name),
         }
     }
 
@@ -604,8 +607,16 @@ impl ContainerDir {
     }
 
     pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.scratch);
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// Cleans up after killed `husk` processes: their VMs and folders
+/// ([`reap_stale`]), then the scratch disks whose container is gone.
+pub fn reap(config: &Config) {
+    reap_stale(&config.run_dir);
+    crate::scratch::reap_orphans(&config.state_dir, &config.run_dir);
 }
 
 #[cfg(test)]

@@ -18,7 +18,9 @@ use husk_agent_protocol::agent::{
 };
 use husk_agent_protocol::agent_ttrpc::AgentClient;
 use husk_agent_protocol::client::{ClientError, Endpoint};
-use husk_vmm::config::{BlockConfig, SerialConfig, SerialOutput, VmConfig, VsockConfig};
+use husk_vmm::config::{
+    BalloonConfig, BlockConfig, SerialConfig, SerialOutput, VmConfig, VsockConfig,
+};
 use husk_vmm::exit_status::VmmExit;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
@@ -214,6 +216,11 @@ impl SandboxSpec {
                 uds: self.dir.join("vsock.sock"),
             }),
             rng: true,
+            // Free page reporting: memory the guest frees goes back to the host, so a
+            // large ceiling costs only the working set (docs/cli.md, "Memory").
+            balloon: Some(BalloonConfig {
+                free_page_reporting: true,
+            }),
             ..VmConfig::new(self.kernel.clone())
         }
     }

@@ -1,8 +1,9 @@
 //! A container's writable layer on disk: a sparse ext4 image per container, attached to
 //! its VM as a read-write virtio-blk disk, which the agent mounts as the overlay's upper
-//! layer (instead of a tmpfs in guest RAM; docs/cli.md, "Storage"). The image lives in
-//! the sandbox folder and goes with it (also after `kill -9`, through
-//! [`crate::sandbox::reap_stale`]).
+//! layer (instead of a tmpfs in guest RAM; docs/cli.md, "Storage"). The image lives on
+//! disk under the state folder (`<state_dir>/scratch/<container>.img`; the run folder is
+//! a tmpfs) and goes with its container: `husk rm`, `--rm`, and [`reap_orphans`] for the
+//! images whose container folder is gone (a killed `husk`, a reboot).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,8 +14,8 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_SIZE: u64 = 10 << 30;
 /// Smallest scratch disk: ext4 with its journal needs a few MiB of its own.
 pub const MIN_SIZE: u64 = 64 << 20;
-/// The image's name in the sandbox folder.
-pub const FILE_NAME: &str = "scratch.img";
+/// The folder under the state folder that holds the images.
+pub const DIR_NAME: &str = "scratch";
 /// The filesystem made on it (the agent accepts only this for an upper layer).
 pub const FSTYPE: &str = "ext4";
 
@@ -84,17 +85,32 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
-/// Creates `dir/scratch.img`: a sparse file of `size` bytes holding an empty ext4
-/// (inode tables and journal left to lazy initialisation, so the file stays sparse and
-/// this takes a fraction of a second). Returns its path and how long it took.
-pub fn create(dir: &Path, size: u64) -> Result<(PathBuf, Duration), ScratchError> {
+/// The scratch image of container `name`.
+pub fn path(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join(DIR_NAME).join(format!("{name}.img"))
+}
+
+/// Creates `path`: a sparse file of `size` bytes holding an empty ext4 (inode tables and
+/// journal left to lazy initialisation, so the file stays sparse and this takes a
+/// fraction of a second). Returns how long it took. The caller owns the name (its
+/// container folder exists), so a leftover of an earlier container of that name that
+/// [`reap_orphans`] has not yet seen is replaced.
+pub fn create(path: &Path, size: u64) -> Result<Duration, ScratchError> {
     let t0 = Instant::now();
-    let path = dir.join(FILE_NAME);
+    let path = path.to_path_buf();
     let io = |what| {
         let path = path.clone();
         move |err| ScratchError::Io { path, what, err }
     };
-    std::fs::create_dir_all(dir).map_err(io("create its folder"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io("create its folder"))?;
+    }
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io("remove a leftover")(e));
+        }
+        _ => {}
+    }
     let f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -119,6 +135,7 @@ pub fn create(dir: &Path, size: u64) -> Result<(PathBuf, Duration), ScratchError
         .output()
         .map_err(io("run mkfs.ext4 (is e2fsprogs installed?)"))?;
     if !out.status.success() {
+        let _ = std::fs::remove_file(&path);
         return Err(ScratchError::Mkfs {
             path,
             status: out.status,
@@ -127,7 +144,29 @@ pub fn create(dir: &Path, size: u64) -> Result<(PathBuf, Duration), ScratchError
     }
     let took = t0.elapsed();
     tracing::debug!(path = %path.display(), size, ms = took.as_millis(), "scratch disk made");
-    Ok((path, took))
+    Ok(took)
+}
+
+/// Removes the scratch images under `state_dir` whose container has no folder in
+/// `run_dir` any more (its `husk` was killed before removing it, or the host rebooted and
+/// the run folder, a tmpfs, went). Returns how many went. A container makes its folder
+/// before its image, so a run being set up is never mistaken for an orphan.
+pub fn reap_orphans(state_dir: &Path, run_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(state_dir.join(DIR_NAME)) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".img")) else {
+            continue;
+        };
+        if !run_dir.join(name).is_dir() && std::fs::remove_file(e.path()).is_ok() {
+            tracing::info!(path = %e.path().display(), "removed the scratch disk of a container that is gone");
+            n += 1;
+        }
+    }
+    n
 }
 
 #[cfg(test)]
@@ -175,7 +214,8 @@ mod tests {
         }
         use std::os::unix::fs::MetadataExt;
         let d = tempfile::tempdir().unwrap();
-        let (path, took) = create(&d.path().join("vm"), DEFAULT_SIZE).unwrap();
+        let path = self::path(d.path(), "c1");
+        let took = create(&path, DEFAULT_SIZE).unwrap();
         let m = std::fs::metadata(&path).unwrap();
         assert_eq!(m.len(), DEFAULT_SIZE);
         // Sparse: what is allocated is a small fraction of 10 GiB.
@@ -192,7 +232,23 @@ mod tests {
         f.read_exact(&mut sb).unwrap();
         assert_eq!(u16::from_le_bytes(sb), 0xEF53);
         eprintln!("mkfs of a 10 GiB scratch disk: {took:?}");
-        // A second one in the same place is an error, not an overwrite.
-        assert!(create(&d.path().join("vm"), DEFAULT_SIZE).is_err());
+    }
+
+    #[test]
+    fn orphans_are_reaped_and_live_ones_kept() {
+        let state = tempfile::tempdir().unwrap();
+        let run = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(state.path().join(DIR_NAME)).unwrap();
+        std::fs::create_dir(run.path().join("alive")).unwrap();
+        for n in ["alive", "gone"] {
+            std::fs::write(path(state.path(), n), b"x").unwrap();
+        }
+        std::fs::write(state.path().join(DIR_NAME).join("other.txt"), b"x").unwrap();
+        assert_eq!(reap_orphans(state.path(), run.path()), 1);
+        assert!(path(state.path(), "alive").exists());
+        assert!(!path(state.path(), "gone").exists());
+        assert!(state.path().join(DIR_NAME).join("other.txt").exists());
+        // No scratch folder at all: nothing to do.
+        assert_eq!(reap_orphans(run.path(), run.path()), 0);
     }
 }
