@@ -81,6 +81,12 @@ fn main() -> ExitCode {
             eprintln!("husk-agent: guest set-up failed: {e}");
             init::poweroff();
         }
+        // The guest's own lo, which containers without a network namespace of their
+        // own share (as every init does; runc does it for each new namespace).
+        if let Err(e) = container::netns::loopback_up() {
+            eprintln!("husk-agent: guest set-up failed: {e}");
+            init::poweroff();
+        }
         tracing::info!(modules = n, "guest set up");
     } else {
         // Containers' processes are re-parented to the agent, which reaps them.

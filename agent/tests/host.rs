@@ -159,6 +159,21 @@ async fn processes_stdio_and_exit_codes() {
     let o = run(&a, &c, "envcwd", spec, None).await;
     assert_eq!(o.stdout(), "bar baz\n/tmp\n");
 
+    // A network namespace of its own has its loopback up, as under runc (IFF_UP 0x1 |
+    // IFF_LOOPBACK 0x8; /sys is mounted in the container's namespace).
+    let spec = spec_with(&["cat", "/sys/class/net/lo/flags"], |s| {
+        s["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "network"}));
+    });
+    let o = run(&a, &c, "netns", spec, None).await;
+    assert_eq!(
+        (o.stdout().as_str(), o.exit.exit_status),
+        ("0x9\n", 0),
+        "{o:?}"
+    );
+
     // A user by name: uid, gid and supplementary groups from the container's files.
     let mut req = req(&a, "user", &default_spec(&["id"]), false);
     req.user = "alice".into();

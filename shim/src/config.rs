@@ -52,6 +52,9 @@ pub struct VmDefaults {
     /// A guest kernel to use instead of the guest image's (for PVM hosts, which need a
     /// PVM-enabled kernel).
     pub kernel: Option<PathBuf>,
+    /// The size of each container's scratch disk (its writable layer; sparse), as
+    /// `husk run --storage-size` takes it: "10g", "512m".
+    pub storage_size: String,
 }
 
 impl Default for Config {
@@ -68,13 +71,21 @@ impl Default for VmDefaults {
     fn default() -> Self {
         VmDefaults {
             vcpus: 1,
-            memory_mib: 256,
+            // A ceiling, not a cost: free page reporting gives back what the guest
+            // frees, so a job's peak does not stay (docs/cli.md, "Memory").
+            memory_mib: 1024,
             kernel: None,
+            storage_size: "10g".into(),
         }
     }
 }
 
 impl Config {
+    /// `vm.storage_size` in bytes (checked when the file was read).
+    pub fn storage_size(&self) -> u64 {
+        crate::scratch::parse_size(&self.vm.storage_size).unwrap_or(crate::scratch::DEFAULT_SIZE)
+    }
+
     /// Reads `path`; a missing file gives the defaults.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         match std::fs::read_to_string(path) {
@@ -115,6 +126,8 @@ impl Config {
                 ),
             ));
         }
+        crate::scratch::parse_size(&self.vm.storage_size)
+            .map_err(|m| invalid("vm.storage_size", m))?;
         for (field, p) in [("state_dir", &self.state_dir), ("run_dir", &self.run_dir)] {
             if !p.is_absolute() {
                 return Err(invalid(
@@ -136,7 +149,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let c = Config::load(&d.path().join("none.toml")).unwrap();
         assert_eq!(c, Config::default());
-        assert_eq!((c.vm.vcpus, c.vm.memory_mib), (1, 256));
+        assert_eq!((c.vm.vcpus, c.vm.memory_mib), (1, 1024));
     }
 
     #[test]
@@ -164,6 +177,15 @@ mod tests {
         assert!(e.to_string().starts_with("c.toml: vm.memory_mib: 8 MiB"));
         let e = Config::parse(Path::new("c.toml"), "run_dir = \"run\"\n").unwrap_err();
         assert!(e.to_string().starts_with("c.toml: run_dir: "));
+        let e = Config::parse(Path::new("c.toml"), "[vm]\nstorage_size = \"1k\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("c.toml: vm.storage_size: 1k: at least"),
+            "{e}"
+        );
+        let c = Config::parse(Path::new("c.toml"), "[vm]\nstorage_size = \"20g\"\n").unwrap();
+        assert_eq!(c.storage_size(), 20 << 30);
+        assert_eq!(Config::default().storage_size(), 10 << 30);
         let e = Config::parse(Path::new("c.toml"), "[vm]\nvcpus = \"two\"\n").unwrap_err();
         assert!(e.to_string().contains("invalid type"), "{e}");
     }

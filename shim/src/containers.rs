@@ -13,7 +13,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::config::Config;
 use crate::run::{ContainerDir, RunError, rpc_msg, spawn_stdin_pump};
-use crate::sandbox::{alive, reap_stale};
+use crate::sandbox::alive;
 
 /// A container as `husk ps` shows it.
 #[derive(Debug, Clone)]
@@ -42,7 +42,7 @@ fn exit_status(dir: &Path) -> Option<i32> {
 
 /// Every container under the run folder (after cleaning up stale ones).
 pub fn list(config: &Config) -> Vec<Listed> {
-    reap_stale(&config.run_dir);
+    crate::run::reap(config);
     let mut out = Vec::new();
     for e in std::fs::read_dir(&config.run_dir)
         .into_iter()
@@ -86,7 +86,7 @@ pub fn list(config: &Config) -> Vec<Listed> {
 
 fn running(config: &Config, name: &str) -> Result<ContainerDir, RunError> {
     validate::id("NAME", name).map_err(|e| RunError::Usage(e.to_string()))?;
-    reap_stale(&config.run_dir);
+    crate::run::reap(config);
     let c = ContainerDir::new(config, name);
     if !c.path.is_dir() {
         return Err(RunError::Usage(format!(
@@ -234,7 +234,7 @@ pub async fn exec(
 /// force (killed first; its owner then stops the VM and exits).
 pub async fn rm(config: &Config, name: &str, force: bool) -> Result<(), RunError> {
     validate::id("NAME", name).map_err(|e| RunError::Usage(e.to_string()))?;
-    reap_stale(&config.run_dir);
+    crate::run::reap(config);
     let c = ContainerDir::new(config, name);
     if !c.path.is_dir() {
         return Err(RunError::Usage(format!("{name}: no such container")));
@@ -258,7 +258,7 @@ pub async fn rm(config: &Config, name: &str, force: bool) -> Result<(), RunError
                 nix::sys::signal::Signal::SIGKILL,
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
-            reap_stale(&config.run_dir);
+            crate::run::reap(config);
         }
     }
     c.remove();

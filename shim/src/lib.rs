@@ -4,6 +4,7 @@
 //! - [`guest`]: where the guest image and husk-vmm are found.
 //! - [`image`]: OCI image layouts and archives, unpacked and converted to erofs (cached).
 //! - [`sandbox`]: one microVM with its agent: boot, readiness, shutdown, clean-up.
+//! - [`scratch`]: a container's writable layer on disk (a sparse ext4 image).
 //! - [`run`]: `husk run`: image + microVM + container, stdio and exit status.
 //! - [`containers`]: detached runs: `husk ps`, `exec`, `kill`, `rm`, `logs`.
 //! - [`tty`]: the user's terminal.
@@ -14,4 +15,5 @@ pub mod guest;
 pub mod image;
 pub mod run;
 pub mod sandbox;
+pub mod scratch;
 pub mod tty;

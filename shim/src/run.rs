@@ -17,6 +17,7 @@ use crate::config::{Config, MIN_MEMORY_MIB};
 use crate::guest::{GuestError, GuestImage, vmm_binary};
 use crate::image::{ImageError, ImageRef, prepare};
 use crate::sandbox::{Disk, Sandbox, SandboxError, SandboxSpec, reap_stale};
+use crate::scratch::{ScratchError, Storage};
 use crate::tty;
 
 /// What to run.
@@ -31,6 +32,8 @@ pub struct RunOptions {
     pub user: Option<String>,
     pub vcpus: Option<u32>,
     pub memory_mib: Option<u32>,
+    /// Where the writable layer lives (default: a scratch disk of vm.storage_size).
+    pub storage: Option<Storage>,
     pub name: Option<String>,
     pub interactive: bool,
     pub tty: bool,
@@ -63,6 +66,8 @@ pub enum RunError {
     Guest(#[from] GuestError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Scratch(#[from] ScratchError),
     #[error("{0}")]
     Agent(String),
     /// The command does not exist in the image (docker's 127).
@@ -156,6 +161,8 @@ pub fn parse_memory(s: &str) -> Result<u32, String> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timings {
     pub image: Duration,
+    /// Making the scratch disk (sparse file + mkfs.ext4).
+    pub scratch: Duration,
     pub vm_start: Duration,
     pub agent_ready: Duration,
     pub guest_uptime: Duration,
@@ -168,8 +175,9 @@ impl Timings {
     pub fn line(&self) -> String {
         let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
         format!(
-            "image {}, VM start {}, kernel boot + agent ready {} (guest uptime {}), container start {}, run {}, stop {}",
+            "image {}, scratch disk {}, VM start {}, kernel boot + agent ready {} (guest uptime {}), container start {}, run {}, stop {}",
             s(self.image),
+            s(self.scratch),
             s(self.vm_start),
             s(self.agent_ready),
             s(self.guest_uptime),
@@ -273,7 +281,7 @@ pub async fn run(config: &Config, opts: RunOptions) -> Result<i32, RunError> {
     let name = opts.name.clone().unwrap_or_else(random_name);
     std::fs::create_dir_all(&config.run_dir)
         .map_err(|e| RunError::Usage(format!("run_dir {}: {e}", config.run_dir.display())))?;
-    reap_stale(&config.run_dir);
+    reap(config);
     let cdir = ContainerDir::new(config, &name);
     if let Err(e) = cdir.create(&opts) {
         return Err(match e.kind() {
@@ -309,13 +317,26 @@ async fn run_prepared(
         .clone()
         .unwrap_or_else(|| image.config.user.clone());
     let guest = GuestImage::locate(&config.state_dir, config.vm.kernel.as_deref())?;
+    let mut disks = vec![Disk {
+        path: image.erofs.clone(),
+        read_only: true,
+    }];
+    let storage = opts.storage.unwrap_or(Storage::Disk {
+        size: config.storage_size(),
+    });
+    if let Storage::Disk { size } = storage {
+        // Under the state folder (on disk; the run folder is a tmpfs); it goes with the
+        // container (cdir.remove, and reap for a killed husk).
+        t.scratch = crate::scratch::create(&cdir.scratch, size)?;
+        disks.push(Disk {
+            path: cdir.scratch.clone(),
+            read_only: false,
+        });
+    }
     let sb_spec = SandboxSpec {
         vcpus: opts.vcpus.unwrap_or(config.vm.vcpus),
         memory_mib: opts.memory_mib.unwrap_or(config.vm.memory_mib),
-        disks: vec![Disk {
-            path: image.erofs.clone(),
-            read_only: true,
-        }],
+        disks,
         ..SandboxSpec::new(&cdir.name, cdir.vm(), vmm_binary()?, &guest)
     };
     progress("starting the microVM");
@@ -323,7 +344,7 @@ async fn run_prepared(
     t.vm_start = sb.times.vmm_spawned;
     t.agent_ready = sb.times.connected;
     t.guest_uptime = sb.times.guest_uptime;
-    let mut result = run_in(&sb, opts, cdir, &process, &user, t).await;
+    let mut result = run_in(&sb, opts, cdir, &process, &user, storage, t).await;
     if let Err(RunError::Agent(msg)) = &result
         && let Some(why) = sb.stopped(Duration::from_millis(300)).await
     {
@@ -347,6 +368,7 @@ async fn run_in(
     cdir: &ContainerDir,
     process: &serde_json::Value,
     user: &str,
+    storage: Storage,
     t: &mut Timings,
 ) -> Result<i32, RunError> {
     let id = "main";
@@ -377,6 +399,21 @@ async fn run_in(
     root.block_device = "/dev/vda".into();
     root.fstype = "erofs".into();
     root.overlay = true;
+    if let Storage::Disk { .. } = storage {
+        // An agent older than protocol 0.2 would ignore the upper device and use a
+        // tmpfs without a word: refuse instead.
+        if sb.agent_protocol.1 < 2 {
+            return Err(RunError::Agent(format!(
+                "the guest image's agent speaks protocol {}.{}, which has no writable \
+                 layer on disk: rebuild the guest image (make guest-image), or use \
+                 --storage tmpfs",
+                sb.agent_protocol.0, sb.agent_protocol.1
+            )));
+        }
+        // The second disk (run_prepared attached it after the image).
+        root.upper_device = "/dev/vdb".into();
+        root.upper_fstype = crate::scratch::FSTYPE.into();
+    }
     req.rootfs = Some(root).into();
     let mut io = Stdio::new();
     io.stdout = true;
@@ -521,11 +558,13 @@ fn tempfile_sink() -> std::fs::File {
 
 /// A container's folder: `<run_dir>/<name>/` with `owner` (the pid of the husk
 /// process running it), `info.json`, `vm/` (the sandbox), and for detached runs
-/// `stdout.log`, `stderr.log` and, once it ended, `exit`.
+/// `stdout.log`, `stderr.log` and, once it ended, `exit`; and its scratch disk
+/// (`<state_dir>/scratch/<name>.img`, kept until the container is removed).
 #[derive(Debug, Clone)]
 pub struct ContainerDir {
     pub name: String,
     pub path: PathBuf,
+    pub scratch: PathBuf,
 }
 
 impl ContainerDir {
@@ -533,6 +572,7 @@ impl ContainerDir {
         ContainerDir {
             name: name.to_string(),
             path: config.run_dir.join(name),
+            scratch: crate::scratch::path(&config.state_dir, name),
         }
     }
 
@@ -567,8 +607,16 @@ impl ContainerDir {
     }
 
     pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.scratch);
         let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// Cleans up after killed `husk` processes: their VMs and folders
+/// ([`reap_stale`]), then the scratch disks whose container is gone.
+pub fn reap(config: &Config) {
+    reap_stale(&config.run_dir);
+    crate::scratch::reap_orphans(&config.state_dir, &config.run_dir);
 }
 
 #[cfg(test)]
@@ -596,6 +644,7 @@ mod tests {
             user: None,
             vcpus: None,
             memory_mib: None,
+            storage: None,
             name: None,
             interactive: false,
             tty: false,

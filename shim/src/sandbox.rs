@@ -18,7 +18,9 @@ use husk_agent_protocol::agent::{
 };
 use husk_agent_protocol::agent_ttrpc::AgentClient;
 use husk_agent_protocol::client::{ClientError, Endpoint};
-use husk_vmm::config::{BlockConfig, SerialConfig, SerialOutput, VmConfig, VsockConfig};
+use husk_vmm::config::{
+    BalloonConfig, BlockConfig, SerialConfig, SerialOutput, VmConfig, VsockConfig,
+};
 use husk_vmm::exit_status::VmmExit;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
@@ -97,6 +99,8 @@ pub struct Sandbox {
     pub endpoint: Endpoint,
     pub agent: AgentClient,
     pub times: BootTimes,
+    /// The agent's protocol version (major, minor), from its readiness message.
+    pub agent_protocol: (u32, u32),
     vmm: Option<Child>,
 }
 
@@ -212,6 +216,11 @@ impl SandboxSpec {
                 uds: self.dir.join("vsock.sock"),
             }),
             rng: true,
+            // Free page reporting: memory the guest frees goes back to the host, so a
+            // large ceiling costs only the working set (docs/cli.md, "Memory").
+            balloon: Some(BalloonConfig {
+                free_page_reporting: true,
+            }),
             ..VmConfig::new(self.kernel.clone())
         }
     }
@@ -279,7 +288,7 @@ impl Sandbox {
         )
         .await;
         match waited {
-            Ok(agent) => {
+            Ok((agent, agent_protocol)) => {
                 let _ = std::fs::remove_file(&ready_path);
                 Ok(Sandbox {
                     id: spec.id.clone(),
@@ -287,6 +296,7 @@ impl Sandbox {
                     endpoint,
                     agent,
                     times,
+                    agent_protocol,
                     vmm: Some(child),
                 })
             }
@@ -399,7 +409,7 @@ async fn wait_ready(
     timeout: Duration,
     t0: Instant,
     times: &mut BootTimes,
-) -> Result<AgentClient, SandboxError> {
+) -> Result<(AgentClient, (u32, u32)), SandboxError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let conn = loop {
         tokio::select! {
@@ -429,6 +439,10 @@ async fn wait_ready(
             format!("protocol {major}, this host speaks {}", PROTOCOL_VERSION.0),
         ));
     }
+    let minor = v["protocol"][1]
+        .as_u64()
+        .and_then(|m| u32::try_from(m).ok())
+        .unwrap_or(0);
     times.guest_uptime = Duration::from_millis(v["uptime_ms"].as_u64().unwrap_or(0));
     let agent = endpoint.agent().await?;
     let mut g = GuestDetailsRequest::new();
@@ -441,7 +455,7 @@ async fn wait_ready(
     c.host_time_unix_ns = now_unix_ns();
     agent.create_sandbox(ctx(10), &c).await?;
     times.connected = t0.elapsed();
-    Ok(agent)
+    Ok((agent, (PROTOCOL_VERSION.0, minor)))
 }
 
 /// Cleans up after `husk` processes that were killed: for every container folder

@@ -3,8 +3,12 @@
 //! OCI archive, `-t`, four VMs at once, `-d` with ps/exec/kill/logs/rm, clean-up after
 //! every run and after `kill -9` of husk while its VM runs (no husk-vmm, folder,
 //! temporary file, mount or loop device), Ctrl-C passed on, the image's default
-//! command, `--rootfs`, and bad input (125; 127 for a command not in the image;
-//! nothing left behind).
+//! command, `--rootfs`, storage (a 10 GiB sparse scratch disk by default: 300 MiB, or
+//! HUSK_STORAGE_TEST_MIB, written in a 256 MiB VM, `df /` shows the disk, the image gone
+//! after the run; `--storage tmpfs`), memory returned by free page reporting after a
+//! container frees 300 MiB, lo up in the container, readdir's d_ino equal to stat's st_ino
+//! on lower and upper files (shim/tests/dino.c), and bad input (125; 127 for a command
+//! not in the image; nothing left behind).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
@@ -31,14 +35,31 @@ fn husk_cli_in_the_lab() {
     husk_tests::busybox_oci(&img, Some(&archive));
     let rootfs = scratch.path().join("rootfs");
     husk_tests::agent::busybox_rootfs(&rootfs);
+    // dino: readdir's d_ino against lstat's st_ino (busybox's ls -i stats every entry).
+    let dino = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/dino.c");
+    let st = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(rootfs.join("bin/dino"))
+        .arg(&dino)
+        .status()
+        .expect("cc (a C compiler with a static libc) builds tests/dino.c");
+    assert!(st.success(), "cc -static tests/dino.c: {st}");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/husk_run.sh");
+    // What the storage case writes into its 256 MiB VM (HUSK_STORAGE_TEST_MIB=2048 as
+    // the issue asks; CI writes 300, the lab's disk I/O being slow). The scratch image
+    // lives on the L1's tmpfs, so the L1 gets that much more memory.
+    let storage_mib: u32 = std::env::var("HUSK_STORAGE_TEST_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
     // Room for four guests at once. One L1 vCPU, as everywhere in the lab: with two,
     // the emulated L1 stalls under load (lab.md), seen here as a `husk` call that never
     // returned and an L2 guest dying of a triple fault early in its boot.
     let r = lab
-        .mem_mib(3072)
-        .timeout(Duration::from_secs(1500))
+        .mem_mib(3072 + storage_mib)
+        .timeout(Duration::from_secs(2100 + u64::from(storage_mib)))
         .env("HUSK_GUEST_DIR", &guest.display().to_string())
+        .env("HUSK_STORAGE_TEST_MIB", &storage_mib.to_string())
         .run(&[
             script.display().to_string(),
             env!("CARGO_BIN_EXE_husk").to_string(),
@@ -74,6 +95,17 @@ fn husk_cli_in_the_lab() {
     check("rootfs", "from-rootfs_alice");
     check("tty", "/dev/pts/0_both-terminals_xterm");
     check("sigint", "42");
+    check("storage_disk_rc", "0");
+    check("lo_up", "lo=0x9"); // IFF_UP | IFF_LOOPBACK
+    check("dd_disk", "dd-ok");
+    check("df_disk", "disk");
+    check(
+        "ino_disk",
+        "etc:same,upper.txt:same,newdir:same,bin:same,passwd:same,group:same,f:same,",
+    );
+    check("storage_tmpfs", "lo=0x9_ram_t:same_etc:same_bin:same");
+    check("scratch_file", "10737418240_sparse");
+    check("memory_back", "back");
     check("parallel", "vm1,vm2,vm3,vm4,");
     check("cache", ".erofs,.json,.lock,");
     check("detach_name", "web");
@@ -95,6 +127,8 @@ fn husk_cli_in_the_lab() {
         "bad_memory",
         "bad_name",
         "bad_tag",
+        "bad_storage_size",
+        "bad_storage",
     ] {
         check(k, "125");
     }
@@ -104,8 +138,9 @@ fn husk_cli_in_the_lab() {
         "after_parallel",
         "after_detached",
         "after_kill9",
+        "after_memory",
         "after_bad",
     ] {
-        check(k, "procs=0 dirs=0 tmp=0 mounts=0 loops=0");
+        check(k, "procs=0 dirs=0 tmp=0 mounts=0 loops=0 scratch=0");
     }
 }

@@ -160,9 +160,15 @@ fn helper_inner(args: &[String]) -> Result<i32, String> {
                 .with_detach(true)
                 .build()
                 .map_err(|e| format!("create container {id}: {e}"))?;
-            c.pid()
+            let pid = c
+                .pid()
                 .map(|p| p.as_raw())
-                .ok_or_else(|| format!("create container {id}: no init process"))
+                .ok_or_else(|| format!("create container {id}: no init process"))?;
+            // runc brings up lo in every new network namespace; libcontainer does not.
+            // The init waits for StartContainer, so it is up before the process runs.
+            // (No logging here: this process's stderr is the container's.)
+            super::netns::loopback_up_in(pid).map_err(|e| format!("create container {id}: {e}"))?;
+            Ok(pid)
         }
         "exec" => {
             let pid = b

@@ -6,6 +6,7 @@ pub mod cgroup;
 pub mod console;
 pub mod helper;
 pub mod io;
+pub mod netns;
 pub mod policy;
 pub mod rootfs;
 pub mod seccomp;
@@ -365,7 +366,7 @@ impl Runtime {
         id: &str,
         spec_json: &[u8],
         source: &rootfs::Source,
-        overlay: bool,
+        upper: Option<&rootfs::Upper>,
         stdio_req: &StdioRequest,
         user: &str,
     ) -> Result<i32, RuntimeError> {
@@ -391,8 +392,8 @@ impl Runtime {
             .as_ref()
             .and_then(|r| r.readonly())
             .unwrap_or(false);
-        let mut mounted = match rootfs::Mounted::mount_rootfs(&bundle, source, overlay && !readonly)
-        {
+        let upper = if readonly { None } else { upper };
+        let mut mounted = match rootfs::Mounted::mount_rootfs(&bundle, source, upper) {
             Ok(m) => m,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&bundle);

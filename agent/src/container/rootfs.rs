@@ -1,7 +1,15 @@
 //! A container's root filesystem, mounted by the agent under the container's bundle:
 //! a directory already in the guest, or a read-only block device (erofs, ext4); either
-//! optionally under an overlay whose upper layer is a tmpfs (writes vanish with the
-//! container). Everything mounted here is unmounted by [`Mounted::unmount`].
+//! optionally under an overlay whose upper layer is a tmpfs or a writable block device
+//! (ext4; writes vanish with the container either way). Everything mounted here is
+//! unmounted by [`Mounted::unmount`].
+//!
+//! The overlay is mounted with `xino=on` (the kernel's
+//! Documentation/filesystems/overlayfs.rst, "Inode properties"): its layers sit on
+//! different filesystems, and without xino an overlay on several filesystems gives
+//! `d_ino` (readdir) values that differ from `st_ino` (stat) (CPython's
+//! `test_os.TestScandir` checks they agree). xino puts the layer's index in the high
+//! bits of the inode number, so both agree for lower and upper files.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +17,8 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 /// Filesystems a block device may hold.
 const BLOCK_FSTYPES: &[&str] = &["erofs", "ext4"];
+/// Filesystems a writable upper layer's block device may hold.
+const UPPER_FSTYPES: &[&str] = &["ext4"];
 
 /// Why a rootfs could not be mounted.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +31,12 @@ pub enum RootfsError {
     Device(String),
     #[error("rootfs.fstype {0:?}: expected one of {BLOCK_FSTYPES:?}")]
     Fstype(String),
+    #[error("rootfs.upper_device {0:?}: expected /dev/NAME (letters, digits)")]
+    UpperDevice(String),
+    #[error("rootfs.upper_fstype {0:?}: expected one of {UPPER_FSTYPES:?}")]
+    UpperFstype(String),
+    #[error("rootfs.upper_device: needs rootfs.overlay")]
+    UpperWithoutOverlay,
     #[error("rootfs: {what} {path}: {err}")]
     Io {
         what: &'static str,
@@ -67,8 +83,7 @@ impl Source {
                 Ok(Source::Dir(p.to_path_buf()))
             }
             (true, false) => {
-                let name = device.strip_prefix("/dev/").unwrap_or("");
-                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                if !is_dev_name(device) {
                     return Err(RootfsError::Device(device.to_string()));
                 }
                 if !BLOCK_FSTYPES.contains(&fstype) {
@@ -82,6 +97,59 @@ impl Source {
             _ => Err(RootfsError::Source),
         }
     }
+}
+
+/// Whether `device` is `/dev/NAME` with NAME of letters and digits only.
+fn is_dev_name(device: &str) -> bool {
+    let name = device.strip_prefix("/dev/").unwrap_or("");
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Where the overlay's upper layer (and its work folder) lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upper {
+    /// A tmpfs in guest RAM.
+    Tmpfs,
+    /// A writable block device, mounted read-write.
+    Block { device: PathBuf, fstype: String },
+}
+
+impl Upper {
+    /// Checks the protocol fields: `None` without an overlay.
+    pub fn from_request(
+        overlay: bool,
+        device: &str,
+        fstype: &str,
+    ) -> Result<Option<Upper>, RootfsError> {
+        match (overlay, device.is_empty()) {
+            (false, true) => Ok(None),
+            (false, false) => Err(RootfsError::UpperWithoutOverlay),
+            (true, true) => Ok(Some(Upper::Tmpfs)),
+            (true, false) => {
+                if !is_dev_name(device) {
+                    return Err(RootfsError::UpperDevice(device.to_string()));
+                }
+                if !UPPER_FSTYPES.contains(&fstype) {
+                    return Err(RootfsError::UpperFstype(fstype.to_string()));
+                }
+                Ok(Some(Upper::Block {
+                    device: PathBuf::from(device),
+                    fstype: fstype.to_string(),
+                }))
+            }
+        }
+    }
+}
+
+/// The overlay's mount data: one lower layer, upper and work on one filesystem, and
+/// `xino=on` so that readdir's d_ino equals stat's st_ino (see the module's header).
+fn overlay_data(lower: &Path, upper: &Path, work: &Path) -> String {
+    format!(
+        "lowerdir={},upperdir={},workdir={},xino=on",
+        lower.display(),
+        upper.display(),
+        work.display()
+    )
 }
 
 /// Mounts made for one container, innermost last.
@@ -124,10 +192,10 @@ impl Mounted {
     pub fn mount_rootfs(
         bundle: &Path,
         source: &Source,
-        overlay: bool,
+        upper: Option<&Upper>,
     ) -> Result<Mounted, RootfsError> {
         let mut m = Mounted::default();
-        match m.mount_all(bundle, source, overlay) {
+        match m.mount_all(bundle, source, upper) {
             Ok(()) => Ok(m),
             Err(e) => {
                 m.unmount();
@@ -140,7 +208,7 @@ impl Mounted {
         &mut self,
         bundle: &Path,
         source: &Source,
-        overlay: bool,
+        upper: Option<&Upper>,
     ) -> Result<(), RootfsError> {
         let root = bundle.join("rootfs");
         let lower = match source {
@@ -148,7 +216,7 @@ impl Mounted {
                 if !dir.is_dir() {
                     return Err(RootfsError::Path(dir.display().to_string()));
                 }
-                if !overlay {
+                if upper.is_none() {
                     self.mount(dir, &root, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
                     self.root = root;
                     return Ok(());
@@ -158,30 +226,45 @@ impl Mounted {
             Source::Block { device, fstype } => {
                 let lower = bundle.join("lower");
                 self.mount(device, &lower, Some(fstype), MsFlags::MS_RDONLY, None)?;
-                if !overlay {
-                    self.root = lower;
-                    return Ok(());
-                }
                 lower
             }
         };
         let rw = bundle.join("rw");
-        self.mount(
-            Path::new("tmpfs"),
-            &rw,
-            Some("tmpfs"),
-            MsFlags::empty(),
-            Some("mode=0755"),
-        )?;
-        let (upper, work) = (rw.join("upper"), rw.join("work"));
+        let layer = match upper {
+            None => {
+                self.root = lower;
+                return Ok(());
+            }
+            Some(Upper::Tmpfs) => {
+                self.mount(
+                    Path::new("tmpfs"),
+                    &rw,
+                    Some("tmpfs"),
+                    MsFlags::empty(),
+                    Some("mode=0755"),
+                )?;
+                rw
+            }
+            Some(Upper::Block { device, fstype }) => {
+                // noinit_itable: the disk is a fresh sparse image (its inode tables read
+                // as zeroes), so ext4's background zeroing of them would only cost
+                // guest I/O and host disk.
+                self.mount(
+                    device,
+                    &rw,
+                    Some(fstype),
+                    MsFlags::empty(),
+                    Some("noinit_itable"),
+                )?;
+                // A folder per container: one disk could serve several containers.
+                let name = bundle.file_name().unwrap_or(std::ffi::OsStr::new("c"));
+                rw.join(name)
+            }
+        };
+        let (upper, work) = (layer.join("upper"), layer.join("work"));
         mkdir(&upper)?;
         mkdir(&work)?;
-        let data = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.display(),
-            upper.display(),
-            work.display()
-        );
+        let data = overlay_data(&lower, &upper, &work);
         self.mount(
             Path::new("overlay"),
             &root,
@@ -287,6 +370,53 @@ mod tests {
         ));
         assert!(Source::from_request("", "/dev/vdb", "erofs").is_ok());
         assert!(Source::from_request("/r", "", "").is_ok());
+    }
+
+    #[test]
+    fn upper_layer_fields_are_checked() {
+        assert_eq!(Upper::from_request(false, "", "").unwrap(), None);
+        assert_eq!(
+            Upper::from_request(true, "", "").unwrap(),
+            Some(Upper::Tmpfs)
+        );
+        assert_eq!(
+            Upper::from_request(true, "/dev/vdb", "ext4").unwrap(),
+            Some(Upper::Block {
+                device: PathBuf::from("/dev/vdb"),
+                fstype: "ext4".into()
+            })
+        );
+        assert!(matches!(
+            Upper::from_request(false, "/dev/vdb", "ext4"),
+            Err(RootfsError::UpperWithoutOverlay)
+        ));
+        for bad in ["/dev/../vda", "/tmp/disk", "/dev/", "vdb", "/dev/vd b"] {
+            assert!(
+                matches!(
+                    Upper::from_request(true, bad, "ext4"),
+                    Err(RootfsError::UpperDevice(_))
+                ),
+                "{bad}"
+            );
+        }
+        // erofs is read-only: no upper layer on it.
+        for bad in ["erofs", "", "tmpfs", "xfs"] {
+            let e = Upper::from_request(true, "/dev/vdb", bad).unwrap_err();
+            assert!(matches!(e, RootfsError::UpperFstype(_)), "{bad}");
+            assert!(e.to_string().contains("rootfs.upper_fstype"), "{e}");
+        }
+    }
+
+    #[test]
+    fn overlay_keeps_inode_numbers_consistent() {
+        assert_eq!(
+            overlay_data(
+                Path::new("/b/lower"),
+                Path::new("/b/rw/u"),
+                Path::new("/b/rw/w")
+            ),
+            "lowerdir=/b/lower,upperdir=/b/rw/u,workdir=/b/rw/w,xino=on"
+        );
     }
 
     #[test]

@@ -92,13 +92,15 @@ impl Agent for Service {
         let r = req.rootfs.as_ref().cloned().unwrap_or_default();
         let source = rootfs::Source::from_request(&r.path, &r.block_device, &r.fstype)
             .map_err(|e| map_err(e.into()))?;
+        let upper = rootfs::Upper::from_request(r.overlay, &r.upper_device, &r.upper_fstype)
+            .map_err(|e| map_err(e.into()))?;
         let pid = self
             .rt
             .create(
                 &req.container_id,
                 &req.spec_json,
                 &source,
-                r.overlay,
+                upper.as_ref(),
                 &stdio(&req.stdio),
                 &req.user,
             )

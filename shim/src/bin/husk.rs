@@ -105,6 +105,14 @@ struct RunArgs {
     /// Memory of the microVM, e.g. 512m or 1g (default: vm.memory_mib).
     #[arg(short, long, value_name = "SIZE")]
     memory: Option<String>,
+    /// Where the container's writes go: disk (a sparse ext4 scratch disk on the host,
+    /// removed with the container) or tmpfs (guest RAM, for throwaway runs).
+    #[arg(long, value_name = "disk|tmpfs", default_value = "disk")]
+    storage: String,
+    /// Size of the scratch disk, e.g. 20g (default: vm.storage_size, 10g); sparse: it
+    /// costs only what is written.
+    #[arg(long, value_name = "SIZE")]
+    storage_size: Option<String>,
     /// Run in the background: print the container's name and return; see husk ps,
     /// exec, kill, rm, logs.
     #[arg(short, long)]
@@ -155,6 +163,16 @@ fn run_options(a: RunArgs) -> Result<husk::run::RunOptions, String> {
         .as_deref()
         .map(husk::run::parse_memory)
         .transpose()?;
+    let storage = match (a.storage.as_str(), a.storage_size.as_deref()) {
+        ("tmpfs", Some(_)) => return Err("--storage-size: only with --storage disk".into()),
+        (kind, Some(size)) => Some(husk::scratch::Storage::parse(
+            kind,
+            husk::scratch::parse_size(size).map_err(|e| format!("--storage-size {e}"))?,
+        )?),
+        // The size comes from the configuration.
+        ("disk", None) => None,
+        (kind, None) => Some(husk::scratch::Storage::parse(kind, 0)?),
+    };
     let mut env = Vec::new();
     for f in &a.env_file {
         env.extend(husk::run::parse_env_file(f)?);
@@ -169,6 +187,7 @@ fn run_options(a: RunArgs) -> Result<husk::run::RunOptions, String> {
         user: a.process.user,
         vcpus: a.cpus,
         memory_mib,
+        storage,
         name: a.name,
         interactive: a.interactive,
         tty: a.tty,
