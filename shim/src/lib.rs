@@ -5,6 +5,8 @@
 //! - [`image`]: OCI image layouts and archives, unpacked and converted to erofs (cached).
 //! - [`sandbox`]: one microVM with its agent: boot, readiness, shutdown, clean-up.
 //! - [`scratch`]: a container's writable layer on disk (a sparse ext4 image).
+//! - [`volumes`]: `-v`, `--mount`, `--tmpfs` as docker takes them.
+//! - [`share`]: a VM's shared folder: one sandboxed virtiofsd serving only its volumes.
 //! - [`run`]: `husk run`: image + microVM + container, stdio and exit status.
 //! - [`containers`]: detached runs: `husk ps`, `exec`, `kill`, `rm`, `logs`.
 //! - [`tty`]: the user's terminal.
@@ -16,4 +18,6 @@ pub mod image;
 pub mod run;
 pub mod sandbox;
 pub mod scratch;
+pub mod share;
 pub mod tty;
+pub mod volumes;

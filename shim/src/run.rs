@@ -34,6 +34,10 @@ pub struct RunOptions {
     pub memory_mib: Option<u32>,
     /// Where the writable layer lives (default: a scratch disk of vm.storage_size).
     pub storage: Option<Storage>,
+    /// Bind and tmpfs mounts (crate::volumes).
+    pub volumes: Vec<crate::volumes::Volume>,
+    /// The root filesystem read-only (`--read-only`).
+    pub read_only: bool,
     pub name: Option<String>,
     pub interactive: bool,
     pub tty: bool,
@@ -260,6 +264,17 @@ fn process_spec(
         s["process"]["cwd"] = serde_json::json!(cwd);
     }
     s["process"]["terminal"] = serde_json::json!(opts.tty);
+    let guest_share = format!("{}/{}", crate::share::GUEST_DIR, crate::share::TAG);
+    let extra = crate::volumes::spec_mounts(&opts.volumes, &guest_share)
+        .map_err(|e| RunError::Usage(e.to_string()))?;
+    if let Some(m) = s["mounts"].as_array_mut() {
+        // A volume replaces a default mount at its path (docker lets -v /dev/shm win).
+        m.retain(|x| !extra.iter().any(|e| e["destination"] == x["destination"]));
+        m.extend(extra);
+    }
+    if opts.read_only {
+        s["root"]["readonly"] = serde_json::json!(true);
+    }
     Ok(s)
 }
 
@@ -321,9 +336,14 @@ async fn run_prepared(
         path: image.erofs.clone(),
         read_only: true,
     }];
-    let storage = opts.storage.unwrap_or(Storage::Disk {
-        size: config.storage_size(),
-    });
+    // A read-only root writes nothing: no scratch disk.
+    let storage = match (opts.read_only, opts.storage) {
+        (true, _) => Storage::Tmpfs,
+        (false, Some(s)) => s,
+        (false, None) => Storage::Disk {
+            size: config.storage_size(),
+        },
+    };
     if let Storage::Disk { size } = storage {
         // Under the state folder (on disk; the run folder is a tmpfs); it goes with the
         // container (cdir.remove, and reap for a killed husk).
@@ -337,6 +357,14 @@ async fn run_prepared(
         vcpus: opts.vcpus.unwrap_or(config.vm.vcpus),
         memory_mib: opts.memory_mib.unwrap_or(config.vm.memory_mib),
         disks,
+        exports: crate::volumes::binds(&opts.volumes)
+            .into_iter()
+            .map(|(name, source, read_only)| crate::share::Export {
+                name,
+                source: source.to_path_buf(),
+                read_only,
+            })
+            .collect(),
         ..SandboxSpec::new(&cdir.name, cdir.vm(), vmm_binary()?, &guest)
     };
     progress("starting the microVM");
@@ -645,6 +673,8 @@ mod tests {
             vcpus: None,
             memory_mib: None,
             storage: None,
+            volumes: vec![],
+            read_only: false,
             name: None,
             interactive: false,
             tty: false,

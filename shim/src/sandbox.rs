@@ -19,7 +19,7 @@ use husk_agent_protocol::agent::{
 use husk_agent_protocol::agent_ttrpc::AgentClient;
 use husk_agent_protocol::client::{ClientError, Endpoint};
 use husk_vmm::config::{
-    BalloonConfig, BlockConfig, SerialConfig, SerialOutput, VmConfig, VsockConfig,
+    BalloonConfig, BlockConfig, FsConfig, SerialConfig, SerialOutput, VmConfig, VsockConfig,
 };
 use husk_vmm::exit_status::VmmExit;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
@@ -49,6 +49,8 @@ pub enum SandboxError {
     Client(#[from] ClientError),
     #[error("agent: {0}")]
     Rpc(#[from] ttrpc::Error),
+    #[error(transparent)]
+    Share(#[from] crate::share::ShareError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -70,6 +72,8 @@ pub struct SandboxSpec {
     pub ready_timeout: Duration,
     /// Extra kernel command-line words.
     pub cmdline_extra: String,
+    /// Host paths the guest sees over virtio-fs (crate::share; none: no virtiofsd).
+    pub exports: Vec<crate::share::Export>,
 }
 
 /// A disk image attached to the VM.
@@ -102,6 +106,8 @@ pub struct Sandbox {
     /// The agent's protocol version (major, minor), from its readiness message.
     pub agent_protocol: (u32, u32),
     vmm: Option<Child>,
+    /// The virtiofsd serving `exports`, while the VM runs.
+    share: Option<crate::share::Server>,
 }
 
 fn now_unix_ns() -> i64 {
@@ -190,6 +196,7 @@ impl SandboxSpec {
             disks: Vec::new(),
             ready_timeout: Duration::from_secs(300),
             cmdline_extra: String::new(),
+            exports: Vec::new(),
         }
     }
 
@@ -221,6 +228,14 @@ impl SandboxSpec {
             balloon: Some(BalloonConfig {
                 free_page_reporting: true,
             }),
+            fs: if self.exports.is_empty() {
+                Vec::new()
+            } else {
+                vec![FsConfig {
+                    tag: crate::share::TAG.into(),
+                    socket: self.dir.join("virtiofsd.sock"),
+                }]
+            },
             ..VmConfig::new(self.kernel.clone())
         }
     }
@@ -245,6 +260,18 @@ impl Sandbox {
             .join(format!("vsock.sock_{}", husk_agent_protocol::READY_PORT));
         let _ = std::fs::remove_file(&ready_path);
         let ready = tokio::net::UnixListener::bind(&ready_path).map_err(dir_err)?;
+        // The share's server first: husk-vmm connects to it as it starts.
+        let share = if spec.exports.is_empty() {
+            None
+        } else {
+            match crate::share::Server::start(&spec.dir, &spec.exports).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&spec.dir);
+                    return Err(e.into());
+                }
+            }
+        };
         let log = std::fs::File::create(spec.dir.join("vmm.log")).map_err(dir_err)?;
         let mut cmd = Command::new(&spec.vmm);
         cmd.arg("--config")
@@ -282,6 +309,7 @@ impl Sandbox {
             &ready,
             &endpoint,
             &spec.id,
+            !spec.exports.is_empty(),
             spec.ready_timeout,
             t0,
             &mut times,
@@ -298,6 +326,7 @@ impl Sandbox {
                     times,
                     agent_protocol,
                     vmm: Some(child),
+                    share,
                 })
             }
             Err(e) => {
@@ -329,6 +358,9 @@ impl Sandbox {
                 None => kill_and_reap(&mut child),
             }
         }
+        if let Some(mut s) = self.share.take() {
+            s.stop();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
         code
     }
@@ -347,6 +379,9 @@ impl Sandbox {
     pub fn kill(&mut self) {
         if let Some(mut c) = self.vmm.take() {
             kill_and_reap(&mut c);
+        }
+        if let Some(mut s) = self.share.take() {
+            s.stop();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -406,6 +441,7 @@ async fn wait_ready(
     ready: &tokio::net::UnixListener,
     endpoint: &Endpoint,
     id: &str,
+    with_share: bool,
     timeout: Duration,
     t0: Instant,
     times: &mut BootTimes,
@@ -453,6 +489,17 @@ async fn wait_ready(
     c.sandbox_id = id.to_string();
     c.hostname = "husk".into();
     c.host_time_unix_ns = now_unix_ns();
+    if with_share {
+        if minor < 3 {
+            return Err(SandboxError::BadReady(
+                line,
+                format!(
+                    "the agent speaks protocol 0.{minor}; volumes need 0.3 (rebuild the guest image: make guest-image)"
+                ),
+            ));
+        }
+        c.shares = vec![crate::share::TAG.to_string()];
+    }
     agent.create_sandbox(ctx(10), &c).await?;
     times.connected = t0.elapsed();
     Ok((agent, (PROTOCOL_VERSION.0, minor)))

@@ -6,7 +6,8 @@
 //! command, `--rootfs`, storage (a 10 GiB sparse scratch disk by default: 300 MiB, or
 //! HUSK_STORAGE_TEST_MIB, written in a 256 MiB VM, `df /` shows the disk, the image gone
 //! after the run; `--storage tmpfs`), memory returned by free page reporting after a
-//! container frees 300 MiB, lo up in the container, readdir's d_ino equal to stat's st_ino
+//! container frees 300 MiB, volumes (-v rw and :ro, a single file, --tmpfs,
+//! --read-only; virtiofsd gone after), lo up in the container, readdir's d_ino equal to stat's st_ino
 //! on lower and upper files (shim/tests/dino.c), and bad input (125; 127 for a command
 //! not in the image; nothing left behind).
 
@@ -106,6 +107,11 @@ fn husk_cli_in_the_lab() {
     check("storage_tmpfs", "lo=0x9_ram_t:same_etc:same_bin:same");
     check("scratch_file", "10737418240_sparse");
     check("memory_back", "back");
+    check("volumes", "host-file_ro-refused_single_tmpfs-ok_root-ro");
+    check("volume_on_host", "from-guest");
+    check("virtiofsd_left", "0");
+    check("bad_volume", "125");
+    check("bad_volume_msg", "1");
     check("parallel", "vm1,vm2,vm3,vm4,");
     check("cache", ".erofs,.json,.lock,");
     check("detach_name", "web");
@@ -139,6 +145,7 @@ fn husk_cli_in_the_lab() {
         "after_detached",
         "after_kill9",
         "after_memory",
+        "after_volumes",
         "after_bad",
     ] {
         check(k, "procs=0 dirs=0 tmp=0 mounts=0 loops=0 scratch=0");

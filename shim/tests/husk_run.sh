@@ -21,7 +21,7 @@ export HUSK_RUN_QUIET=1
 case_() { printf 'CASE %s %s\n' "$1" "$2"; }
 leftovers() {
     local procs dirs
-    procs=$(pgrep -x husk-vmm | wc -l)
+    procs=$(pgrep -x 'husk-vmm|virtiofsd' | wc -l)
     dirs=$(ls -A /run/husk 2>/dev/null | wc -l)
     tmp=$(ls -A /var/lib/husk/tmp 2>/dev/null | wc -l)
     mounts=$(grep -c -e /run/husk -e /var/lib/husk /proc/mounts)
@@ -90,6 +90,19 @@ tmpfs_cmd='echo t >/t; echo "lo=$(cat /sys/class/net/lo/flags) df_kib=$(df -k / 
 "$husk" run -q --storage tmpfs --rootfs "$rootfs" sh -c "$tmpfs_cmd" >/tmp/st_tmpfs 2>>/tmp/err
 case_ storage_tmpfs "$(awk '{split($2, a, "="); print $1, (a[2] < 1048576) ? "ram" : "big:" a[2], $3, $4, $5}' /tmp/st_tmpfs | tr ' ' _)"
 case_ after_foreground "$(leftovers)"
+
+# Volumes (one virtiofsd per VM): a rw folder (what the container writes there is on
+# the host when the run ends), the same folder :ro (writes refused), a single file, a
+# tmpfs, a read-only root; a host path that does not exist: 125 naming it.
+mkdir -p /tmp/vol && echo host-file >/tmp/vol/in.txt && echo single >/tmp/single.txt && rm -f /tmp/vol/out.txt
+vol_script='cat /data/in.txt; echo from-guest >/data/out.txt; (echo x >/ro/no) 2>/dev/null && echo ro-writable || echo ro-refused; cat /etc/single.txt; echo t >/scratch/t && echo tmpfs-ok; (touch /rootfile) 2>/dev/null && echo root-writable || echo root-ro'
+out=$("$husk" run -q -v /tmp/vol:/data -v /tmp/vol:/ro:ro -v /tmp/single.txt:/etc/single.txt:ro --tmpfs /scratch:size=8m --read-only "oci:$img" sh -c "$vol_script" 2>>/tmp/err)
+case_ volumes "$(echo $out | tr ' ' _)"
+case_ volume_on_host "$(cat /tmp/vol/out.txt 2>&1)"
+case_ virtiofsd_left "$(pgrep -x virtiofsd | wc -l)"
+"$husk" run -q -v /no/such/dir:/data "oci:$img" true 2>/tmp/volerr; case_ bad_volume "$?"
+case_ bad_volume_msg "$(grep -c /no/such/dir /tmp/volerr)"
+case_ after_volumes "$(leftovers)"
 
 # Four VMs at once (bounded: a hang is reported with what was running), all needing the
 # same image converted: one converts, the others wait for it.

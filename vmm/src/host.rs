@@ -83,7 +83,8 @@ const VIRTIOFSD_PLACES: &[&str] = &[
     "usr/bin/virtiofsd",
 ];
 
-fn find_virtiofsd(root: &Path) -> Option<PathBuf> {
+/// The first virtiofsd in the usual places under `root`, then on PATH (when `root` is `/`).
+pub fn find_virtiofsd(root: &Path) -> Option<PathBuf> {
     let fixed = VIRTIOFSD_PLACES.iter().map(|p| root.join(p));
     let on_path: Vec<PathBuf> = if root == Path::new("/") {
         std::env::var_os("PATH")

@@ -46,8 +46,9 @@ pub mod agent_ttrpc {
 
 /// The agent API version. The agent reports it when it announces readiness; the host
 /// refuses an agent whose major version differs from its own. Minor versions add
-/// fields an older agent would ignore: 0.2 added `Rootfs.upper_device`/`upper_fstype`.
-pub const PROTOCOL_VERSION: (u32, u32) = (0, 2);
+/// fields an older agent would ignore: 0.2 added `Rootfs.upper_device`/`upper_fstype`,
+/// 0.3 `CreateSandboxRequest.shares`.
+pub const PROTOCOL_VERSION: (u32, u32) = (0, 3);
 
 /// vsock port the agent serves its API on.
 pub const AGENT_PORT: u32 = 1024;

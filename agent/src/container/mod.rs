@@ -392,7 +392,15 @@ impl Runtime {
             .as_ref()
             .and_then(|r| r.readonly())
             .unwrap_or(false);
-        let upper = if readonly { None } else { upper };
+        // A read-only root still gets an overlay (a tmpfs upper, not the disk): the
+        // runtime creates its mount points there (a volume at a path the image lacks),
+        // then remounts the root read-only, as runc does.
+        let mount_points = rootfs::Upper::Tmpfs;
+        let upper = if readonly && upper.is_some() {
+            Some(&mount_points)
+        } else {
+            upper
+        };
         let mut mounted = match rootfs::Mounted::mount_rootfs(&bundle, source, upper) {
             Ok(m) => m,
             Err(e) => {

@@ -37,6 +37,7 @@ pub fn create(svc: &Service, req: &CreateSandboxRequest) -> ttrpc::Result<Empty>
                 .map_err(|e| invalid(format!("hostname: {e}")))?;
         }
     }
+    mount_shares(svc, &req.shares)?;
     if req.host_time_unix_ns > 0 && svc.pid1 {
         let ts = nix::sys::time::TimeSpec::new(
             req.host_time_unix_ns / 1_000_000_000,
@@ -47,6 +48,53 @@ pub fn create(svc: &Service, req: &CreateSandboxRequest) -> ttrpc::Result<Empty>
         }
     }
     Ok(Empty::new())
+}
+
+/// Where a share is mounted: `<SHARES_DIR>/<tag>` (outside the agent's state folder,
+/// so containers may bind from it).
+pub const SHARES_DIR: &str = "/run/husk-shares";
+
+/// Mounts each virtio-fs tag at `SHARES_DIR/<tag>` (once: a second CreateSandbox finds
+/// it mounted). Only as PID 1: in host mode there is no virtio-fs.
+fn mount_shares(svc: &Service, tags: &[String]) -> ttrpc::Result<()> {
+    use nix::mount::{MsFlags, mount};
+    for (i, tag) in tags.iter().enumerate() {
+        validate::id("shares", tag).map_err(|e| invalid(format!("shares[{i}]: {e}")))?;
+        if !svc.pid1 {
+            return Err(invalid(format!(
+                "shares[{i}] {tag:?}: virtio-fs shares exist only in a guest"
+            )));
+        }
+        let dir = std::path::Path::new(SHARES_DIR).join(tag);
+        if is_mount_point(&dir) {
+            continue;
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| invalid(format!("shares[{i}]: {}: {e}", dir.display())))?;
+        mount(
+            Some(tag.as_str()),
+            &dir,
+            Some("virtiofs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            invalid(format!(
+                "shares[{i}] {tag:?}: mount virtiofs at {}: {e}",
+                dir.display()
+            ))
+        })?;
+        tracing::info!(tag = %tag, dir = %dir.display(), "share mounted");
+    }
+    Ok(())
+}
+
+fn is_mount_point(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(dir), dir.parent().map(std::fs::metadata)) {
+        (Ok(d), Some(Ok(p))) => d.dev() != p.dev(),
+        _ => false,
+    }
 }
 
 pub async fn destroy(svc: &Service) -> ttrpc::Result<Empty> {

@@ -128,6 +128,21 @@ struct RunArgs {
     /// takes this shell's value); repeatable, -e wins.
     #[arg(long, value_name = "FILE")]
     env_file: Vec<PathBuf>,
+    /// Bind a host file or folder: HOST:CONTAINER[:ro] (repeatable; served to the VM
+    /// by its own virtiofsd, which sees only these paths).
+    #[arg(short = 'v', long = "volume", value_name = "HOST:CONTAINER[:ro]")]
+    volume: Vec<String>,
+    /// A mount: type=bind,source=HOST,target=PATH[,readonly] or
+    /// type=tmpfs,target=PATH[,tmpfs-size=64m][,tmpfs-mode=1777] (repeatable).
+    #[arg(long = "mount", value_name = "type=...,target=...")]
+    mount: Vec<String>,
+    /// A tmpfs at PATH with mount options, e.g. /run:size=64m (repeatable).
+    #[arg(long, value_name = "PATH[:OPTIONS]")]
+    tmpfs: Vec<String>,
+    /// The container's root filesystem read-only (volumes and tmpfs mounts stay
+    /// writable).
+    #[arg(long)]
+    read_only: bool,
     /// Use this folder as the root filesystem instead of an image.
     #[arg(long, value_name = "DIR")]
     rootfs: Option<PathBuf>,
@@ -173,6 +188,16 @@ fn run_options(a: RunArgs) -> Result<husk::run::RunOptions, String> {
         ("disk", None) => None,
         (kind, None) => Some(husk::scratch::Storage::parse(kind, 0)?),
     };
+    let mut volumes = Vec::new();
+    for v in &a.volume {
+        volumes.push(husk::volumes::parse_v(v).map_err(|e| e.to_string())?);
+    }
+    for m in &a.mount {
+        volumes.push(husk::volumes::parse_mount(m).map_err(|e| e.to_string())?);
+    }
+    for t in &a.tmpfs {
+        volumes.push(husk::volumes::parse_tmpfs(t).map_err(|e| e.to_string())?);
+    }
     let mut env = Vec::new();
     for f in &a.env_file {
         env.extend(husk::run::parse_env_file(f)?);
@@ -188,6 +213,8 @@ fn run_options(a: RunArgs) -> Result<husk::run::RunOptions, String> {
         vcpus: a.cpus,
         memory_mib,
         storage,
+        volumes,
+        read_only: a.read_only,
         name: a.name,
         interactive: a.interactive,
         tty: a.tty,
