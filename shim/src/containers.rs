@@ -12,8 +12,8 @@ use husk_agent_protocol::{spec, validate};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::Config;
+use crate::procid::ProcId;
 use crate::run::{ContainerDir, RunError, rpc_msg, spawn_stdin_pump};
-use crate::sandbox::alive;
 
 /// A container as `husk ps` shows it.
 #[derive(Debug, Clone)]
@@ -24,12 +24,13 @@ pub struct Listed {
     pub command: String,
 }
 
-fn owner(dir: &Path) -> Option<i32> {
-    std::fs::read_to_string(dir.join("owner"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+/// The recorded owner process (pid and start time).
+fn owner(dir: &Path) -> Option<ProcId> {
+    ProcId::parse(&std::fs::read_to_string(dir.join("owner")).ok()?)
+}
+
+fn alive(p: ProcId) -> bool {
+    p.alive()
 }
 
 fn exit_status(dir: &Path) -> Option<i32> {
@@ -251,12 +252,10 @@ pub async fn rm(config: &Config, name: &str, force: bool) -> Result<(), RunError
         while owner(&c.path).is_some_and(alive) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if let Some(pid) = owner(&c.path).filter(|p| alive(*p)) {
-            // The owner did not stop: end it (its VM dies with it: PDEATHSIG).
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        if let Some(p) = owner(&c.path).filter(|p| p.alive()) {
+            // The owner did not stop: end it (its VM dies with it: PDEATHSIG); only
+            // the recorded process, never a pid reused since.
+            let _ = p.signal(nix::sys::signal::Signal::SIGKILL);
             tokio::time::sleep(Duration::from_millis(100)).await;
             crate::run::reap(config);
         }

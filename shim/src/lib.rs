@@ -3,6 +3,7 @@
 //! - [`config`]: the runtime configuration (/etc/husk/config.toml).
 //! - [`guest`]: where the guest image and husk-vmm are found.
 //! - [`image`]: OCI image layouts and archives, unpacked and converted to erofs (cached).
+//! - [`procid`]: recorded processes (pid + start time), signalled through pidfds.
 //! - [`sandbox`]: one microVM with its agent: boot, readiness, shutdown, clean-up.
 //! - [`scratch`]: a container's writable layer on disk (a sparse ext4 image).
 //! - [`volumes`]: `-v`, `--mount`, `--tmpfs` as docker takes them.
@@ -15,6 +16,7 @@ pub mod config;
 pub mod containers;
 pub mod guest;
 pub mod image;
+pub mod procid;
 pub mod run;
 pub mod sandbox;
 pub mod scratch;

@@ -584,7 +584,7 @@ fn tempfile_sink() -> std::fs::File {
         .unwrap_or_else(|_| std::process::exit(125))
 }
 
-/// A container's folder: `<run_dir>/<name>/` with `owner` (the pid of the husk
+/// A container's folder: `<run_dir>/<name>/` with `owner` (the pid and start time of the husk
 /// process running it), `info.json`, `vm/` (the sandbox), and for detached runs
 /// `stdout.log`, `stderr.log` and, once it ended, `exit`; and its scratch disk
 /// (`<state_dir>/scratch/<name>.img`, kept until the container is removed).
@@ -610,7 +610,10 @@ impl ContainerDir {
 
     fn create(&self, opts: &RunOptions) -> std::io::Result<()> {
         std::fs::create_dir(&self.path)?;
-        std::fs::write(self.path.join("owner"), format!("{}\n", std::process::id()))?;
+        std::fs::write(
+            self.path.join("owner"),
+            format!("{}\n", crate::procid::ProcId::me().to_record()),
+        )?;
         let image = match &opts.image {
             ImageRef::OciDir { dir, tag } => format!(
                 "oci:{}{}",

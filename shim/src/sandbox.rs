@@ -22,6 +22,8 @@ use husk_vmm::config::{
     BalloonConfig, BlockConfig, FsConfig, SerialConfig, SerialOutput, VmConfig, VsockConfig,
 };
 use husk_vmm::exit_status::VmmExit;
+
+use crate::procid::ProcId;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
 /// The guest kernel command line husk gives every VM (before `cmdline_extra`).
@@ -293,9 +295,15 @@ impl Sandbox {
             vmm: spec.vmm.clone(),
             err,
         })?;
+        // husk-vmm and its owner, each as "PID START" (crate::procid).
+        let vmm_id = i32::try_from(child.id())
+            .ok()
+            .and_then(ProcId::of)
+            .map(|p| p.to_record())
+            .unwrap_or_else(|| child.id().to_string());
         let _ = std::fs::write(
             spec.dir.join("pid"),
-            format!("{}\n{}\n", child.id(), std::process::id()),
+            format!("{vmm_id}\n{}\n", ProcId::me().to_record()),
         );
         let mut child = child;
         let mut times = BootTimes {
@@ -519,22 +527,20 @@ pub fn reap_stale(run_dir: &Path) -> usize {
         let dir = e.path();
         let owner = std::fs::read_to_string(dir.join("owner"))
             .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok());
+            .and_then(|t| ProcId::parse(&t));
         let Some(owner) = owner else { continue };
-        if alive(owner) {
+        if owner.alive() {
             continue;
         }
         let vm = dir.join("vm");
+        // Only the recorded husk-vmm (same pid and start time), through a pidfd.
         if let Some(vmm) = std::fs::read_to_string(vm.join("pid"))
             .ok()
-            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-            && alive(vmm)
-            && is_vmm(vmm)
+            .and_then(|t| t.lines().next().and_then(ProcId::parse))
+            && vmm.alive()
+            && is_vmm(vmm.pid)
         {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(vmm),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = vmm.signal(nix::sys::signal::Signal::SIGKILL);
         }
         let _ = std::fs::remove_dir_all(&vm);
         if !dir.join("exit").exists() && std::fs::remove_dir_all(&dir).is_ok() {

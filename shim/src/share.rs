@@ -327,7 +327,15 @@ mod tests {
         let pid = s.child.as_ref().unwrap().id();
         // virtiofsd has pivoted into the share: its root is the read-only tmpfs, the
         // volumes are /v0 (rw) and /v1 (ro), and nothing else of the host is mounted.
-        let theirs = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        // (It listens before it pivots: wait for its sandbox.)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let theirs = loop {
+            let m = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+            if m.lines().count() <= 3 || Instant::now() > deadline {
+                break m;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         let staging = vm.join("share").display().to_string();
         let line = |mp: &str| {
             theirs
