@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use husk_agent_protocol::agent::{ExecProcessRequest, ProcessRequest, SignalProcessRequest, Stdio};
 use husk_agent_protocol::client::{Endpoint, StdioKind};
 use husk_agent_protocol::{spec, validate};
-use tokio::io::AsyncWriteExt;
 
 use crate::config::Config;
 use crate::procid::ProcId;
@@ -184,8 +183,8 @@ pub async fn exec(
                 .map_err(|e| RunError::Agent(e.to_string()))
         }
     };
-    let mut so = open(StdioKind::Stdout).await?;
-    let mut se = open(StdioKind::Stderr).await?;
+    let so = open(StdioKind::Stdout).await?;
+    let se = open(StdioKind::Stderr).await?;
     let si = if interactive {
         Some(open(StdioKind::Stdin).await?)
     } else {
@@ -211,13 +210,17 @@ pub async fn exec(
     if let Some(si) = si {
         spawn_stdin_pump(si);
     }
-    let out = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut so, &mut tokio::io::stdout()).await;
-        let _ = tokio::io::stdout().flush().await;
-    });
-    let err = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut se, &mut tokio::io::stderr()).await;
-    });
+    // No terminal in the container: its output may not drive ours (crate::sanitize).
+    let out = tokio::spawn(crate::sanitize::copy(
+        so,
+        tokio::io::stdout(),
+        crate::tty::stdout_is_terminal(),
+    ));
+    let err = tokio::spawn(crate::sanitize::copy(
+        se,
+        tokio::io::stderr(),
+        crate::tty::stderr_is_terminal(),
+    ));
     let mut w = ProcessRequest::new();
     w.container_id = "main".into();
     w.exec_id = exec_id;
@@ -226,8 +229,8 @@ pub async fn exec(
         .await
         .map_err(rpc)?
         .exit_status;
-    let _ = out.await;
-    let _ = err.await;
+    crate::sanitize::drain(out).await;
+    crate::sanitize::drain(err).await;
     Ok(status)
 }
 
@@ -271,12 +274,39 @@ pub fn logs(config: &Config, name: &str) -> Result<(), RunError> {
     if !c.path.is_dir() {
         return Err(RunError::Usage(format!("{name}: no such container")));
     }
-    let copy = |file: &str, to: &mut dyn std::io::Write| {
-        if let Ok(mut f) = std::fs::File::open(c.path.join(file)) {
-            let _ = std::io::copy(&mut f, to);
+    // To a terminal, stripped of control sequences (crate::sanitize).
+    let copy = |file: &str, to: &mut dyn std::io::Write, terminal: bool| {
+        use std::io::Read;
+        let Ok(mut f) = std::fs::File::open(c.path.join(file)) else {
+            return;
+        };
+        let (mut s, mut buf, mut clean) = (
+            crate::sanitize::Sanitizer::default(),
+            vec![0u8; 64 << 10],
+            Vec::new(),
+        );
+        while let Ok(n @ 1..) = f.read(&mut buf) {
+            clean.clear();
+            let chunk = if terminal {
+                s.filter(&buf[..n], &mut clean);
+                &clean[..]
+            } else {
+                &buf[..n]
+            };
+            if to.write_all(chunk).is_err() {
+                return;
+            }
         }
     };
-    copy("stdout.log", &mut std::io::stdout());
-    copy("stderr.log", &mut std::io::stderr());
+    copy(
+        "stdout.log",
+        &mut std::io::stdout(),
+        crate::tty::stdout_is_terminal(),
+    );
+    copy(
+        "stderr.log",
+        &mut std::io::stderr(),
+        crate::tty::stderr_is_terminal(),
+    );
     Ok(())
 }

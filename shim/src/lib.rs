@@ -5,6 +5,8 @@
 //! - [`image`]: OCI image layouts and archives, unpacked and converted to erofs (cached).
 //! - [`procid`]: recorded processes (pid + start time), signalled through pidfds.
 //! - [`sandbox`]: one microVM with its agent: boot, readiness, shutdown, clean-up.
+//! - [`sanitize`]: guest output on the user's terminal: control sequences stripped,
+//!   bounded drain.
 //! - [`scratch`]: a container's writable layer on disk (a sparse ext4 image).
 //! - [`volumes`]: `-v`, `--mount`, `--tmpfs` as docker takes them.
 //! - [`share`]: a VM's shared folder: one sandboxed virtiofsd serving only its volumes.
@@ -19,6 +21,7 @@ pub mod image;
 pub mod procid;
 pub mod run;
 pub mod sandbox;
+pub mod sanitize;
 pub mod scratch;
 pub mod share;
 pub mod tty;

@@ -474,15 +474,19 @@ async fn run_in(
 
     let (out, err) = match &opts.detached {
         None => {
-            let out = tokio::spawn(async move {
-                let mut so = so;
-                let _ = tokio::io::copy(&mut so, &mut tokio::io::stdout()).await;
-                let _ = tokio::io::stdout().flush().await;
-            });
-            let err = se.map(|mut se| {
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut se, &mut tokio::io::stderr()).await;
-                })
+            // Without -t, the container's output may not drive the user's terminal
+            // (crate::sanitize); with -t it has its own and gets it as it is.
+            let out = tokio::spawn(crate::sanitize::copy(
+                so,
+                tokio::io::stdout(),
+                !opts.tty && tty::stdout_is_terminal(),
+            ));
+            let err = se.map(|se| {
+                tokio::spawn(crate::sanitize::copy(
+                    se,
+                    tokio::io::stderr(),
+                    tty::stderr_is_terminal(),
+                ))
             });
             (out, err)
         }
@@ -525,9 +529,10 @@ async fn run_in(
             _ = winch.recv(), if opts.tty => resize(c, id).await,
         }
     };
-    let _ = out.await;
+    // Bounded: a background process holding the output open must not hang husk.
+    crate::sanitize::drain(out).await;
     if let Some(e) = err {
-        let _ = e.await;
+        crate::sanitize::drain(e).await;
     }
     t.run = tr.elapsed();
     Ok(status)

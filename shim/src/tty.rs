@@ -9,6 +9,10 @@ pub fn stdin_is_terminal() -> bool {
     nix::unistd::isatty(std::io::stdin().as_fd()).unwrap_or(false)
 }
 
+pub fn stdout_is_terminal() -> bool {
+    nix::unistd::isatty(std::io::stdout().as_fd()).unwrap_or(false)
+}
+
 pub fn stderr_is_terminal() -> bool {
     nix::unistd::isatty(std::io::stderr().as_fd()).unwrap_or(false)
 }

@@ -7,7 +7,8 @@
 //! HUSK_STORAGE_TEST_MIB, written in a 256 MiB VM, `df /` shows the disk, the image gone
 //! after the run; `--storage tmpfs`), memory returned by free page reporting after a
 //! container frees 300 MiB, volumes (-v rw and :ro, a single file, --tmpfs,
-//! --read-only; virtiofsd gone after), lo up in the container, readdir's d_ino equal to stat's st_ino
+//! --read-only; virtiofsd gone after), a stdout held open by a background process
+//! (husk returns), control sequences stripped on a terminal, lo up in the container, readdir's d_ino equal to stat's st_ino
 //! on lower and upper files (shim/tests/dino.c), and bad input (125; 127 for a command
 //! not in the image; nothing left behind).
 
@@ -107,6 +108,8 @@ fn husk_cli_in_the_lab() {
     check("storage_tmpfs", "lo=0x9_ram_t:same_etc:same_bin:same");
     check("scratch_file", "10737418240_sparse");
     check("memory_back", "back");
+    check("stdout_held", "bg_4_bounded");
+    check("sanitized", "abc\\n");
     check("volumes", "host-file_ro-refused_single_tmpfs-ok_root-ro");
     check("volume_on_host", "from-guest");
     check("virtiofsd_left", "0");

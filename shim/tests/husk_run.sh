@@ -104,6 +104,14 @@ case_ virtiofsd_left "$(pgrep -x virtiofsd | wc -l)"
 case_ bad_volume_msg "$(grep -c /no/such/dir /tmp/volerr)"
 case_ after_volumes "$(leftovers)"
 
+# A background process holding stdout open: husk returns once the command exits (its
+# output drained for a bounded time), with its status.
+s0=$(date +%s); out=$("$husk" run -q "oci:$img" sh -c 'sleep 600 & echo bg; exit 4'); rc=$?; s1=$(date +%s)
+case_ stdout_held "${out}_${rc}_$([ $((s1 - s0)) -lt 200 ] && echo bounded || echo slow)"
+# On a terminal, a container without -t cannot drive it: control sequences stripped.
+out=$(SHELL=/bin/sh script -qec "timeout -s KILL 300 $real_husk run -q oci:$img printf 'a\\033[31mb\\033]0;title\\007c\\n'" /dev/null </dev/null | tr -d '\r' | od -An -c | tr -d ' \n')
+case_ sanitized "$out"
+
 # Four VMs at once (bounded: a hang is reported with what was running), all needing the
 # same image converted: one converts, the others wait for it.
 rm -rf /var/lib/husk/images
