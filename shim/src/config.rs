@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::image::Limits;
+
 /// Where the configuration is read from unless told otherwise.
 pub const DEFAULT_PATH: &str = "/etc/husk/config.toml";
 
@@ -41,6 +43,38 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Where each pod's runtime state lives (`<run_dir>/<pod-id>/`).
     pub run_dir: PathBuf,
+    pub image: ImageSettings,
+}
+
+/// Bounds on what an image may make husk read and write (docs/security.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImageSettings {
+    /// The most an image's layers may unpack to, all together.
+    pub max_unpacked_bytes: u64,
+    /// The most an image's layer blobs (compressed) may take, all together; also the
+    /// most an oci-archive's blobs may take.
+    pub max_layer_bytes: u64,
+}
+
+impl Default for ImageSettings {
+    fn default() -> Self {
+        let l = Limits::default();
+        ImageSettings {
+            max_unpacked_bytes: l.max_unpacked_bytes,
+            max_layer_bytes: l.max_layer_bytes,
+        }
+    }
+}
+
+impl ImageSettings {
+    /// The limits image preparation works under.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_unpacked_bytes: self.max_unpacked_bytes,
+            max_layer_bytes: self.max_layer_bytes,
+        }
+    }
 }
 
 /// The size of a VM when neither annotations nor command-line flags say otherwise.
@@ -63,6 +97,7 @@ impl Default for Config {
             vm: VmDefaults::default(),
             state_dir: PathBuf::from("/var/lib/husk"),
             run_dir: PathBuf::from("/run/husk"),
+            image: ImageSettings::default(),
         }
     }
 }
@@ -128,6 +163,14 @@ impl Config {
         }
         crate::scratch::parse_size(&self.vm.storage_size)
             .map_err(|m| invalid("vm.storage_size", m))?;
+        for (field, n) in [
+            ("image.max_unpacked_bytes", self.image.max_unpacked_bytes),
+            ("image.max_layer_bytes", self.image.max_layer_bytes),
+        ] {
+            if n == 0 {
+                return Err(invalid(field, "must be at least 1".into()));
+            }
+        }
         for (field, p) in [("state_dir", &self.state_dir), ("run_dir", &self.run_dir)] {
             if !p.is_absolute() {
                 return Err(invalid(
@@ -158,6 +201,25 @@ mod tests {
         assert_eq!(c.vm.memory_mib, 512);
         assert_eq!(c.vm.vcpus, 1);
         assert_eq!(c.run_dir, Path::new("/run/husk"));
+        assert_eq!(c.image.limits(), crate::image::Limits::default());
+    }
+
+    #[test]
+    fn image_limits() {
+        let c = Config::parse(
+            Path::new("c.toml"),
+            "[image]\nmax_unpacked_bytes = 1048576\nmax_layer_bytes = 4096\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.image.max_unpacked_bytes, c.image.max_layer_bytes),
+            (1 << 20, 4096)
+        );
+        let e = Config::parse(Path::new("c.toml"), "[image]\nmax_layer_bytes = 0\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "c.toml: image.max_layer_bytes: must be at least 1"
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{Config, MIN_MEMORY_MIB};
 use crate::guest::{GuestError, GuestImage, vmm_binary};
-use crate::image::{ImageError, ImageRef, prepare};
+use crate::image::{ImageError, ImageRef, prepare_with};
 use crate::sandbox::{Disk, Sandbox, SandboxError, SandboxSpec, reap_stale};
 use crate::scratch::{ScratchError, Storage};
 use crate::tty;
@@ -324,7 +324,13 @@ async fn run_prepared(
     t: &mut Timings,
 ) -> Result<i32, RunError> {
     let t0 = Instant::now();
-    let image = prepare(&opts.image, &config.state_dir, &cdir.path, progress)?;
+    let image = prepare_with(
+        &opts.image,
+        &config.state_dir,
+        &cdir.path,
+        &config.image.limits(),
+        progress,
+    )?;
     t.image = t0.elapsed();
     let process = process_spec(opts, &image.config)?;
     let user = opts
