@@ -62,6 +62,8 @@ pub enum RunError {
     #[error(transparent)]
     Guest(#[from] GuestError),
     #[error(transparent)]
+    Host(#[from] crate::preflight::PreflightError),
+    #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error("{0}")]
     Agent(String),
@@ -301,6 +303,9 @@ async fn run_prepared(
     t: &mut Timings,
 ) -> Result<i32, RunError> {
     let t0 = Instant::now();
+    // Before converting the image and booting: a host that cannot boot the guest says
+    // so now.
+    crate::preflight::check(config)?;
     let image = prepare(&opts.image, &config.state_dir, &cdir.path, progress)?;
     t.image = t0.elapsed();
     let process = process_spec(opts, &image.config)?;
