@@ -3,6 +3,7 @@
 //! - [`config`]: the runtime configuration (/etc/husk/config.toml).
 //! - [`guest`]: where the guest image and husk-vmm are found.
 //! - [`image`]: OCI image layouts and archives, unpacked and converted to erofs (cached).
+//! - [`registry`]: images by name: pulls from OCI registries, the local blob store.
 //! - [`sandbox`]: one microVM with its agent: boot, readiness, shutdown, clean-up.
 //! - [`preflight`]: whether this host can boot the guest, checked before a run.
 //! - [`run`]: `husk run`: image + microVM + container, stdio and exit status.
@@ -14,6 +15,7 @@ pub mod containers;
 pub mod guest;
 pub mod image;
 pub mod preflight;
+pub mod registry;
 pub mod run;
 pub mod sandbox;
 pub mod tty;
