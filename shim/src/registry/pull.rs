@@ -221,6 +221,8 @@ impl Session<'_> {
             return Ok(0);
         }
         let mut w = self.store.writer(digest, limit)?;
+        // Whatever fails from here, the temporary file goes with `w`.
+        let kept = |e: String| fail(format!("{e}; nothing of it was kept"));
         let mut stream = self
             .client
             .pull_blob_stream(&self.r.to_client(), digest)
@@ -228,16 +230,14 @@ impl Session<'_> {
             .map_err(|e| fail(error_chain(&e)))?;
         let bar = progress.start(kind, digest, stream.content_length.unwrap_or(limit));
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| fail(error_chain(&e)))?;
-            w.write(&chunk).map_err(|e| fail(error_chain(&e)))?;
+            let chunk = chunk.map_err(|e| kept(error_chain(&e)))?;
+            w.write(&chunk).map_err(|e| kept(error_chain(&e)))?;
             bar.set(w.written());
         }
         let n = w.written();
         w.finish().map_err(|e| match e {
-            StoreError::Digest { actual, .. } => fail(format!(
-                "the content's digest is {actual}; nothing of it was kept"
-            )),
-            other => fail(error_chain(&other)),
+            StoreError::Digest { actual, .. } => kept(format!("the content's digest is {actual}")),
+            other => kept(error_chain(&other)),
         })?;
         bar.finish();
         progress.done(kind, digest, n, false);
@@ -341,7 +341,15 @@ pub async fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<Re
         .await
         .map_err(|e| PullError::Unreachable {
             reference: name.clone(),
-            msg: error_chain(&e),
+            msg: if plain {
+                error_chain(&e)
+            } else {
+                format!(
+                    "{} (if it speaks plain HTTP: --insecure-registry {})",
+                    error_chain(&e),
+                    r.registry
+                )
+            },
         })?;
     let authorization = match (token, &auth) {
         (Some(t), _) => Some(format!("Bearer {t}")),

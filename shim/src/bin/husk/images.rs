@@ -12,6 +12,12 @@ fn fail(e: &dyn std::fmt::Display) -> ExitCode {
     ExitCode::from(125)
 }
 
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn out(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{text}");
+}
+
 fn parse(s: &str) -> Result<Reference, ExitCode> {
     Reference::parse(s).map_err(|e| fail(&e))
 }
@@ -34,7 +40,7 @@ pub fn pull(config: &Config, reference: &str, insecure: &[String], quiet: bool) 
     rt.shutdown_background();
     match r {
         Ok(rec) => {
-            println!("{}@{}", rec.reference, rec.digest);
+            out(&format!("{}@{}", rec.reference, rec.digest));
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),
@@ -47,18 +53,18 @@ pub fn images(config: &Config) -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(&e),
     };
-    println!(
+    out(&format!(
         "{:<50} {:<12} {:>10}  CREATED",
         "REFERENCE", "DIGEST", "SIZE"
-    );
+    ));
     for s in list {
-        println!(
+        out(&format!(
             "{:<50} {:<12} {:>10}  {}",
             s.reference,
             short(&s.digest),
             human(s.size),
             s.created.as_deref().unwrap_or("-")
-        );
+        ));
     }
     ExitCode::SUCCESS
 }
@@ -76,9 +82,9 @@ pub fn rmi(config: &Config, references: &[String]) -> ExitCode {
         };
         match registry::remove(&config.state_dir, &r) {
             Ok(blobs) => {
-                println!("Untagged: {r}");
+                out(&format!("Untagged: {r}"));
                 for b in blobs {
-                    println!("Deleted: {b}");
+                    out(&format!("Deleted: {b}"));
                 }
             }
             Err(e) => code = fail(&e),
@@ -97,7 +103,7 @@ pub fn inspect(config: &Config, reference: &str) -> ExitCode {
         .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
     {
         Ok(text) => {
-            println!("{text}");
+            out(&text);
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),
