@@ -9,104 +9,23 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
 use husk::image::{ImageRef, prepare};
-
-const TOOLS: [&str; 5] = [
-    "docker-registry",
-    "skopeo",
-    "umoci",
-    "mkfs.erofs",
-    "busybox",
-];
+use husk_tests::registry::{Registry, TOOLS};
 
 fn tool_missing() -> Option<&'static str> {
-    TOOLS.into_iter().find(|t| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| !s.success())
-            .unwrap_or(true)
-    })
-}
-
-/// A registry process, killed on drop (also when the test panics).
-struct Registry {
-    child: Child,
-    port: u16,
-    storage: PathBuf,
-    log: PathBuf,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Registry {
-    fn start(dir: &Path) -> Registry {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let storage = dir.join("registry-storage");
-        let config = dir.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
-                 storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
-                storage.display()
-            ),
-        )
-        .unwrap();
-        let log = dir.join("registry.log");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(dir.join("registry.err")).unwrap())
-            .spawn()
-            .unwrap();
-        let reg = Registry {
-            child,
-            port,
-            storage,
-            log,
-        };
-        let t0 = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "docker-registry did not listen on {port}: {}",
-                std::fs::read_to_string(dir.join("registry.err")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        reg
-    }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// The registry's file of blob `digest`.
-    fn blob_file(&self, digest: &str) -> PathBuf {
-        let hex = digest.trim_start_matches("sha256:");
-        self.storage
-            .join("docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
-    }
+    TOOLS
+        .into_iter()
+        .chain(["umoci", "mkfs.erofs", "busybox"])
+        .find(|t| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .stdout(Stdio::null())
+                .status()
+                .map(|s| !s.success())
+                .unwrap_or(true)
+        })
 }
 
 /// `husk --config CONFIG ARGS...`, bounded in time.
@@ -178,18 +97,7 @@ fn pull_images_inspect_rmi_from_a_local_registry() {
     husk_tests::busybox_oci(&layout, None);
     let reg = Registry::start(dir);
     let host = reg.host();
-    let st = Command::new("skopeo")
-        .args([
-            "copy",
-            "--quiet",
-            "--insecure-policy",
-            "--dest-tls-verify=false",
-        ])
-        .arg(format!("oci:{}:latest", layout.display()))
-        .arg(format!("docker://{host}/busybox:latest"))
-        .output()
-        .unwrap();
-    assert!(st.status.success(), "skopeo copy: {}", text(&st));
+    reg.push(&layout, "busybox:latest");
 
     // The registry is plain HTTP: named in the configuration here, by flag below.
     let (cfg, state) = state_config(dir, "config", "state", Some(&host));
@@ -329,5 +237,4 @@ fn pull_images_inspect_rmi_from_a_local_registry() {
         names(&state2.join("refs")).is_empty(),
         "a record of a failed pull"
     );
-    let _ = std::fs::read_to_string(&reg.log);
 }
