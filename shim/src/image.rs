@@ -245,7 +245,7 @@ fn find_manifest(layout: &Path, tag: Option<&str>) -> Result<(String, Descriptor
 }
 
 /// This host's architecture as OCI platforms name it (guests run the host's).
-fn oci_arch() -> &'static str {
+pub(crate) fn oci_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

@@ -18,6 +18,7 @@ use super::auth::{AuthError, credentials};
 use super::progress::Progress;
 use super::reference::{Reference, is_sha256_digest};
 use super::store::{MAX_CONFIG, MAX_MANIFEST, Record, Store, StoreError, sha256_digest};
+use crate::image::oci_arch;
 
 /// The manifest types husk accepts (OCI and Docker's schema 2; indexes and lists).
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -76,15 +77,6 @@ pub struct PullOptions {
     pub insecure: Vec<String>,
     /// No progress output at all.
     pub quiet: bool,
-}
-
-/// This host's architecture as OCI platforms name it (guests run the host's).
-pub fn oci_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
 }
 
 /// One registry conversation for one reference.

@@ -184,6 +184,15 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The entries of `dir` (none when it does not exist yet).
+fn entries(dir: &Path) -> Result<Vec<std::fs::DirEntry>, StoreError> {
+    match std::fs::read_dir(dir) {
+        Ok(e) => Ok(e.flatten().collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io(dir)(e)),
+    }
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -365,14 +374,8 @@ impl Store {
 
     /// Every record, sorted by reference.
     pub fn list(&self) -> Result<Vec<Record>, StoreError> {
-        let refs = self.refs();
-        let entries = match std::fs::read_dir(&refs) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io(&refs)(e)),
-        };
         let mut out = Vec::new();
-        for e in entries.flatten() {
+        for e in entries(&self.refs())? {
             if e.path().join("index.json").is_file() {
                 out.push(self.read_record(&e.path())?);
             }
@@ -426,14 +429,8 @@ impl Store {
             keep.insert(rec.manifest.clone());
             keep.extend(self.reachable(&rec).unwrap_or_default());
         }
-        let blobs = self.blobs();
-        let entries = match std::fs::read_dir(&blobs) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io(&blobs)(e)),
-        };
         let mut removed = Vec::new();
-        for e in entries.flatten() {
+        for e in entries(&self.blobs())? {
             let name = e.file_name().to_string_lossy().into_owned();
             let digest = format!("sha256:{name}");
             if keep.contains(&digest) {
