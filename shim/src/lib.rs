@@ -3,7 +3,9 @@
 //! - [`config`]: the runtime configuration (/etc/husk/config.toml).
 //! - [`guest`]: where the guest image and husk-vmm are found.
 //! - [`image`]: OCI image layouts and archives, unpacked and converted to erofs (cached).
+//! - [`registry`]: images by name: pulls from OCI registries, the local blob store.
 //! - [`sandbox`]: one microVM with its agent: boot, readiness, shutdown, clean-up.
+//! - [`preflight`]: whether this host can boot the guest, checked before a run.
 //! - [`run`]: `husk run`: image + microVM + container, stdio and exit status.
 //! - [`containers`]: detached runs: `husk ps`, `exec`, `kill`, `rm`, `logs`.
 //! - [`tty`]: the user's terminal.
@@ -12,6 +14,8 @@ pub mod config;
 pub mod containers;
 pub mod guest;
 pub mod image;
+pub mod preflight;
+pub mod registry;
 pub mod run;
 pub mod sandbox;
 pub mod tty;

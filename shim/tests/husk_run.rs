@@ -1,6 +1,6 @@
 //! System test of the `husk` CLI in the lab (shim/tests/husk_run.sh drives it there):
 //! exit codes, env, workdir, users, stdin, stdout/stderr apart, a real workload, an
-//! OCI archive, `-t`, four VMs at once, `-d` with ps/exec/kill/logs/rm, clean-up after
+//! OCI archive, an image pulled from a registry (on the host; run from the cache), `-t`, four VMs at once, `-d` with ps/exec/kill/logs/rm, clean-up after
 //! every run and after `kill -9` of husk while its VM runs (no husk-vmm, folder,
 //! temporary file, mount or loop device), Ctrl-C passed on, the image's default
 //! command, `--rootfs`, and bad input (125; 127 for a command not in the image;
@@ -13,6 +13,42 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use husk_tests::require_lab;
+
+/// Pushes `layout` to a registry on this host, pulls it with `husk pull` into a state
+/// folder of its own and converts it there (the lab cannot reach this host's registry,
+/// and converting under TCG is slow): returns the configuration naming that folder and
+/// the reference, for `husk run --pull never` in the lab.
+fn registry_image(dir: &std::path::Path, layout: &std::path::Path) -> (PathBuf, String) {
+    let reg = husk_tests::registry::Registry::start(dir);
+    reg.push(layout, "busybox:latest");
+    let reference = format!("{}/busybox:latest", reg.host());
+    let state = dir.join("registry-state");
+    let config = dir.join("registry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[registry]\ninsecure = [\"{}\"]\n",
+            state.display(),
+            reg.host()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_husk"))
+        .arg("--config")
+        .arg(&config)
+        .args(["pull", "-q", &reference])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "husk pull {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = husk::image::ImageRef::parse(&reference).unwrap();
+    husk::image::prepare(&image, &state, dir, &|_| {})
+        .unwrap_or_else(|e| panic!("converting {reference}: {e}"));
+    (config, reference)
+}
 
 #[test]
 fn husk_cli_in_the_lab() {
@@ -31,6 +67,7 @@ fn husk_cli_in_the_lab() {
     husk_tests::busybox_oci(&img, Some(&archive));
     let rootfs = scratch.path().join("rootfs");
     husk_tests::agent::busybox_rootfs(&rootfs);
+    let (regcfg, regref) = registry_image(scratch.path(), &img);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/husk_run.sh");
     // Room for four guests at once. One L1 vCPU, as everywhere in the lab: with two,
     // the emulated L1 stalls under load (lab.md), seen here as a `husk` call that never
@@ -45,6 +82,8 @@ fn husk_cli_in_the_lab() {
             img.display().to_string(),
             archive.display().to_string(),
             rootfs.display().to_string(),
+            regcfg.display().to_string(),
+            regref,
         ])
         .unwrap();
     let all = format!("--- stdout\n{}\n--- stderr\n{}", r.stdout, r.stderr);

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod guest;
 pub mod lab;
+pub mod registry;
 
 use std::path::PathBuf;
 

@@ -411,7 +411,7 @@ impl Layout {
 }
 
 /// This host's architecture as OCI platforms name it (guests run the host's).
-fn oci_arch() -> &'static str {
+pub(crate) fn oci_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

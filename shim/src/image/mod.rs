@@ -28,6 +28,7 @@ use serde_json::Value;
 
 use cache::Lookup;
 pub use convert::mkfs_erofs;
+pub(crate) use layout::oci_arch;
 use layout::{Descriptor, Layout};
 
 /// Why an image could not be used.
@@ -71,13 +72,23 @@ pub enum ImageError {
     },
     #[error("{path}: {err}")]
     Io { path: PathBuf, err: std::io::Error },
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
 }
 
 /// What the user named.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageRef {
-    OciDir { dir: PathBuf, tag: Option<String> },
-    OciArchive { file: PathBuf, tag: Option<String> },
+    OciDir {
+        dir: PathBuf,
+        tag: Option<String>,
+    },
+    OciArchive {
+        file: PathBuf,
+        tag: Option<String>,
+    },
+    /// `[REGISTRY/]NAME[:TAG][@DIGEST]`: pulled into `<state_dir>` (registry/).
+    Registry(crate::registry::Reference),
     Rootfs(PathBuf),
 }
 
@@ -101,7 +112,12 @@ impl ImageRef {
             let (file, tag) = split_tag(rest);
             return Ok(ImageRef::OciArchive { file, tag });
         }
-        Err(ImageError::Reference(s.to_string()))
+        if s.starts_with(['/', '.']) {
+            return Err(ImageError::Reference(s.to_string()));
+        }
+        crate::registry::Reference::parse(s)
+            .map(ImageRef::Registry)
+            .map_err(|e| ImageError::Registry(e.into()))
     }
 }
 
@@ -233,6 +249,10 @@ pub fn prepare_with(
         ImageRef::OciDir { dir, tag } => {
             prepare_layout(dir, tag.as_deref(), state_dir, limits, progress)
         }
+        ImageRef::Registry(r) => {
+            let (layout, _lock) = crate::registry::local_layout(state_dir, r)?;
+            prepare_layout(&layout, None, state_dir, limits, progress)
+        }
     }
 }
 
@@ -351,7 +371,11 @@ mod tests {
                 tag: Some("latest".into())
             }
         );
-        assert!(ImageRef::parse("docker.io/busybox").is_err());
-        assert!(ImageRef::parse("busybox:latest").is_err());
+        assert!(matches!(
+            ImageRef::parse("busybox:latest").unwrap(),
+            ImageRef::Registry(r) if r.to_string() == "docker.io/library/busybox:latest"
+        ));
+        assert!(ImageRef::parse("./layout").is_err());
+        assert!(ImageRef::parse("Bad_Name").is_err());
     }
 }

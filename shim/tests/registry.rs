@@ -1,0 +1,240 @@
+//! Registry images on this host (no VM: pulling and converting happen before boot).
+//! Starts Debian's `docker-registry` on 127.0.0.1 with its storage in a scratch folder,
+//! pushes the busybox test image with `skopeo`, then drives `husk pull`, `images`,
+//! `inspect`, `rmi` and `run --pull never`: by tag, by digest, an unknown tag, a blob
+//! corrupted in the registry's storage (refused, naming the layer, nothing of it kept),
+//! blobs shared and collected, and the erofs cache shared with `oci:` layouts.
+//! Needs docker-registry, skopeo, umoci, mkfs.erofs, busybox-static (`make setup`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use husk::image::{ImageRef, prepare};
+use husk_tests::registry::{Registry, TOOLS};
+
+fn tool_missing() -> Option<&'static str> {
+    TOOLS
+        .into_iter()
+        .chain(["umoci", "mkfs.erofs", "busybox"])
+        .find(|t| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .stdout(Stdio::null())
+                .status()
+                .map(|s| !s.success())
+                .unwrap_or(true)
+        })
+}
+
+/// `husk --config CONFIG ARGS...`, bounded in time.
+fn husk(config: &Path, args: &[&str]) -> Output {
+    Command::new("timeout")
+        .args(["-s", "KILL", "120"])
+        .arg(env!("CARGO_BIN_EXE_husk"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env("DOCKER_CONFIG", config.with_extension("docker"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A configuration `<dir>/<file>.toml` whose state and run folders are `<dir>/<name>`
+/// and `<dir>/<name>-run`.
+fn state_config(dir: &Path, file: &str, name: &str, insecure: Option<&str>) -> (PathBuf, PathBuf) {
+    let state = dir.join(name);
+    let config = dir.join(format!("{file}.toml"));
+    let mut t = format!(
+        "state_dir = \"{}\"\nrun_dir = \"{}\"\n",
+        state.display(),
+        dir.join(format!("{name}-run")).display()
+    );
+    if let Some(h) = insecure {
+        t += &format!("[registry]\ninsecure = [\"{h}\"]\n");
+    }
+    std::fs::write(&config, t).unwrap();
+    (config, state)
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn pull_images_inspect_rmi_from_a_local_registry() {
+    if let Some(t) = tool_missing() {
+        assert!(
+            std::env::var_os("HUSK_REQUIRE_LAB").is_none(),
+            "{t} is missing (make setup installs it)"
+        );
+        eprintln!(
+            "SKIPPED pull_images_inspect_rmi_from_a_local_registry: {t} is missing (make setup)"
+        );
+        return;
+    }
+    let scratch = husk_tests::scratch_dir();
+    let dir = scratch.path();
+    let layout = dir.join("busybox");
+    husk_tests::busybox_oci(&layout, None);
+    let reg = Registry::start(dir);
+    let host = reg.host();
+    reg.push(&layout, "busybox:latest");
+
+    // The registry is plain HTTP: named in the configuration here, by flag below.
+    let (cfg, state) = state_config(dir, "config", "state", Some(&host));
+    let tag_ref = format!("{host}/busybox:latest");
+    let o = husk(&cfg, &["pull", &tag_ref]);
+    assert!(o.status.success(), "pull by tag: {}", text(&o));
+    let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let digest = line
+        .strip_prefix(&format!("{tag_ref}@"))
+        .unwrap_or_else(|| panic!("pull's output: {line}"))
+        .to_string();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{line}"
+    );
+    // Not a terminal: one plain line per blob.
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("config") && err.contains("layer") && err.contains("pulled"),
+        "{err}"
+    );
+    let blobs = state.join("blobs/sha256");
+    let pulled = names(&blobs);
+    assert!(pulled.len() >= 3, "manifest, config, a layer: {pulled:?}");
+
+    // Again: nothing fetched twice. Without the registry marked insecure: refused (https).
+    let o = husk(&cfg, &["pull", &tag_ref]);
+    assert!(o.status.success(), "second pull: {}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already present"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(names(&blobs), pulled);
+    let (plain_cfg, _) = state_config(dir, "plain", "state", None);
+    let o = husk(&plain_cfg, &["pull", &tag_ref]);
+    assert_eq!(
+        o.status.code(),
+        Some(125),
+        "https to a plain registry: {}",
+        text(&o)
+    );
+
+    // By digest, with the flag.
+    let digest_ref = format!("{host}/busybox@{digest}");
+    let o = husk(
+        &plain_cfg,
+        &["--insecure-registry", &host, "pull", "-q", &digest_ref],
+    );
+    assert!(o.status.success(), "pull by digest: {}", text(&o));
+    assert_eq!(names(&blobs), pulled, "the same blobs");
+
+    let o = husk(&cfg, &["images"]);
+    let list = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(list.starts_with("REFERENCE"), "{list}");
+    assert!(
+        list.contains(&tag_ref) && list.contains(&digest_ref),
+        "{list}"
+    );
+    assert!(list.contains(&digest[7..19]), "{list}");
+
+    let o = husk(&cfg, &["inspect", &tag_ref]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["digest"], digest.as_str());
+    assert_eq!(v["config"]["config"]["Cmd"], serde_json::json!(["sh"]));
+    let layer = v["layers"][0]["digest"].as_str().unwrap().to_string();
+
+    // Unknown tag; not pulled and --pull never.
+    let o = husk(&cfg, &["pull", &format!("{host}/busybox:nope")]);
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("\"nope\""),
+        "{}",
+        text(&o)
+    );
+    let other = format!("{host}/busybox:other");
+    let o = husk(&cfg, &["run", "--pull", "never", &other, "true"]);
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no such image") && err.contains(&other),
+        "{err}"
+    );
+
+    // The pulled image converts through the erofs path, and its cache entry (by
+    // manifest digest) is the one an oci: layout of the same image uses.
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let from_registry = prepare(&ImageRef::parse(&tag_ref).unwrap(), &state, &work, &|_| {})
+        .unwrap_or_else(|e| panic!("prepare {tag_ref}: {e}"));
+    assert!(from_registry.converted && from_registry.erofs.is_file());
+    let oci = ImageRef::parse(&format!("oci:{}", layout.display())).unwrap();
+    let from_layout = prepare(&oci, &state, &work, &|_| {}).unwrap();
+    assert!(!from_layout.converted, "the erofs cache is shared");
+    assert_eq!(from_layout.erofs, from_registry.erofs);
+
+    // rmi: the tag goes, the blobs stay (the digest reference uses them); then those
+    // go too, with the erofs entry.
+    let o = husk(&cfg, &["rmi", &tag_ref]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(names(&blobs), pulled);
+    let o = husk(&cfg, &["rmi", &digest_ref]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(names(&blobs), Vec::<String>::new(), "{}", text(&o));
+    assert!(!from_registry.erofs.exists(), "erofs entry left");
+    let o = husk(&cfg, &["images"]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).lines().count(),
+        1,
+        "{}",
+        text(&o)
+    );
+    let o = husk(&cfg, &["rmi", &tag_ref]);
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+
+    // A layer whose bytes in the registry no longer match its digest: refused, naming
+    // it, and nothing of it (nor a record) kept.
+    let file = reg.blob_file(&layer);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&file, &bytes).unwrap();
+    let (cfg2, state2) = state_config(dir, "config2", "state2", Some(&host));
+    let o = husk(&cfg2, &["pull", &tag_ref]);
+    assert_eq!(o.status.code(), Some(125), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&layer),
+        "{}",
+        text(&o)
+    );
+    let left = names(&state2.join("blobs/sha256"));
+    assert!(!left.contains(&layer[7..].to_string()), "{left:?}");
+    assert!(left.iter().all(|n| !n.starts_with(".tmp")), "{left:?}");
+    assert!(
+        names(&state2.join("refs")).is_empty(),
+        "a record of a failed pull"
+    );
+}
