@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use husk::image::{ImageRef, prepare};
+use husk::image::{ImageRef, Limits, prepare, prepare_with};
 use husk_tests::registry::{Registry, TOOLS};
 
 fn tool_missing() -> Option<&'static str> {
@@ -122,6 +122,11 @@ fn pull_images_inspect_rmi_from_a_local_registry() {
     let blobs = state.join("blobs/sha256");
     let pulled = names(&blobs);
     assert!(pulled.len() >= 3, "manifest, config, a layer: {pulled:?}");
+    // A record is its index.json alone: no symlink to the blobs (the image is read from
+    // the store itself).
+    for rec in names(&state.join("refs")) {
+        assert_eq!(names(&state.join("refs").join(rec)), ["index.json"]);
+    }
 
     // Again: nothing fetched twice. Without the registry marked insecure: refused (https).
     let o = husk(&cfg, &["pull", &tag_ref]);
@@ -188,6 +193,24 @@ fn pull_images_inspect_rmi_from_a_local_registry() {
     // manifest digest) is the one an oci: layout of the same image uses.
     let work = dir.join("work");
     std::fs::create_dir_all(&work).unwrap();
+    // Its layers are checked against the limits as an oci: layout's are.
+    let tight = Limits {
+        max_unpacked_bytes: 4096,
+        ..Limits::default()
+    };
+    let e = prepare_with(
+        &ImageRef::parse(&tag_ref).unwrap(),
+        &state,
+        &work,
+        &tight,
+        &|_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains(&tag_ref) && e.contains("image.max_unpacked_bytes"),
+        "{e}"
+    );
     let from_registry = prepare(&ImageRef::parse(&tag_ref).unwrap(), &state, &work, &|_| {})
         .unwrap_or_else(|e| panic!("prepare {tag_ref}: {e}"));
     assert!(from_registry.converted && from_registry.erofs.is_file());

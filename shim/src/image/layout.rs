@@ -188,6 +188,19 @@ impl Layout {
     /// Opens the layout at `path` (which may itself be a symlink: the user named it)
     /// and checks that it is one: an `oci-layout` file and a `blobs/sha256` folder.
     pub fn open(path: &Path) -> Result<Layout, ImageError> {
+        Layout::open_with(path, true)
+    }
+
+    /// Opens husk's own blob store of pulled images (`<state_dir>`, whose
+    /// `blobs/sha256` holds blobs verified as they were pulled): a layout without
+    /// `oci-layout` or index.json, whose manifests are named by the store's records.
+    /// Read as any layout: no symlink followed below `path`, bounded reads, digests
+    /// and sizes checked again.
+    pub fn open_store(path: &Path) -> Result<Layout, ImageError> {
+        Layout::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, oci_layout: bool) -> Result<Layout, ImageError> {
         let bad = |what: String| ImageError::Layout {
             path: path.to_path_buf(),
             what,
@@ -198,14 +211,16 @@ impl Layout {
             Mode::empty(),
         )
         .map_err(|e| bad(format!("cannot open the folder: {e}")))?;
-        match open_regular(&dir, "oci-layout") {
-            Ok((f, size)) => {
-                read_bounded(f, size, MAX_INDEX_BYTES, path, "oci-layout")?;
+        if oci_layout {
+            match open_regular(&dir, "oci-layout") {
+                Ok((f, size)) => {
+                    read_bounded(f, size, MAX_INDEX_BYTES, path, "oci-layout")?;
+                }
+                Err(OpenError::Missing) => {
+                    return Err(bad("not an OCI image layout (no oci-layout file)".into()));
+                }
+                Err(e) => return Err(bad(format!("oci-layout {e}"))),
             }
-            Err(OpenError::Missing) => {
-                return Err(bad("not an OCI image layout (no oci-layout file)".into()));
-            }
-            Err(e) => return Err(bad(format!("oci-layout {e}"))),
         }
         let not_dir = |name: &str, e: Errno| match e {
             Errno::ELOOP | Errno::ENOTDIR => bad(format!("{name} is not a folder (a symlink?)")),

@@ -249,10 +249,7 @@ pub fn prepare_with(
         ImageRef::OciDir { dir, tag } => {
             prepare_layout(dir, tag.as_deref(), state_dir, limits, progress)
         }
-        ImageRef::Registry(r) => {
-            let (layout, _lock) = crate::registry::local_layout(state_dir, r)?;
-            prepare_layout(&layout, None, state_dir, limits, progress)
-        }
+        ImageRef::Registry(r) => prepare_pulled(r, state_dir, limits, progress),
     }
 }
 
@@ -300,6 +297,52 @@ fn prepare_layout(
 ) -> Result<Prepared, ImageError> {
     let layout = Layout::open(dir)?;
     let (tag, top) = layout.find_manifest(tag)?;
+    let name = format!("{}:{tag}", dir.display());
+    prepare_manifest(&layout, top, &name, state_dir, limits, progress)
+}
+
+/// A pulled registry image: its record names the manifest, read from the store's
+/// blobs (`<state_dir>/blobs`, husk's own) and checked like any layout's. Errors name
+/// the reference as the image.
+fn prepare_pulled(
+    r: &crate::registry::Reference,
+    state_dir: &Path,
+    limits: &Limits,
+    progress: &dyn Fn(&str),
+) -> Result<Prepared, ImageError> {
+    // Held until the conversion is done: `rmi` cannot take the blobs meanwhile.
+    let (rec, _lock) = crate::registry::local(state_dir, r)?;
+    let manifest = Descriptor {
+        digest: rec.manifest.clone(),
+        size: rec.manifest_size,
+    };
+    let name = Path::new(&rec.reference);
+    Layout::open_store(state_dir)
+        .and_then(|store| {
+            prepare_manifest(
+                &store,
+                manifest,
+                &rec.reference,
+                state_dir,
+                limits,
+                progress,
+            )
+        })
+        .map_err(|e| e.at(name))
+}
+
+/// From `top` (an image manifest, or an index resolved to this host's platform) to the
+/// erofs image: from the cache, or checked, unpacked and converted. `name` names the
+/// image in progress lines.
+fn prepare_manifest(
+    layout: &Layout,
+    top: Descriptor,
+    name: &str,
+    state_dir: &Path,
+    limits: &Limits,
+    progress: &dyn Fn(&str),
+) -> Result<Prepared, ImageError> {
+    let dir = &layout.path;
     let (desc, manifest) = layout.resolve_manifest(top)?;
     let digest = desc.digest.clone();
     let hex = layout::blob_hex(dir, &digest)?;
@@ -326,7 +369,7 @@ fn prepare_layout(
     }
     entry.clear();
     let config_desc = Descriptor::of(&manifest["config"]).ok_or_else(|| ImageError::Layout {
-        path: dir.to_path_buf(),
+        path: dir.clone(),
         what: format!("manifest {digest}: the config lacks a digest or a size"),
     })?;
     let config = ImageConfig::from_json(&layout.read_json(
@@ -334,13 +377,13 @@ fn prepare_layout(
         "config",
         layout::MAX_CONFIG_BYTES,
     )?);
-    progress(&format!("checking {}:{tag}", dir.display()));
+    progress(&format!("checking {name}"));
     let mut blobs = vec![config_desc.digest.clone()];
-    blobs.extend(layers::check(&layout, &manifest, limits)?);
+    blobs.extend(layers::check(layout, &manifest, limits)?);
     let tmp = convert::scratch(state_dir)?;
     let rootfs = tmp.path().join("rootfs");
-    progress(&format!("unpacking {}:{tag}", dir.display()));
-    convert::unpack(&layout, &desc, &blobs, &tmp.path().join("view"), &rootfs)?;
+    progress(&format!("unpacking {name}"));
+    convert::unpack(layout, &desc, &blobs, &tmp.path().join("view"), &rootfs)?;
     progress("converting to erofs");
     entry.store(&rootfs, &config, &digest)
 }

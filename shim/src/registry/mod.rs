@@ -7,8 +7,9 @@
 //! - [`store`]: blobs by digest and one record per reference under `<state_dir>`.
 //! - [`progress`]: per-blob progress on stderr.
 //!
-//! A pulled reference is an OCI image layout of its own (store.rs), so image.rs converts
-//! it to erofs like any `oci:` layout, with the same cache.
+//! A pulled reference's record names its manifest in the store's blobs; image/mod.rs
+//! reads it from there with the same checks and limits as any `oci:` layout, and
+//! converts it to erofs with the same cache.
 
 pub mod auth;
 pub mod progress;
@@ -16,7 +17,7 @@ pub mod pull;
 pub mod reference;
 pub mod store;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::fcntl::Flock;
 use serde_json::{Value, json};
@@ -70,16 +71,16 @@ pub async fn ensure(
     Ok(pull::pull(&store, r, opts).await?)
 }
 
-/// The OCI layout of a pulled `r`, with the store's shared lock (hold it while the
-/// layout is read, so `rmi` cannot take its blobs meanwhile).
-pub fn local_layout(
+/// The record of a pulled `r`, with the store's shared lock (hold it while its blobs
+/// are read, so `rmi` cannot take them meanwhile).
+pub fn local(
     state_dir: &Path,
     r: &Reference,
-) -> Result<(PathBuf, Flock<std::fs::File>), RegistryError> {
+) -> Result<(Record, Flock<std::fs::File>), RegistryError> {
     let store = Store::new(state_dir);
     let lock = store.lock(false)?;
     match store.lookup(r)? {
-        Some(rec) => Ok((rec.layout, lock)),
+        Some(rec) => Ok((rec, lock)),
         None => Err(RegistryError::NotLocal(r.to_string())),
     }
 }
@@ -144,7 +145,7 @@ pub fn inspect(state_dir: &Path, r: &Reference) -> Result<Value, RegistryError> 
         "size": s.size,
         "created": s.created,
         "pulled_unix": rec.pulled,
-        "layout": rec.layout,
+        "record": rec.dir,
         "config": config,
         "layers": m["layers"],
     }))

@@ -421,7 +421,12 @@ pub async fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<Re
     for (d, b) in &docs {
         store.put(d, b)?;
     }
-    let rec = store.record(r, (&top_type, &top_digest, top_size), &digest)?;
+    let manifest_size = docs.last().map_or(0, |(_, b)| b.len() as u64);
+    let rec = store.record(
+        r,
+        (&top_type, &top_digest, top_size),
+        (&digest, manifest_size),
+    )?;
     progress.line(&format!("{name}: digest {top_digest}"));
     Ok(rec)
 }

@@ -4,12 +4,13 @@
 //!   every reference. A blob is written to a unique temporary file beside its final name,
 //!   checked against its digest as it streams in, fsynced and renamed: a blob file that
 //!   exists is complete and verified.
-//! - `refs/<sha256 of the reference>/`: one record per pulled reference, itself an OCI
-//!   image layout (OCI image-layout spec: `oci-layout`, `index.json`, `blobs` as a
-//!   symlink to the shared blobs) whose index names the manifest the reference resolved
-//!   to, annotated with the reference, the platform manifest chosen and the pull time.
-//!   The erofs conversion (image.rs) reads it like any layout, so its cache (keyed by
-//!   manifest digest) is shared with `oci:` images.
+//! - `refs/<sha256 of the reference>/index.json`: one record per pulled reference, an
+//!   OCI image index naming what the reference resolved to, annotated with the
+//!   reference, the platform manifest chosen (digest and size) and the pull time. The
+//!   erofs conversion (image/mod.rs) reads that manifest, its config and layers from
+//!   `blobs/` as from any layout (no symlink followed, digests and sizes checked,
+//!   limits applied), and its cache (keyed by manifest digest) is shared with `oci:`
+//!   images.
 //! - `refs.lock`: pulls and runs hold it shared, `rmi` exclusively (so a blob being
 //!   pulled or unpacked is never collected).
 
@@ -31,6 +32,7 @@ pub const MAX_CONFIG: u64 = 16 << 20;
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const A_REFERENCE: &str = "dev.husk.reference";
 const A_MANIFEST: &str = "dev.husk.manifest";
+const A_MANIFEST_SIZE: &str = "dev.husk.manifest.size";
 const A_PULLED: &str = "dev.husk.pulled";
 
 /// Why the store could not be read or written.
@@ -81,13 +83,15 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
 pub struct Record {
     /// The reference as normalised (`docker.io/library/busybox:latest`).
     pub reference: String,
-    /// The record's folder: an OCI layout of this one image.
-    pub layout: PathBuf,
+    /// The record's folder (`refs/<sha256 of the reference>`).
+    pub dir: PathBuf,
     /// What the reference named: a manifest or an index.
     pub digest: String,
     /// The image manifest for this host's platform (the same as `digest` unless that
     /// is an index).
     pub manifest: String,
+    /// The size of `manifest`, in bytes.
+    pub manifest_size: u64,
     /// Seconds since the epoch.
     pub pulled: u64,
 }
@@ -286,24 +290,17 @@ impl Store {
     }
 
     /// Records that `r` resolved to `top` (its media type, digest and size), whose image
-    /// for this host is `manifest`.
+    /// for this host is `manifest` (its digest and size).
     pub fn record(
         &self,
         r: &Reference,
         top: (&str, &str, u64),
-        manifest: &str,
+        manifest: (&str, u64),
     ) -> Result<Record, StoreError> {
         let reference = r.to_string();
         let dir = self.record_dir(&reference);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let link = dir.join("blobs");
-        if std::fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink("../../blobs", &link).map_err(io(&link))?;
-        }
-        write_atomic(
-            &dir.join("oci-layout"),
-            br#"{"imageLayoutVersion": "1.0.0"}"#,
-        )?;
+        let (manifest, manifest_size) = manifest;
         let pulled = now();
         let (media_type, digest, size) = top;
         let index = json!({
@@ -315,6 +312,7 @@ impl Store {
                     REF_NAME: r.tag.as_deref().unwrap_or("latest"),
                     A_REFERENCE: reference,
                     A_MANIFEST: manifest,
+                    A_MANIFEST_SIZE: manifest_size.to_string(),
                     A_PULLED: pulled.to_string(),
                 },
             }],
@@ -322,9 +320,10 @@ impl Store {
         write_atomic(&dir.join("index.json"), index.to_string().as_bytes())?;
         Ok(Record {
             reference,
-            layout: dir,
+            dir,
             digest: digest.to_string(),
             manifest: manifest.to_string(),
+            manifest_size,
             pulled,
         })
     }
@@ -350,11 +349,18 @@ impl Store {
                     path: path.clone(),
                     what: "manifests[0].digest missing".into(),
                 })?;
+        let manifest_size = field(A_MANIFEST_SIZE)?
+            .parse()
+            .map_err(|_| StoreError::Corrupt {
+                path: path.clone(),
+                what: format!("annotation {A_MANIFEST_SIZE} is not a number"),
+            })?;
         Ok(Record {
             reference: field(A_REFERENCE)?,
-            layout: dir.to_path_buf(),
+            dir: dir.to_path_buf(),
             digest,
             manifest: field(A_MANIFEST)?,
+            manifest_size,
             pulled: field(A_PULLED)?.parse().unwrap_or(0),
         })
     }
