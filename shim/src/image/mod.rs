@@ -21,6 +21,7 @@ mod cache;
 mod convert;
 mod layers;
 mod layout;
+pub(crate) mod platform;
 
 use std::path::{Path, PathBuf};
 
@@ -28,7 +29,6 @@ use serde_json::Value;
 
 use cache::Lookup;
 pub use convert::mkfs_erofs;
-pub(crate) use layout::oci_arch;
 use layout::{Descriptor, Layout};
 
 /// Why an image could not be used.

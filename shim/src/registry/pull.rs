@@ -18,7 +18,7 @@ use super::auth::{AuthError, credentials};
 use super::progress::Progress;
 use super::reference::{Reference, is_sha256_digest};
 use super::store::{MAX_CONFIG, MAX_MANIFEST, Record, Store, StoreError, sha256_digest};
-use crate::image::oci_arch;
+use crate::image::platform::{choose, oci_arch};
 
 /// The manifest types husk accepts (OCI and Docker's schema 2; indexes and lists).
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -251,49 +251,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Chooses this host's image in an index (attestation manifests are skipped).
-fn choose(index: &Value) -> Result<(String, u64), String> {
-    let list: Vec<&Value> = index["manifests"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|m| m["annotations"]["vnd.docker.reference.type"].is_null())
-        .collect();
-    let arch = oci_arch();
-    let found = list
-        .iter()
-        .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == arch)
-        .or_else(|| match &list[..] {
-            [only] if only["platform"].is_null() => Some(only),
-            _ => None,
-        });
-    if let Some(m) = found
-        && let (Some(d), Some(n)) = (m["digest"].as_str(), m["size"].as_u64())
-    {
-        return Ok((d.to_string(), n));
-    }
-    let have: Vec<String> = list
-        .iter()
-        .map(|m| {
-            let p = &m["platform"];
-            let mut s = format!(
-                "{}/{}",
-                p["os"].as_str().unwrap_or("?"),
-                p["architecture"].as_str().unwrap_or("?")
-            );
-            if let Some(v) = p["variant"].as_str() {
-                s = format!("{s}/{v}");
-            }
-            s
-        })
-        .collect();
-    Err(if have.is_empty() {
-        "nothing".into()
-    } else {
-        have.join(", ")
-    })
-}
-
 fn is_index(doc: &Value, media_type: &str) -> bool {
     media_type == OCI_INDEX || media_type == DOCKER_LIST || doc["manifests"].is_array()
 }
@@ -376,7 +333,8 @@ pub async fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<Re
         if !is_index(&doc, &media_type) {
             break;
         }
-        let (child, size) = choose(&doc).map_err(|have| PullError::Platform {
+        let entries = doc["manifests"].as_array().map_or(&[][..], Vec::as_slice);
+        let (child, size) = choose(entries).map_err(|have| PullError::Platform {
             reference: name.clone(),
             arch: oci_arch(),
             index: digest.clone(),
@@ -429,30 +387,4 @@ pub async fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<Re
     )?;
     progress.line(&format!("{name}: digest {top_digest}"));
     Ok(rec)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn index_platforms() {
-        let arch = oci_arch();
-        let idx = serde_json::json!({"manifests": [
-            {"digest": "sha256:a", "size": 1, "platform": {"os": "linux", "architecture": "s390x"}},
-            {"digest": "sha256:b", "size": 2, "platform": {"os": "linux", "architecture": arch}},
-            {"digest": "sha256:c", "size": 3, "platform": {"os": "unknown", "architecture": "unknown"},
-             "annotations": {"vnd.docker.reference.type": "attestation-manifest"}},
-        ]});
-        assert_eq!(choose(&idx), Ok(("sha256:b".into(), 2)));
-        let idx = serde_json::json!({"manifests": [
-            {"digest": "sha256:a", "size": 1, "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}},
-            {"digest": "sha256:b", "size": 2, "platform": {"os": "windows", "architecture": arch}},
-        ]});
-        assert_eq!(choose(&idx), Err(format!("linux/arm/v7, windows/{arch}")));
-        assert_eq!(
-            choose(&serde_json::json!({"manifests": []})),
-            Err("nothing".into())
-        );
-    }
 }
