@@ -261,3 +261,105 @@ fn pull_images_inspect_rmi_from_a_local_registry() {
         "a record of a failed pull"
     );
 }
+
+/// An image in Docker's format (schema 2, as skopeo `--format v2s2` pushes it):
+/// pulled, its manifest rewritten with OCI media types (umoci refuses Docker's) as a
+/// blob of its own, and converted to erofs (no VM). The digest shown is the manifest's
+/// as pulled (docker's RepoDigest), and a pull by that digest works.
+#[test]
+fn docker_schema2_images_are_pulled_and_converted() {
+    if let Some(t) = tool_missing() {
+        assert!(
+            std::env::var_os("HUSK_REQUIRE_LAB").is_none(),
+            "{t} is missing (make setup installs it)"
+        );
+        eprintln!(
+            "SKIPPED docker_schema2_images_are_pulled_and_converted: {t} is missing (make setup)"
+        );
+        return;
+    }
+    let scratch = husk_tests::scratch_dir();
+    let dir = scratch.path();
+    let layout = dir.join("busybox");
+    husk_tests::busybox_oci(&layout, None);
+    let reg = Registry::start(dir);
+    let host = reg.host();
+    reg.push_docker_v2s2(&layout, "busybox-docker:latest");
+    let (cfg, state) = state_config(dir, "config", "state", Some(&host));
+
+    let tag_ref = format!("{host}/busybox-docker:latest");
+    let o = husk(&cfg, &["pull", "-q", &tag_ref]);
+    assert!(o.status.success(), "pull by tag: {}", text(&o));
+    let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let digest = line
+        .strip_prefix(&format!("{tag_ref}@"))
+        .unwrap_or_else(|| panic!("pull's output: {line}"))
+        .to_string();
+    let blob = |d: &str| -> serde_json::Value {
+        let file = state.join("blobs/sha256").join(&d[7..]);
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap()
+    };
+    assert_eq!(
+        blob(&digest)["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "the manifest as pulled"
+    );
+
+    let o = husk(&cfg, &["inspect", &tag_ref]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["digest"], digest.as_str());
+    assert_eq!(v["original_manifest"], digest.as_str());
+    let manifest = v["manifest"].as_str().unwrap().to_string();
+    assert_ne!(manifest, digest);
+    let m = blob(&manifest);
+    assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(
+        m["config"]["mediaType"],
+        "application/vnd.oci.image.config.v1+json"
+    );
+    let layers = m["layers"].as_array().unwrap();
+    assert!(!layers.is_empty());
+    for l in layers {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
+    }
+    let o = husk(&cfg, &["images"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&digest[7..19]),
+        "{}",
+        text(&o)
+    );
+
+    // By the digest as pulled: found in the registry, rewritten the same way.
+    let digest_ref = format!("{host}/busybox-docker@{digest}");
+    let o = husk(&cfg, &["pull", "-q", &digest_ref]);
+    assert!(o.status.success(), "pull by digest: {}", text(&o));
+    let o = husk(&cfg, &["inspect", &digest_ref]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["digest"], digest.as_str(), "{}", text(&o));
+    assert_eq!(v["manifest"], manifest.as_str());
+
+    // umoci unpacks it; the tag and the digest share the erofs entry.
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let by_digest = prepare(
+        &ImageRef::parse(&digest_ref).unwrap(),
+        &state,
+        &work,
+        &|_| {},
+    )
+    .unwrap_or_else(|e| panic!("prepare {digest_ref}: {e}"));
+    assert!(by_digest.converted && by_digest.erofs.is_file());
+    assert_eq!(by_digest.digest, manifest);
+    assert_eq!(by_digest.config.cmd, ["sh"]);
+    let by_tag = prepare(&ImageRef::parse(&tag_ref).unwrap(), &state, &work, &|_| {}).unwrap();
+    assert!(!by_tag.converted, "the erofs cache is shared");
+
+    // rmi of both: nothing left, the rewritten manifest included.
+    let o = husk(&cfg, &["rmi", &tag_ref, &digest_ref]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(names(&state.join("blobs/sha256")), Vec::<String>::new());
+}

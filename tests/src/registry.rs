@@ -78,6 +78,16 @@ impl Registry {
     /// Pushes the OCI layout's `latest` as `<host>/<name>` (plain HTTP). Panics with
     /// skopeo's output when it fails.
     pub fn push(&self, layout: &Path, name: &str) {
+        self.copy(layout, name, &[]);
+    }
+
+    /// [`Registry::push`] in Docker's format (image manifest schema 2, as older Docker
+    /// Hub images are): skopeo rewrites the media types on the way.
+    pub fn push_docker_v2s2(&self, layout: &Path, name: &str) {
+        self.copy(layout, name, &["--format", "v2s2"]);
+    }
+
+    fn copy(&self, layout: &Path, name: &str, extra: &[&str]) {
         let out = Command::new("skopeo")
             .args([
                 "copy",
@@ -85,6 +95,7 @@ impl Registry {
                 "--insecure-policy",
                 "--dest-tls-verify=false",
             ])
+            .args(extra)
             .arg(format!("oci:{}:latest", layout.display()))
             .arg(format!("docker://{}/{name}", self.host()))
             .output()

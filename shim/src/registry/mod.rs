@@ -4,6 +4,7 @@
 //! - [`reference`]: `[REGISTRY/]REPOSITORY[:TAG][@DIGEST]` with docker's defaults.
 //! - [`auth`]: credentials from docker's `config.json`.
 //! - [`pull`]: manifests, platform resolution, blobs verified as they stream in.
+//! - [`docker`]: Docker's schema-2 manifests rewritten with OCI's media types.
 //! - [`store`]: blobs by digest and one record per reference under `<state_dir>`.
 //! - [`progress`]: per-blob progress on stderr.
 //!
@@ -12,6 +13,7 @@
 //! converts it to erofs with the same cache.
 
 pub mod auth;
+pub mod docker;
 pub mod progress;
 pub mod pull;
 pub mod reference;
@@ -142,6 +144,7 @@ pub fn inspect(state_dir: &Path, r: &Reference) -> Result<Value, RegistryError> 
         "reference": rec.reference,
         "digest": rec.digest,
         "manifest": rec.manifest,
+        "original_manifest": rec.original,
         "size": s.size,
         "created": s.created,
         "pulled_unix": rec.pulled,

@@ -15,16 +15,12 @@ use oci_client::{Client, RegistryOperation};
 use serde_json::Value;
 
 use super::auth::{AuthError, credentials};
+use super::docker::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, to_oci};
 use super::progress::Progress;
 use super::reference::{Reference, is_sha256_digest};
 use super::store::{MAX_CONFIG, MAX_MANIFEST, Record, Store, StoreError, sha256_digest};
 use crate::image::platform::{choose, oci_arch};
 
-/// The manifest types husk accepts (OCI and Docker's schema 2; indexes and lists).
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 /// Layers pulled at once.
 const PARALLEL: usize = 3;
 
@@ -106,6 +102,7 @@ impl Session<'_> {
         want: Option<&str>,
     ) -> Result<(Vec<u8>, String, String), PullError> {
         let url = format!("{}/manifests/{target}", self.base);
+        // The manifest types husk accepts: OCI's and Docker's schema 2, indexes and lists.
         let mut req = self.http.get(&url).header(
             reqwest::header::ACCEPT,
             [OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST].join(", "),
@@ -361,6 +358,14 @@ pub async fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<Re
             "config {config}: {config_size} bytes, over the limit of {MAX_CONFIG}"
         )));
     }
+    // Docker's media types rewritten as OCI's (umoci knows only those), before any
+    // layer is fetched: a foreign layer is refused here.
+    let converted = to_oci(&doc, &media_type)
+        .map_err(|what| s.err(format!("manifest {digest}: {what}")))?
+        .map(|m| {
+            let bytes = m.to_string().into_bytes();
+            (sha256_digest(&bytes), bytes)
+        });
     let mut blobs = vec![("config", config, config_size)];
     for l in doc["layers"].as_array().into_iter().flatten() {
         let (Some(d), Some(n)) = (l["digest"].as_str(), l["size"].as_u64()) else {
@@ -376,14 +381,19 @@ pub async fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<Re
         .buffer_unordered(PARALLEL)
         .try_collect::<Vec<u64>>()
         .await?;
-    for (d, b) in &docs {
+    for (d, b) in docs.iter().chain(&converted) {
         store.put(d, b)?;
     }
-    let manifest_size = docs.last().map_or(0, |(_, b)| b.len() as u64);
+    // The manifest runs unpack: the rewritten one, else the one pulled.
+    let (manifest, bytes) = converted
+        .as_ref()
+        .or(docs.last())
+        .map_or(("", &[][..]), |(d, b)| (d.as_str(), b.as_slice()));
     let rec = store.record(
         r,
         (&top_type, &top_digest, top_size),
-        (&digest, manifest_size),
+        (manifest, bytes.len() as u64),
+        converted.is_some().then_some(digest.as_str()),
     )?;
     progress.line(&format!("{name}: digest {top_digest}"));
     Ok(rec)

@@ -6,7 +6,8 @@
 //!   exists is complete and verified.
 //! - `refs/<sha256 of the reference>/index.json`: one record per pulled reference, an
 //!   OCI image index naming what the reference resolved to, annotated with the
-//!   reference, the platform manifest chosen (digest and size) and the pull time. The
+//!   reference, the platform manifest chosen (digest and size; for a Docker manifest,
+//!   its rewrite with OCI media types, and the one pulled) and the pull time. The
 //!   erofs conversion (image/mod.rs) reads that manifest, its config and layers from
 //!   `blobs/` as from any layout (no symlink followed, digests and sizes checked,
 //!   limits applied), and its cache (keyed by manifest digest) is shared with `oci:`
@@ -33,6 +34,7 @@ const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const A_REFERENCE: &str = "dev.husk.reference";
 const A_MANIFEST: &str = "dev.husk.manifest";
 const A_MANIFEST_SIZE: &str = "dev.husk.manifest.size";
+const A_ORIGINAL: &str = "dev.husk.original";
 const A_PULLED: &str = "dev.husk.pulled";
 
 /// Why the store could not be read or written.
@@ -92,6 +94,9 @@ pub struct Record {
     pub manifest: String,
     /// The size of `manifest`, in bytes.
     pub manifest_size: u64,
+    /// When `manifest` is a Docker manifest rewritten with OCI media types
+    /// (registry/docker.rs): the manifest as pulled.
+    pub original: Option<String>,
     /// Seconds since the epoch.
     pub pulled: u64,
 }
@@ -290,12 +295,13 @@ impl Store {
     }
 
     /// Records that `r` resolved to `top` (its media type, digest and size), whose image
-    /// for this host is `manifest` (its digest and size).
+    /// for this host is `manifest` (its digest and size; rewritten from `original`).
     pub fn record(
         &self,
         r: &Reference,
         top: (&str, &str, u64),
         manifest: (&str, u64),
+        original: Option<&str>,
     ) -> Result<Record, StoreError> {
         let reference = r.to_string();
         let dir = self.record_dir(&reference);
@@ -303,7 +309,7 @@ impl Store {
         let (manifest, manifest_size) = manifest;
         let pulled = now();
         let (media_type, digest, size) = top;
-        let index = json!({
+        let mut index = json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.index.v1+json",
             "manifests": [{
@@ -317,6 +323,9 @@ impl Store {
                 },
             }],
         });
+        if let Some(o) = original {
+            index["manifests"][0]["annotations"][A_ORIGINAL] = o.into();
+        }
         write_atomic(&dir.join("index.json"), index.to_string().as_bytes())?;
         Ok(Record {
             reference,
@@ -324,6 +333,7 @@ impl Store {
             digest: digest.to_string(),
             manifest: manifest.to_string(),
             manifest_size,
+            original: original.map(str::to_string),
             pulled,
         })
     }
@@ -361,6 +371,7 @@ impl Store {
             digest,
             manifest: field(A_MANIFEST)?,
             manifest_size,
+            original: a[A_ORIGINAL].as_str().map(str::to_string),
             pulled: field(A_PULLED)?.parse().unwrap_or(0),
         })
     }
@@ -396,12 +407,10 @@ impl Store {
     }
 
     /// The digests a record keeps alive: what it names, the manifest chosen from an
-    /// index, the config and the layers.
+    /// index (and the one it was rewritten from), the config and the layers.
     fn reachable(&self, rec: &Record) -> Result<Vec<String>, StoreError> {
-        let mut out = vec![rec.digest.clone()];
-        if rec.manifest != rec.digest {
-            out.push(rec.manifest.clone());
-        }
+        let mut out = vec![rec.digest.clone(), rec.manifest.clone()];
+        out.extend(rec.original.clone());
         let m = self.manifest(rec)?;
         if let Some(c) = m["config"]["digest"].as_str() {
             out.push(c.to_string());
@@ -433,6 +442,7 @@ impl Store {
             // A record whose manifest is unreadable keeps what it names directly.
             keep.insert(rec.digest.clone());
             keep.insert(rec.manifest.clone());
+            keep.extend(rec.original.clone());
             keep.extend(self.reachable(&rec).unwrap_or_default());
         }
         let mut removed = Vec::new();
