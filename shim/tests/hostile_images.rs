@@ -74,12 +74,16 @@ impl Env {
     fn new(extra: &str) -> Env {
         let scratch = husk_tests::scratch_dir();
         let config = scratch.path().join("config.toml");
+        // A kernel of the configuration's own (never booted: every run here ends before
+        // boot), so that the host check, which refuses a kvm_pvm host without one before
+        // the image is read, lets the image be refused for what it is.
         std::fs::write(
             &config,
             format!(
-                "state_dir = \"{}\"\nrun_dir = \"{}\"\n{extra}",
+                "state_dir = \"{}\"\nrun_dir = \"{}\"\n[vm]\nkernel = \"{}\"\n{extra}",
                 scratch.path().join("state").display(),
-                scratch.path().join("run").display()
+                scratch.path().join("run").display(),
+                scratch.path().join("vmlinuz-never-booted").display()
             ),
         )
         .unwrap();
