@@ -25,38 +25,19 @@ use sha2::{Digest, Sha256};
 mod oci;
 use oci::{Oci, Tar};
 
-fn tools_missing() -> Option<&'static str> {
-    [
-        "umoci",
-        "mkfs.erofs",
-        "dump.erofs",
-        "fsck.erofs",
-        "tar",
-        "busybox",
-    ]
-    .into_iter()
-    .find(|t| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| !s.success())
-            .unwrap_or(true)
-    })
-}
-
-/// False (after saying why `test` is skipped) when a tool is missing; fails instead
-/// under HUSK_REQUIRE_LAB.
+/// See [`husk_tests::tools_present`].
 fn can_run(test: &str) -> bool {
-    let Some(t) = tools_missing() else {
-        return true;
-    };
-    assert!(
-        std::env::var_os("HUSK_REQUIRE_LAB").is_none(),
-        "{t} is missing (make setup installs it)"
-    );
-    eprintln!("SKIPPED {test}: {t} is missing (make setup)");
-    false
+    husk_tests::tools_present(
+        test,
+        &[
+            "umoci",
+            "mkfs.erofs",
+            "dump.erofs",
+            "fsck.erofs",
+            "tar",
+            "busybox",
+        ],
+    )
 }
 
 /// A state and run folder with a configuration naming them (and `extra` TOML).

@@ -14,20 +14,6 @@ use std::process::{Command, Output, Stdio};
 use husk::image::{ImageRef, Limits, prepare, prepare_with};
 use husk_tests::registry::{Registry, TOOLS};
 
-fn tool_missing() -> Option<&'static str> {
-    TOOLS
-        .into_iter()
-        .chain(["umoci", "mkfs.erofs", "busybox"])
-        .find(|t| {
-            Command::new("sh")
-                .args(["-c", &format!("command -v {t}")])
-                .stdout(Stdio::null())
-                .status()
-                .map(|s| !s.success())
-                .unwrap_or(true)
-        })
-}
-
 /// `husk --config CONFIG ARGS...`, bounded in time.
 fn husk(config: &Path, args: &[&str]) -> Output {
     Command::new("timeout")
@@ -79,17 +65,26 @@ fn names(dir: &Path) -> Vec<String> {
     v
 }
 
-#[test]
-fn pull_images_inspect_rmi_from_a_local_registry() {
-    if let Some(t) = tool_missing() {
-        assert!(
-            std::env::var_os("HUSK_REQUIRE_LAB").is_none(),
-            "{t} is missing (make setup installs it)"
-        );
-        eprintln!(
-            "SKIPPED pull_images_inspect_rmi_from_a_local_registry: {t} is missing (make setup)"
-        );
-        return;
+/// A local registry with the busybox test image pushed into it, and a configuration
+/// (`config.toml`, state in `state/`) that reaches it over plain HTTP.
+struct Setup {
+    scratch: tempfile::TempDir,
+    reg: Registry,
+    host: String,
+    layout: PathBuf,
+    cfg: PathBuf,
+    state: PathBuf,
+}
+
+/// [`Setup`] with the image pushed by `push` as `name`, or None when `test` cannot run
+/// (see [`husk_tests::tools_present`]).
+fn setup(test: &str, push: fn(&Registry, &Path, &str), name: &str) -> Option<Setup> {
+    let tools: Vec<&str> = TOOLS
+        .into_iter()
+        .chain(["umoci", "mkfs.erofs", "busybox"])
+        .collect();
+    if !husk_tests::tools_present(test, &tools) {
+        return None;
     }
     let scratch = husk_tests::scratch_dir();
     let dir = scratch.path();
@@ -97,22 +92,54 @@ fn pull_images_inspect_rmi_from_a_local_registry() {
     husk_tests::busybox_oci(&layout, None);
     let reg = Registry::start(dir);
     let host = reg.host();
-    reg.push(&layout, "busybox:latest");
-
-    // The registry is plain HTTP: named in the configuration here, by flag below.
+    push(&reg, &layout, name);
     let (cfg, state) = state_config(dir, "config", "state", Some(&host));
-    let tag_ref = format!("{host}/busybox:latest");
-    let o = husk(&cfg, &["pull", &tag_ref]);
-    assert!(o.status.success(), "pull by tag: {}", text(&o));
+    Some(Setup {
+        scratch,
+        reg,
+        host,
+        layout,
+        cfg,
+        state,
+    })
+}
+
+/// `husk pull ARGS... REF`, which must succeed and print `REF@DIGEST`: the digest, and
+/// the output.
+fn pull(cfg: &Path, args: &[&str], reference: &str) -> (String, Output) {
+    let o = husk(cfg, &[&["pull"], args, &[reference]].concat());
+    assert!(o.status.success(), "pull {reference}: {}", text(&o));
     let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
     let digest = line
-        .strip_prefix(&format!("{tag_ref}@"))
+        .strip_prefix(&format!("{reference}@"))
         .unwrap_or_else(|| panic!("pull's output: {line}"))
         .to_string();
     assert!(
         digest.starts_with("sha256:") && digest.len() == 71,
         "{line}"
     );
+    (digest, o)
+}
+
+#[test]
+fn pull_images_inspect_rmi_from_a_local_registry() {
+    let test = "pull_images_inspect_rmi_from_a_local_registry";
+    let Some(s) = setup(test, Registry::push, "busybox:latest") else {
+        return;
+    };
+    let Setup {
+        scratch,
+        reg,
+        host,
+        layout,
+        cfg,
+        state,
+    } = s;
+    let dir = scratch.path();
+
+    // The registry is plain HTTP: named in the configuration here, by flag below.
+    let tag_ref = format!("{host}/busybox:latest");
+    let (digest, o) = pull(&cfg, &[], &tag_ref);
     // Not a terminal: one plain line per blob.
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -268,33 +295,20 @@ fn pull_images_inspect_rmi_from_a_local_registry() {
 /// as pulled (docker's RepoDigest), and a pull by that digest works.
 #[test]
 fn docker_schema2_images_are_pulled_and_converted() {
-    if let Some(t) = tool_missing() {
-        assert!(
-            std::env::var_os("HUSK_REQUIRE_LAB").is_none(),
-            "{t} is missing (make setup installs it)"
-        );
-        eprintln!(
-            "SKIPPED docker_schema2_images_are_pulled_and_converted: {t} is missing (make setup)"
-        );
+    let test = "docker_schema2_images_are_pulled_and_converted";
+    let Some(s) = setup(test, Registry::push_docker_v2s2, "busybox-docker:latest") else {
         return;
-    }
-    let scratch = husk_tests::scratch_dir();
+    };
+    let Setup {
+        scratch,
+        host,
+        cfg,
+        state,
+        ..
+    } = s; // `reg` stays in `s`: the registry runs to the end of the test
     let dir = scratch.path();
-    let layout = dir.join("busybox");
-    husk_tests::busybox_oci(&layout, None);
-    let reg = Registry::start(dir);
-    let host = reg.host();
-    reg.push_docker_v2s2(&layout, "busybox-docker:latest");
-    let (cfg, state) = state_config(dir, "config", "state", Some(&host));
-
     let tag_ref = format!("{host}/busybox-docker:latest");
-    let o = husk(&cfg, &["pull", "-q", &tag_ref]);
-    assert!(o.status.success(), "pull by tag: {}", text(&o));
-    let line = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    let digest = line
-        .strip_prefix(&format!("{tag_ref}@"))
-        .unwrap_or_else(|| panic!("pull's output: {line}"))
-        .to_string();
+    let (digest, _) = pull(&cfg, &["-q"], &tag_ref);
     let blob = |d: &str| -> serde_json::Value {
         let file = state.join("blobs/sha256").join(&d[7..]);
         serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap()
@@ -335,8 +349,7 @@ fn docker_schema2_images_are_pulled_and_converted() {
 
     // By the digest as pulled: found in the registry, rewritten the same way.
     let digest_ref = format!("{host}/busybox-docker@{digest}");
-    let o = husk(&cfg, &["pull", "-q", &digest_ref]);
-    assert!(o.status.success(), "pull by digest: {}", text(&o));
+    assert_eq!(pull(&cfg, &["-q"], &digest_ref).0, digest);
     let o = husk(&cfg, &["inspect", &digest_ref]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["digest"], digest.as_str(), "{}", text(&o));
