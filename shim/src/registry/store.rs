@@ -359,17 +359,24 @@ impl Store {
                     path: path.clone(),
                     what: "manifests[0].digest missing".into(),
                 })?;
-        let manifest_size = field(A_MANIFEST_SIZE)?
-            .parse()
-            .map_err(|_| StoreError::Corrupt {
+        let manifest = field(A_MANIFEST)?;
+        // Records written before the size was recorded: the blob's (verified when it
+        // was stored; checked against the digest again when read).
+        let manifest_size = match a[A_MANIFEST_SIZE].as_str() {
+            Some(n) => n.parse().map_err(|_| StoreError::Corrupt {
                 path: path.clone(),
                 what: format!("annotation {A_MANIFEST_SIZE} is not a number"),
-            })?;
+            })?,
+            None => self
+                .blob_path(&manifest)
+                .and_then(|p| std::fs::metadata(&p).map_err(io(&p)))
+                .map_or(0, |m| m.len()),
+        };
         Ok(Record {
             reference: field(A_REFERENCE)?,
             dir: dir.to_path_buf(),
             digest,
-            manifest: field(A_MANIFEST)?,
+            manifest,
             manifest_size,
             original: a[A_ORIGINAL].as_str().map(str::to_string),
             pulled: field(A_PULLED)?.parse().unwrap_or(0),
@@ -491,5 +498,28 @@ mod tests {
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(&good[7..])]);
         assert!(s.blob_path("sha256:../../etc").is_err());
+    }
+
+    #[test]
+    fn records_without_the_manifest_size_use_the_blob_size() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(d.path());
+        let manifest = br#"{"schemaVersion":2,"config":{},"layers":[]}"#;
+        let digest = sha256_digest(manifest);
+        s.put(&digest, manifest).unwrap();
+        let r = Reference::parse("127.0.0.1:5000/app:v1").unwrap();
+        let n = manifest.len() as u64;
+        let top = (super::super::docker::OCI_MANIFEST, digest.as_str(), n);
+        let rec = s.record(&r, top, (&digest, n), None).unwrap();
+        assert_eq!(s.lookup(&r).unwrap(), Some(rec.clone()));
+        // As the first registry records were written.
+        let index = rec.dir.join("index.json");
+        let mut v = read_json(&index, MAX_MANIFEST).unwrap();
+        v["manifests"][0]["annotations"]
+            .as_object_mut()
+            .unwrap()
+            .remove(A_MANIFEST_SIZE);
+        std::fs::write(&index, v.to_string()).unwrap();
+        assert_eq!(s.lookup(&r).unwrap(), Some(rec));
     }
 }
