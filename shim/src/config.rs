@@ -44,6 +44,7 @@ pub struct Config {
     /// Where each pod's runtime state lives (`<run_dir>/<pod-id>/`).
     pub run_dir: PathBuf,
     pub image: ImageSettings,
+    pub registry: RegistryConfig,
 }
 
 /// Bounds on what an image may make husk read and write (docs/security.md).
@@ -77,6 +78,14 @@ impl ImageSettings {
     }
 }
 
+/// How images are pulled from registries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Registries (`HOST[:PORT]`) spoken to over plain HTTP (also `--insecure-registry`).
+    pub insecure: Vec<String>,
+}
+
 /// The size of a VM when neither annotations nor command-line flags say otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -98,6 +107,7 @@ impl Default for Config {
             state_dir: PathBuf::from("/var/lib/husk"),
             run_dir: PathBuf::from("/run/husk"),
             image: ImageSettings::default(),
+            registry: RegistryConfig::default(),
         }
     }
 }
@@ -179,6 +189,14 @@ impl Config {
                 ));
             }
         }
+        for h in &self.registry.insecure {
+            if !crate::registry::reference::valid_registry(h) {
+                return Err(invalid(
+                    "registry.insecure",
+                    format!("{h:?} is not HOST[:PORT]"),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -248,6 +266,17 @@ mod tests {
         let c = Config::parse(Path::new("c.toml"), "[vm]\nstorage_size = \"20g\"\n").unwrap();
         assert_eq!(c.storage_size(), 20 << 30);
         assert_eq!(Config::default().storage_size(), 10 << 30);
+        let e =
+            Config::parse(Path::new("c.toml"), "[registry]\ninsecure = [\"a b\"]\n").unwrap_err();
+        assert!(
+            e.to_string().starts_with("c.toml: registry.insecure: "),
+            "{e}"
+        );
+        let c = Config::parse(
+            Path::new("c.toml"),
+            "[registry]\ninsecure = [\"127.0.0.1:5000\"]\n",
+        );
+        assert_eq!(c.unwrap().registry.insecure, ["127.0.0.1:5000"]);
         let e = Config::parse(Path::new("c.toml"), "[vm]\nvcpus = \"two\"\n").unwrap_err();
         assert!(e.to_string().contains("invalid type"), "{e}");
     }

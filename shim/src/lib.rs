@@ -3,7 +3,9 @@
 //! - [`config`]: the runtime configuration (/etc/husk/config.toml).
 //! - [`guest`]: where the guest image and husk-vmm are found.
 //! - [`image`]: OCI image layouts and archives, unpacked and converted to erofs (cached).
+//! - [`preflight`]: whether this host can boot the guest, checked before a run.
 //! - [`procid`]: recorded processes (pid + start time), signalled through pidfds.
+//! - [`registry`]: images by name: pulls from OCI registries, the local blob store.
 //! - [`sandbox`]: one microVM with its agent: boot, readiness, shutdown, clean-up.
 //! - [`sanitize`]: guest output on the user's terminal: control sequences stripped,
 //!   bounded drain.
@@ -18,7 +20,9 @@ pub mod config;
 pub mod containers;
 pub mod guest;
 pub mod image;
+pub mod preflight;
 pub mod procid;
+pub mod registry;
 pub mod run;
 pub mod sandbox;
 pub mod sanitize;

@@ -43,6 +43,10 @@ pub struct RunOptions {
     pub tty: bool,
     pub quiet: bool,
     pub timings: bool,
+    /// When a registry image is pulled (`--pull`).
+    pub pull: crate::registry::PullPolicy,
+    /// Registries spoken to over plain HTTP, besides the configuration's.
+    pub insecure_registries: Vec<String>,
     /// Set in the background process of `husk run -d`: output goes to log files in
     /// the container's folder, and "started" is reported here once it runs.
     pub detached: Option<Notify>,
@@ -68,6 +72,8 @@ pub enum RunError {
     Image(#[from] ImageError),
     #[error(transparent)]
     Guest(#[from] GuestError),
+    #[error(transparent)]
+    Host(#[from] crate::preflight::PreflightError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
@@ -159,6 +165,13 @@ pub fn parse_memory(s: &str) -> Result<u32, String> {
         ));
     }
     u32::try_from(mib).map_err(|_| format!("--memory {s}: too large"))
+}
+
+/// The configuration's plain-HTTP registries and `extra` (`--insecure-registry`).
+pub fn insecure_registries(config: &Config, extra: &[String]) -> Vec<String> {
+    let mut v = config.registry.insecure.clone();
+    v.extend(extra.iter().cloned());
+    v
 }
 
 /// Phase times of a run, for `--timings` and the benchmark.
@@ -324,6 +337,18 @@ async fn run_prepared(
     t: &mut Timings,
 ) -> Result<i32, RunError> {
     let t0 = Instant::now();
+    if let ImageRef::Registry(r) = &opts.image {
+        let pull = crate::registry::PullOptions {
+            insecure: insecure_registries(config, &opts.insecure_registries),
+            quiet: opts.quiet,
+        };
+        crate::registry::ensure(&config.state_dir, r, opts.pull, &pull)
+            .await
+            .map_err(ImageError::from)?;
+    }
+    // Before converting the image and booting: a host that cannot boot the guest says
+    // so now.
+    crate::preflight::check(config)?;
     let image = prepare_with(
         &opts.image,
         &config.state_dir,
@@ -636,6 +661,7 @@ impl ContainerDir {
                 file.display(),
                 tag.as_ref().map(|t| format!(":{t}")).unwrap_or_default()
             ),
+            ImageRef::Registry(r) => r.to_string(),
             ImageRef::Rootfs(d) => format!("rootfs:{}", d.display()),
         };
         let info = serde_json::json!({
@@ -694,6 +720,8 @@ mod tests {
             tty: false,
             quiet: true,
             timings: false,
+            pull: Default::default(),
+            insecure_registries: vec![],
             detached: None,
         }
     }

@@ -1,6 +1,6 @@
 //! System test of the `husk` CLI in the lab (shim/tests/husk_run.sh drives it there):
 //! exit codes, env, workdir, users, stdin, stdout/stderr apart, a real workload, an
-//! OCI archive, `-t`, four VMs at once, `-d` with ps/exec/kill/logs/rm, clean-up after
+//! OCI archive, an image pulled from a registry (on the host; run from the cache), `-t`, four VMs at once, `-d` with ps/exec/kill/logs/rm, clean-up after
 //! every run and after `kill -9` of husk while its VM runs (no husk-vmm, folder,
 //! temporary file, mount or loop device), Ctrl-C passed on, the image's default
 //! command, `--rootfs`, storage (a 10 GiB sparse scratch disk by default: 300 MiB, or
@@ -19,6 +19,42 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use husk_tests::require_lab;
+
+/// Pushes `layout` to a registry on this host, pulls it with `husk pull` into a state
+/// folder of its own and converts it there (the lab cannot reach this host's registry,
+/// and converting under TCG is slow): returns the configuration naming that folder and
+/// the reference, for `husk run --pull never` in the lab.
+fn registry_image(dir: &std::path::Path, layout: &std::path::Path) -> (PathBuf, String) {
+    let reg = husk_tests::registry::Registry::start(dir);
+    reg.push(layout, "busybox:latest");
+    let reference = format!("{}/busybox:latest", reg.host());
+    let state = dir.join("registry-state");
+    let config = dir.join("registry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[registry]\ninsecure = [\"{}\"]\n",
+            state.display(),
+            reg.host()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_husk"))
+        .arg("--config")
+        .arg(&config)
+        .args(["pull", "-q", &reference])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "husk pull {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = husk::image::ImageRef::parse(&reference).unwrap();
+    husk::image::prepare(&image, &state, dir, &|_| {})
+        .unwrap_or_else(|e| panic!("converting {reference}: {e}"));
+    (config, reference)
+}
 
 #[test]
 fn husk_cli_in_the_lab() {
@@ -46,6 +82,7 @@ fn husk_cli_in_the_lab() {
         .status()
         .expect("cc (a C compiler with a static libc) builds tests/dino.c");
     assert!(st.success(), "cc -static tests/dino.c: {st}");
+    let (regcfg, regref) = registry_image(scratch.path(), &img);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/husk_run.sh");
     // What the storage case writes into its 256 MiB VM (HUSK_STORAGE_TEST_MIB=2048 as
     // the issue asks; CI writes 300, the lab's disk I/O being slow). The scratch image
@@ -68,6 +105,8 @@ fn husk_cli_in_the_lab() {
             img.display().to_string(),
             archive.display().to_string(),
             rootfs.display().to_string(),
+            regcfg.display().to_string(),
+            regref,
         ])
         .unwrap();
     let all = format!("--- stdout\n{}\n--- stderr\n{}", r.stdout, r.stderr);

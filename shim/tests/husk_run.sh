@@ -1,9 +1,11 @@
 #!/bin/bash
 # Host side of shim/tests/husk_run.rs, run inside the lab: drives the husk CLI and
 # prints `CASE name value` lines the Rust test checks.
-# Usage: husk_run.sh HUSK OCI_LAYOUT OCI_ARCHIVE ROOTFS_DIR
+# Usage: husk_run.sh HUSK OCI_LAYOUT OCI_ARCHIVE ROOTFS_DIR REGISTRY_CONFIG REGISTRY_REF
+# (REGISTRY_REF was pulled and converted on the host into REGISTRY_CONFIG's state_dir:
+# the lab cannot reach the host's registry, so it runs it from the cache.)
 set -u
-real_husk=$1 img=$2 archive=$3 rootfs=$4
+real_husk=$1 img=$2 archive=$3 rootfs=$4 regcfg=$5 regref=$6
 # Every call bounded: a hang fails its case (exit 137) and the rest still runs; the
 # sandbox folders' logs are printed on stderr for the diagnosis.
 diag() {
@@ -41,7 +43,8 @@ case_ envfile_entrypoint "$(echo $out | tr ' ' _)"
 out=$("$husk" run -q -u alice "oci:$img" id -u); case_ user "$out"
 out=$("$husk" run -q -u 1234:55 "oci:$img" id); case_ usernum "$(echo $out | tr ' ' _)"
 out=$(echo piped | "$husk" run -q -i "oci:$img" cat); case_ stdin "$out"
-"$husk" run -q "oci:$img" sh -c 'echo out; echo err >&2' >/tmp/o 2>/tmp/e
+# From a registry image (no extra boot: this case runs anyway).
+"$husk" --config "$regcfg" run -q --pull never "$regref" sh -c 'echo out; echo err >&2' >/tmp/o 2>/tmp/e
 case_ split "$(cat /tmp/o)/$(cat /tmp/e)"
 out=$("$husk" run -q "oci:$img" sh -c 'seq 100000 | md5sum'); case_ workload "$(echo $out | cut -d' ' -f1)"
 case_ workload_host "$(seq 100000 | md5sum | cut -d' ' -f1)"
@@ -169,7 +172,7 @@ sleep 1
 case_ after_kill9 "$(leftovers)"
 
 # Bad input: 125 and nothing left.
-"$husk" run -q busybox:latest true 2>/tmp/err; case_ bad_ref "$?"
+"$husk" run -q --pull never busybox:latest true 2>/tmp/err; case_ bad_ref "$?"
 "$husk" run -q oci:/nonexistent true 2>>/tmp/err; case_ bad_image "$?"
 "$husk" run -q --rootfs "$rootfs" 2>>/tmp/err; case_ no_cmd "$?"
 echo garbage >/tmp/corrupt.tar; "$husk" run -q oci-archive:/tmp/corrupt.tar true 2>>/tmp/err; case_ bad_archive "$?"

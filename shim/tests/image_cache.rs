@@ -12,26 +12,10 @@ use std::sync::{Arc, Barrier};
 
 use husk::image::{ImageRef, prepare};
 
-fn tools_missing() -> Option<&'static str> {
-    ["umoci", "mkfs.erofs", "busybox"].into_iter().find(|t| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .map(|s| !s.success())
-            .unwrap_or(true)
-    })
-}
-
 /// A scratch folder with a busybox OCI layout in it (tests/images/busybox-oci), or
 /// None after saying why `test` is skipped (fails instead under HUSK_REQUIRE_LAB).
 fn busybox_layout(test: &str) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
-    if let Some(t) = tools_missing() {
-        assert!(
-            std::env::var_os("HUSK_REQUIRE_LAB").is_none(),
-            "{t} is missing (make setup installs it)"
-        );
-        eprintln!("SKIPPED {test}: {t} is missing (make setup)");
+    if !husk_tests::tools_present(test, &["umoci", "mkfs.erofs", "busybox"]) {
         return None;
     }
     let scratch = husk_tests::scratch_dir();

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod guest;
 pub mod lab;
+pub mod registry;
 
 use std::path::PathBuf;
 
@@ -30,6 +31,29 @@ pub fn scratch_dir() -> tempfile::TempDir {
         Ok(d) => d,
         Err(e) => panic!("cannot create a folder in {}: {e}", base.display()),
     }
+}
+
+/// Whether `test` can run on this host: false, after saying on stderr why it is
+/// skipped, when one of `tools` is not on PATH (`make setup` installs them); under
+/// `HUSK_REQUIRE_LAB` a missing tool fails the test instead.
+pub fn tools_present(test: &str, tools: &[&str]) -> bool {
+    let missing = tools.iter().find(|t| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+    });
+    let Some(t) = missing else {
+        return true;
+    };
+    assert!(
+        std::env::var_os("HUSK_REQUIRE_LAB").is_none(),
+        "{t} is missing (make setup installs it)"
+    );
+    eprintln!("SKIPPED {test}: {t} is missing (make setup)");
+    false
 }
 
 /// Builds `husk-vmm` (debug) unless it is already beside `bin`, a binary of the same

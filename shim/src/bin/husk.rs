@@ -7,12 +7,19 @@ use clap::{Parser, Subcommand};
 use husk::config::{Config, DEFAULT_PATH};
 use husk_vmm::host::HostReport;
 
+#[path = "husk/images.rs"]
+mod images;
+
 #[derive(Parser, Debug)]
 #[command(name = "husk", version, about = "Run OCI containers in KVM microVMs")]
 struct Cli {
     /// The configuration file.
     #[arg(long, global = true, default_value = DEFAULT_PATH)]
     config: PathBuf,
+    /// A registry (HOST[:PORT]) to speak plain HTTP to; repeatable (also
+    /// registry.insecure in the configuration).
+    #[arg(long, global = true, value_name = "HOST[:PORT]")]
+    insecure_registry: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,12 +34,34 @@ enum Command {
     /// Run a command in a new container, in its own microVM. Exit status: the
     /// container's; 125 when husk failed, 127 when the command is not in the image.
     #[command(
-        after_help = "IMAGE is oci:DIR[:TAG] (an OCI image layout) or oci-archive:FILE[:TAG] (a tar of one); \
-the tag defaults to latest (or the layout's only one). The image's config gives the default command, \
-environment, working directory and user. Images are converted to erofs once and cached under \
+        after_help = "IMAGE is [REGISTRY/]NAME[:TAG][@DIGEST] (pulled from a registry, docker's defaults: \
+alpine is docker.io/library/alpine:latest), oci:DIR[:TAG] (an OCI image layout) or oci-archive:FILE[:TAG] \
+(a tar of one); a layout's tag defaults to latest (or its only one). The image's config gives the default \
+command, environment, working directory and user. Images are converted to erofs once and cached under \
 <state_dir>/images."
     )]
     Run(Box<RunArgs>),
+    /// Pull an image from a registry into <state_dir>/blobs (prints REFERENCE@DIGEST).
+    Pull {
+        /// No progress output.
+        #[arg(short, long)]
+        quiet: bool,
+        /// [REGISTRY/]NAME[:TAG][@DIGEST]
+        reference: String,
+    },
+    /// List pulled images.
+    Images,
+    /// Remove pulled images, and the blobs no other image uses.
+    Rmi {
+        /// [REGISTRY/]NAME[:TAG][@DIGEST]
+        #[arg(required = true)]
+        references: Vec<String>,
+    },
+    /// Print a pulled image's digests, config and layers as JSON.
+    Inspect {
+        /// [REGISTRY/]NAME[:TAG][@DIGEST]
+        reference: String,
+    },
     /// List containers started with `run -d` (running, or exited and not removed).
     Ps,
     /// Run a command in a running (detached) container. Exit status: the command's.
@@ -152,6 +181,9 @@ struct RunArgs {
     /// Print how long each phase took (image, VM start, boot, container) on stderr.
     #[arg(long)]
     timings: bool,
+    /// When to pull a registry image: missing (not here yet), always, never.
+    #[arg(long, value_enum, default_value_t)]
+    pull: husk::registry::PullPolicy,
     /// The image (see below); omit it with --rootfs.
     #[arg(required_unless_present = "rootfs")]
     image: Option<String>,
@@ -160,7 +192,7 @@ struct RunArgs {
     command: Vec<String>,
 }
 
-fn run_options(a: RunArgs) -> Result<husk::run::RunOptions, String> {
+fn run_options(a: RunArgs, insecure: &[String]) -> Result<husk::run::RunOptions, String> {
     let mut command = a.command;
     let image = match (a.rootfs, a.image) {
         (Some(dir), image) => {
@@ -220,6 +252,8 @@ fn run_options(a: RunArgs) -> Result<husk::run::RunOptions, String> {
         tty: a.tty,
         quiet: a.quiet,
         timings: a.timings,
+        pull: a.pull,
+        insecure_registries: insecure.to_vec(),
         detached: None,
     })
 }
@@ -317,14 +351,14 @@ fn spawn_detached(name: Option<&str>) -> ExitCode {
     }
 }
 
-fn run(config: &Config, a: RunArgs) -> ExitCode {
+fn run(config: &Config, a: RunArgs, insecure: &[String]) -> ExitCode {
     let detached_fd = std::env::var(DETACHED_ENV)
         .ok()
         .and_then(|v| v.parse::<i32>().ok());
     if a.detach && detached_fd.is_none() {
         return spawn_detached(a.name.as_deref());
     }
-    let opts = match run_options(a) {
+    let opts = match run_options(a, insecure) {
         Ok(o) => o,
         Err(e) => {
             eprintln!("husk: {e}");
@@ -399,7 +433,13 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        Command::Run(a) => run(&config, *a),
+        Command::Run(a) => run(&config, *a, &cli.insecure_registry),
+        Command::Pull { quiet, reference } => {
+            images::pull(&config, &reference, &cli.insecure_registry, quiet)
+        }
+        Command::Images => images::images(&config),
+        Command::Rmi { references } => images::rmi(&config, &references),
+        Command::Inspect { reference } => images::inspect(&config, &reference),
         Command::Ps => {
             println!("{:<24} {:<14} {:<40} COMMAND", "NAME", "STATUS", "IMAGE");
             for c in husk::containers::list(&config) {

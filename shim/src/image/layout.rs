@@ -17,7 +17,7 @@ use nix::sys::stat::{FileStat, Mode, fstat, fstatat};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::ImageError;
+use super::{ImageError, platform};
 
 /// The most husk reads of `oci-layout`, `index.json`, a manifest or an image index.
 pub(super) const MAX_INDEX_BYTES: u64 = 4 << 20;
@@ -188,6 +188,19 @@ impl Layout {
     /// Opens the layout at `path` (which may itself be a symlink: the user named it)
     /// and checks that it is one: an `oci-layout` file and a `blobs/sha256` folder.
     pub fn open(path: &Path) -> Result<Layout, ImageError> {
+        Layout::open_with(path, true)
+    }
+
+    /// Opens husk's own blob store of pulled images (`<state_dir>`, whose
+    /// `blobs/sha256` holds blobs verified as they were pulled): a layout without
+    /// `oci-layout` or index.json, whose manifests are named by the store's records.
+    /// Read as any layout: no symlink followed below `path`, bounded reads, digests
+    /// and sizes checked again.
+    pub fn open_store(path: &Path) -> Result<Layout, ImageError> {
+        Layout::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, oci_layout: bool) -> Result<Layout, ImageError> {
         let bad = |what: String| ImageError::Layout {
             path: path.to_path_buf(),
             what,
@@ -198,14 +211,16 @@ impl Layout {
             Mode::empty(),
         )
         .map_err(|e| bad(format!("cannot open the folder: {e}")))?;
-        match open_regular(&dir, "oci-layout") {
-            Ok((f, size)) => {
-                read_bounded(f, size, MAX_INDEX_BYTES, path, "oci-layout")?;
+        if oci_layout {
+            match open_regular(&dir, "oci-layout") {
+                Ok((f, size)) => {
+                    read_bounded(f, size, MAX_INDEX_BYTES, path, "oci-layout")?;
+                }
+                Err(OpenError::Missing) => {
+                    return Err(bad("not an OCI image layout (no oci-layout file)".into()));
+                }
+                Err(e) => return Err(bad(format!("oci-layout {e}"))),
             }
-            Err(OpenError::Missing) => {
-                return Err(bad("not an OCI image layout (no oci-layout file)".into()));
-            }
-            Err(e) => return Err(bad(format!("oci-layout {e}"))),
         }
         let not_dir = |name: &str, e: Errno| match e {
             Errno::ELOOP | Errno::ENOTDIR => bad(format!("{name} is not a folder (a symlink?)")),
@@ -356,66 +371,19 @@ impl Layout {
                     desc.digest
                 )));
             };
-            desc = self.choose_platform(&desc, list)?;
+            let (digest, size) = platform::choose(list).map_err(|have| {
+                self.bad(format!(
+                    "no image for linux/{} in index {} (it has: {have})",
+                    platform::oci_arch(),
+                    desc.digest
+                ))
+            })?;
+            desc = Descriptor { digest, size };
         }
         Err(self.bad(format!(
             "{}: image indexes nested more than 4 deep",
             desc.digest
         )))
-    }
-
-    /// The entry of an image index for linux on this host's architecture.
-    fn choose_platform(
-        &self,
-        index: &Descriptor,
-        list: &[Value],
-    ) -> Result<Descriptor, ImageError> {
-        let arch = oci_arch();
-        let platform = |m: &Value| {
-            let p = &m["platform"];
-            let mut s = format!(
-                "{}/{}",
-                p["os"].as_str().unwrap_or("?"),
-                p["architecture"].as_str().unwrap_or("?")
-            );
-            if let Some(v) = p["variant"].as_str() {
-                s = format!("{s}/{v}");
-            }
-            s
-        };
-        // Attestations (buildkit) are manifests too, marked as such.
-        let images: Vec<&Value> = list
-            .iter()
-            .filter(|m| m["annotations"]["vnd.docker.reference.type"].is_null())
-            .collect();
-        let chosen = images
-            .iter()
-            .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == arch)
-            .or_else(|| match &images[..] {
-                [only] if only["platform"].is_null() => Some(only),
-                _ => None,
-            });
-        chosen.and_then(|m| Descriptor::of(m)).ok_or_else(|| {
-            let have: Vec<String> = images.iter().map(|m| platform(m)).collect();
-            self.bad(format!(
-                "no image for linux/{arch} in index {} (it has: {})",
-                index.digest,
-                if have.is_empty() {
-                    "nothing".into()
-                } else {
-                    have.join(", ")
-                }
-            ))
-        })
-    }
-}
-
-/// This host's architecture as OCI platforms name it (guests run the host's).
-fn oci_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
     }
 }
 

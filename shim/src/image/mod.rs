@@ -21,6 +21,7 @@ mod cache;
 mod convert;
 mod layers;
 mod layout;
+pub(crate) mod platform;
 
 use std::path::{Path, PathBuf};
 
@@ -71,13 +72,23 @@ pub enum ImageError {
     },
     #[error("{path}: {err}")]
     Io { path: PathBuf, err: std::io::Error },
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
 }
 
 /// What the user named.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageRef {
-    OciDir { dir: PathBuf, tag: Option<String> },
-    OciArchive { file: PathBuf, tag: Option<String> },
+    OciDir {
+        dir: PathBuf,
+        tag: Option<String>,
+    },
+    OciArchive {
+        file: PathBuf,
+        tag: Option<String>,
+    },
+    /// `[REGISTRY/]NAME[:TAG][@DIGEST]`: pulled into `<state_dir>` (registry/).
+    Registry(crate::registry::Reference),
     Rootfs(PathBuf),
 }
 
@@ -101,7 +112,12 @@ impl ImageRef {
             let (file, tag) = split_tag(rest);
             return Ok(ImageRef::OciArchive { file, tag });
         }
-        Err(ImageError::Reference(s.to_string()))
+        if s.starts_with(['/', '.']) {
+            return Err(ImageError::Reference(s.to_string()));
+        }
+        crate::registry::Reference::parse(s)
+            .map(ImageRef::Registry)
+            .map_err(|e| ImageError::Registry(e.into()))
     }
 }
 
@@ -233,6 +249,7 @@ pub fn prepare_with(
         ImageRef::OciDir { dir, tag } => {
             prepare_layout(dir, tag.as_deref(), state_dir, limits, progress)
         }
+        ImageRef::Registry(r) => prepare_pulled(r, state_dir, limits, progress),
     }
 }
 
@@ -280,6 +297,52 @@ fn prepare_layout(
 ) -> Result<Prepared, ImageError> {
     let layout = Layout::open(dir)?;
     let (tag, top) = layout.find_manifest(tag)?;
+    let name = format!("{}:{tag}", dir.display());
+    prepare_manifest(&layout, top, &name, state_dir, limits, progress)
+}
+
+/// A pulled registry image: its record names the manifest, read from the store's
+/// blobs (`<state_dir>/blobs`, husk's own) and checked like any layout's. Errors name
+/// the reference as the image.
+fn prepare_pulled(
+    r: &crate::registry::Reference,
+    state_dir: &Path,
+    limits: &Limits,
+    progress: &dyn Fn(&str),
+) -> Result<Prepared, ImageError> {
+    // Held until the conversion is done: `rmi` cannot take the blobs meanwhile.
+    let (rec, _lock) = crate::registry::local(state_dir, r)?;
+    let manifest = Descriptor {
+        digest: rec.manifest.clone(),
+        size: rec.manifest_size,
+    };
+    let name = Path::new(&rec.reference);
+    Layout::open_store(state_dir)
+        .and_then(|store| {
+            prepare_manifest(
+                &store,
+                manifest,
+                &rec.reference,
+                state_dir,
+                limits,
+                progress,
+            )
+        })
+        .map_err(|e| e.at(name))
+}
+
+/// From `top` (an image manifest, or an index resolved to this host's platform) to the
+/// erofs image: from the cache, or checked, unpacked and converted. `name` names the
+/// image in progress lines.
+fn prepare_manifest(
+    layout: &Layout,
+    top: Descriptor,
+    name: &str,
+    state_dir: &Path,
+    limits: &Limits,
+    progress: &dyn Fn(&str),
+) -> Result<Prepared, ImageError> {
+    let dir = &layout.path;
     let (desc, manifest) = layout.resolve_manifest(top)?;
     let digest = desc.digest.clone();
     let hex = layout::blob_hex(dir, &digest)?;
@@ -306,7 +369,7 @@ fn prepare_layout(
     }
     entry.clear();
     let config_desc = Descriptor::of(&manifest["config"]).ok_or_else(|| ImageError::Layout {
-        path: dir.to_path_buf(),
+        path: dir.clone(),
         what: format!("manifest {digest}: the config lacks a digest or a size"),
     })?;
     let config = ImageConfig::from_json(&layout.read_json(
@@ -314,13 +377,13 @@ fn prepare_layout(
         "config",
         layout::MAX_CONFIG_BYTES,
     )?);
-    progress(&format!("checking {}:{tag}", dir.display()));
+    progress(&format!("checking {name}"));
     let mut blobs = vec![config_desc.digest.clone()];
-    blobs.extend(layers::check(&layout, &manifest, limits)?);
+    blobs.extend(layers::check(layout, &manifest, limits)?);
     let tmp = convert::scratch(state_dir)?;
     let rootfs = tmp.path().join("rootfs");
-    progress(&format!("unpacking {}:{tag}", dir.display()));
-    convert::unpack(&layout, &desc, &blobs, &tmp.path().join("view"), &rootfs)?;
+    progress(&format!("unpacking {name}"));
+    convert::unpack(layout, &desc, &blobs, &tmp.path().join("view"), &rootfs)?;
     progress("converting to erofs");
     entry.store(&rootfs, &config, &digest)
 }
@@ -351,7 +414,11 @@ mod tests {
                 tag: Some("latest".into())
             }
         );
-        assert!(ImageRef::parse("docker.io/busybox").is_err());
-        assert!(ImageRef::parse("busybox:latest").is_err());
+        assert!(matches!(
+            ImageRef::parse("busybox:latest").unwrap(),
+            ImageRef::Registry(r) if r.to_string() == "docker.io/library/busybox:latest"
+        ));
+        assert!(ImageRef::parse("./layout").is_err());
+        assert!(ImageRef::parse("Bad_Name").is_err());
     }
 }
