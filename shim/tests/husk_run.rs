@@ -109,6 +109,12 @@ fn husk_cli_in_the_lab() {
             regref,
         ])
         .unwrap();
+    // The measurements, in the test's output also when it passes.
+    for l in r.stderr.lines() {
+        if l.starts_with("storage: ") || l.starts_with("memory: ") || l.contains("timings:") {
+            eprintln!("{l}");
+        }
+    }
     let all = format!("--- stdout\n{}\n--- stderr\n{}", r.stdout, r.stderr);
     assert_eq!(r.code, Some(0), "{all}");
     let cases: HashMap<&str, &str> = r
