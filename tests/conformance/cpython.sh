@@ -3,7 +3,9 @@
 # test modules in a Debian image, each module once under husk (`husk run`) and once
 # under runc (`ctr run`, containerd started here) in the same lab run, on the same
 # image. A module's result is what `python3 -m test` says of it (exit 0: passed).
-#   cpython.sh HUSK OCI_LAYOUT OCI_ARCHIVE OUT_JSON MODULE...
+#   cpython.sh HUSK OCI_LAYOUT OCI_ARCHIVE OUT_JSON MODULE[:PATTERN,...]...
+# A MODULE:PATTERN,... runs only the matching tests of that module (regrtest's -m,
+# e.g. test_os:TestSendfile,test_attributes).
 set -uo pipefail
 husk=$1 layout=$2 archive=$3 out=$4
 shift 4
@@ -19,14 +21,22 @@ image=docker.io/library/debian-python:latest
 "${ctr[@]}" images import --base-name docker.io/library/debian-python "$archive" >/dev/null \
     || { echo "cpython: ctr images import failed" >&2; cat "$work/containerd.log" >&2; exit 1; }
 results=()
-for m in "$@"; do
+mods=()
+for spec in "$@"; do
+    m=${spec%%:*}
+    mods+=("$m")
+    sel=()
+    if [ "$spec" != "$m" ]; then
+        IFS=, read -ra pats <<<"${spec#*:}"
+        for p in "${pats[@]}"; do sel+=(-m "$p"); done
+    fi
     for rt in runc husk; do
         log="$work/$rt-$m.log"
         t=$(date +%s)
         if [ "$rt" = runc ]; then
-            timeout 1200 "${ctr[@]}" run --rm "$image" "c-$m" python3 -m test -v "$m" >"$log" 2>&1
+            timeout 1200 "${ctr[@]}" run --rm "$image" "c-$m" python3 -m test -v "$m" "${sel[@]}" >"$log" 2>&1
         else
-            timeout 1200 "$husk" run --rm -q -m 1024 "oci:$layout" python3 -m test -v "$m" >"$log" 2>&1
+            timeout 1200 "$husk" run --rm -q -m 1024 "oci:$layout" python3 -m test -v "$m" "${sel[@]}" >"$log" 2>&1
         fi
         code=$?
         secs=$(( $(date +%s) - t ))
@@ -36,7 +46,7 @@ for m in "$@"; do
         echo "cpython: $m under $rt: exit $code in ${secs}s ${summary}" >&2
         [ -n "$bad" ] && echo "  failing: $bad" >&2
         if [ "$code" -ne 0 ] && [ -z "$bad" ]; then tail -15 "$log" | sed 's/^/  | /' >&2; fi
-        results+=("{\"module\": \"$m\", \"runtime\": \"$rt\", \"exit\": $code, \"seconds\": $secs, \"failing\": \"${bad//\"/\'}\"}")
+        results+=("{\"module\": \"$m\", \"select\": \"${spec#"$m"}\", \"runtime\": \"$rt\", \"exit\": $code, \"seconds\": $secs, \"failing\": \"${bad//\"/\'}\"}")
     done
 done
 {
@@ -49,9 +59,9 @@ done
 } >"$out"
 # The verdict: every module that passes under runc passes under husk.
 worse=0
-for m in "$@"; do
-    r=$(grep -c "\"module\": \"$m\", \"runtime\": \"runc\", \"exit\": 0," "$out")
-    h=$(grep -c "\"module\": \"$m\", \"runtime\": \"husk\", \"exit\": 0," "$out")
+for m in "${mods[@]}"; do
+    r=$(grep -cE "\"module\": \"$m\", \"select\": \"[^\"]*\", \"runtime\": \"runc\", \"exit\": 0," "$out")
+    h=$(grep -cE "\"module\": \"$m\", \"select\": \"[^\"]*\", \"runtime\": \"husk\", \"exit\": 0," "$out")
     if [ "$r" = 1 ] && [ "$h" != 1 ]; then echo "cpython: $m passes under runc, fails under husk" >&2; worse=$((worse + 1)); fi
 done
 echo "cpython: $# modules; $worse pass under runc and fail under husk" >&2
