@@ -36,7 +36,7 @@ for spec in "$@"; do
         if [ "$rt" = runc ]; then
             timeout 1200 "${ctr[@]}" run --rm "$image" "c-$m" python3 -m test -v "$m" "${sel[@]}" >"$log" 2>&1
         else
-            timeout 1200 "$husk" run --rm -q -m 1024 "oci:$layout" python3 -m test -v "$m" "${sel[@]}" >"$log" 2>&1
+            timeout 1200 "$husk" run --rm -q -m 1g "oci:$layout" python3 -m test -v "$m" "${sel[@]}" >"$log" 2>&1
         fi
         code=$?
         secs=$(( $(date +%s) - t ))
