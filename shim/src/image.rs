@@ -81,7 +81,8 @@ pub struct ImageConfig {
 }
 
 impl ImageConfig {
-    fn from_json(v: &Value) -> ImageConfig {
+    /// The parts of an image config document (its `config` object) a run uses.
+    pub fn from_json(v: &Value) -> ImageConfig {
         let strs = |v: &Value| -> Vec<String> {
             v.as_array()
                 .map(|a| {
@@ -301,6 +302,19 @@ fn resolve_manifest(layout: &Path, desc: Descriptor) -> Result<(Descriptor, Valu
         "{}: image indexes nested more than 4 deep",
         desc.digest
     )))
+}
+
+/// The image manifest that `tag` names in the OCI layout `layout` (index.json, then
+/// nested indexes down to this host's platform): (tag, manifest digest, manifest).
+/// Public for the fuzz targets (fuzz/src/image.rs).
+#[doc(hidden)]
+pub fn resolve_layout(
+    layout: &Path,
+    tag: Option<&str>,
+) -> Result<(String, String, Value), ImageError> {
+    let (tag, top) = find_manifest(layout, tag)?;
+    let (desc, manifest) = resolve_manifest(layout, top)?;
+    Ok((tag, desc.digest, manifest))
 }
 
 /// A layout of our own in `dir` for umoci: the image's blobs (a symlink, nothing is
