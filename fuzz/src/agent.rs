@@ -16,6 +16,10 @@
 //! folder...), and a prepared spec must serialise and parse back, since the agent
 //! writes it to the bundle for the runtime to read.
 
+// Test harness code (compiled into tests and fuzz targets): a set-up that fails is a
+// failed test, so expect() is the point.
+#![allow(clippy::expect_used)]
+
 use std::path::{Component, Path, PathBuf};
 use std::sync::OnceLock;
 

@@ -8,6 +8,10 @@
 //! looked up as a conversion does (tag, nested indexes, platform). Every blob that is
 //! JSON also goes through the image config reader.
 
+// Test harness code (compiled into tests and fuzz targets): a set-up that fails is a
+// failed test, so expect() is the point.
+#![allow(clippy::expect_used)]
+
 use husk::image::{ImageConfig, ImageRef, resolve_layout};
 
 pub fn image_index(data: &[u8]) {

@@ -8,6 +8,10 @@
 //! is activated only with features it offered (VERSION_1 among them), only with queues
 //! that are valid in guest memory, never twice without a reset in between.
 
+// Test harness code (compiled into tests and fuzz targets): a set-up that fails is a
+// failed test, so expect() is the point.
+#![allow(clippy::expect_used)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -1,6 +1,10 @@
 //! Replays a committed corpus (fuzz/corpus/<target>/) through a target's body: the
 //! stable tests' half of the fuzz targets (`cargo test` needs no nightly or libFuzzer).
 
+// Test harness code (compiled into tests and fuzz targets): a set-up that fails is a
+// failed test, so expect() is the point.
+#![allow(clippy::expect_used)]
+
 use std::path::Path;
 
 /// Runs `body` on every file of `fuzz/corpus/<target>/`; a failing input's file is

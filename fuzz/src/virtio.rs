@@ -20,6 +20,10 @@
 //! `i * QUEUE_AREA`; a queue the transport would refuse at DRIVER_OK (`is_valid`) is not
 //! run, as in the VMM.
 
+// Test harness code (compiled into tests and fuzz targets): a set-up that fails is a
+// failed test, so expect() is the point.
+#![allow(clippy::expect_used)]
+
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::PathBuf;
@@ -187,10 +191,25 @@ fn offered(q: &Queue, mem: &GuestMemoryMmap) -> u16 {
     heads.count() as u16
 }
 
-/// Runs a one-queue device's server over queue 0; every chain offered comes back used.
+/// The descriptor table and avail ring of `q`, as bytes.
+fn driver_area(q: &Queue, mem: &GuestMemoryMmap) -> Vec<u8> {
+    let size = usize::from(q.size());
+    let mut b = vec![0u8; 16 * size + 6 + 2 * size];
+    let (table, ring) = b.split_at_mut(16 * size);
+    mem.read_slice(table, GuestAddress(q.desc_table()))
+        .expect("the table is in RAM");
+    mem.read_slice(ring, GuestAddress(q.avail_ring()))
+        .expect("the ring is in RAM");
+    b
+}
+
+/// Runs a one-queue device's server over queue 0: every chain offered comes back used,
+/// unless the device's own writes (into buffers the driver placed over its rings, or
+/// balloon pages released there) changed what was offered.
 fn serve_one_queue<S: ServeChain>(mem: GuestMemoryMmap, queue: Queue, server: S) -> S {
     let start = queue.next_used();
     let n = offered(&queue, &mem);
+    let before = driver_area(&queue, &mem);
     let mut w = QueueWorker {
         mem,
         queue,
@@ -199,11 +218,13 @@ fn serve_one_queue<S: ServeChain>(mem: GuestMemoryMmap, queue: Queue, server: S)
         server,
     };
     w.process();
-    assert_eq!(
-        used_idx(&w.mem, 0),
-        start.wrapping_add(n),
-        "every chain offered is returned used"
-    );
+    if driver_area(&w.queue, &w.mem) == before {
+        assert_eq!(
+            w.queue.next_used(),
+            start.wrapping_add(n),
+            "every chain offered is returned used"
+        );
+    }
     w.server
 }
 
