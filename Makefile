@@ -13,7 +13,7 @@ APT_PACKAGES := qemu-system-x86 containerd runc busybox-static cpio umoci erofs-
 # Tools from crates.io, installed into $(TOOLS) (not ~/.cargo): name@version.
 VIRTIOFSD_VERSION := 1.14.0
 
-.PHONY: help setup setup-apt setup-tools build test lint unit-test lab-shell bench conformance demo clean guest-image
+.PHONY: help setup setup-apt setup-tools build test lint unit-test lab-shell bench conformance fuzz demo clean guest-image
 
 help:
 	@echo "make demo       run a container in a microVM (through the lab where the host has no hardware KVM)"
@@ -24,6 +24,7 @@ help:
 	@echo "make lab-shell  an interactive shell inside the lab (a Linux with hardware-style KVM)"
 	@echo "make bench      benchmarks in the lab: boot time, memory, virtio-net/fs I/O against QEMU, husk run against runc"
 	@echo "make conformance  real programs' own test suites (CPython's) inside husk and under runc, in the lab (long)"
+	@echo "make fuzz       coverage-guided fuzzing (cargo-fuzz, nightly), FUZZ_SECONDS per target (default 60)"
 	@echo "make clean      remove build outputs (keeps the downloaded kernel in build/cache)"
 
 setup: setup-apt setup-tools
@@ -71,6 +72,25 @@ bench: setup guest-image
 conformance: setup guest-image
 	tests/conformance/run
 
+# Coverage-guided fuzzing (cargo-fuzz, libFuzzer, nightly; see docs/testing.md): each
+# target for FUZZ_SECONDS. New inputs go to fuzz/target/corpus/<target>; the committed
+# corpus (fuzz/corpus/<target>) is read, never written. Crashes land in fuzz/artifacts/.
+# `make test` replays fuzz/corpus/ on stable (the fuzz_corpus tests).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := virtio_block virtio_net vsock_packet virtio_rng virtio_balloon virtio_mmio \
+	agent_spec image_index
+fuzz: $(TOOLS)/bin/cargo-fuzz
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/target/corpus/$$t && echo "fuzz: $$t for $(FUZZ_SECONDS) s" && \
+		PATH="$(TOOLS)/bin:$$PATH" $(CARGO) +nightly fuzz run --debug-assertions $$t \
+			fuzz/target/corpus/$$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 || exit 1; \
+	done
+
+$(TOOLS)/bin/cargo-fuzz:
+	$(CARGO) install --quiet --locked --root $(TOOLS) cargo-fuzz
+
 # The guest image: rebuilt when the agent, its protocol or the scripts change.
 GUEST := build/guest
 GUEST_INPUTS := $(shell find agent -name '*.rs' -o -name '*.proto' -o -name Cargo.toml 2>/dev/null) \
@@ -86,4 +106,5 @@ demo:
 
 clean:
 	$(CARGO) clean
+	rm -rf fuzz/target
 	rm -rf build/tmp build/lab.lock

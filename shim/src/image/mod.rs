@@ -132,7 +132,8 @@ pub struct ImageConfig {
 }
 
 impl ImageConfig {
-    fn from_json(v: &Value) -> ImageConfig {
+    /// The parts of an image config document (its `config` object) a run uses.
+    pub fn from_json(v: &Value) -> ImageConfig {
         let strs = |v: &Value| -> Vec<String> {
             v.as_array()
                 .map(|a| {
@@ -387,6 +388,20 @@ fn prepare_manifest(
     progress("converting to erofs");
     entry.store(&rootfs, &config, &digest)
 }
+/// The image manifest that `tag` names in the OCI layout `layout` (index.json, then
+/// nested indexes down to this host's platform), read with the same checks as a run:
+/// (tag, manifest digest, manifest). Public for the fuzz targets (fuzz/src/image.rs).
+#[doc(hidden)]
+pub fn resolve_layout(
+    layout: &Path,
+    tag: Option<&str>,
+) -> Result<(String, String, Value), ImageError> {
+    let l = Layout::open(layout)?;
+    let (tag, top) = l.find_manifest(tag)?;
+    let (desc, manifest) = l.resolve_manifest(top)?;
+    Ok((tag, desc.digest, manifest))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

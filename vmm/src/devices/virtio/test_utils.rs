@@ -107,6 +107,12 @@ impl TestQueue {
             .unwrap();
     }
 
+    /// Sets queue `q`'s avail index, as a broken or hostile driver may.
+    pub fn set_avail_idx_n(&self, q: usize, idx: u16) {
+        let avail = self.mocks[q].avail_addr();
+        self.mem.write_obj(idx, avail.unchecked_add(2)).unwrap();
+    }
+
     /// The length the device reported for queue 0's `n`th used element, once there.
     pub fn used(&self, n: u16) -> Option<u32> {
         self.used_n(0, n)

@@ -75,6 +75,16 @@ impl Balloon {
         }
     }
 
+    /// What serves the queue of `role` (the fuzz targets'; the worker's are made by
+    /// [`queue_workers`]).
+    #[doc(hidden)]
+    pub fn server(&self, role: Role) -> Server {
+        Server {
+            role,
+            metrics: self.metrics.clone(),
+        }
+    }
+
     fn config(&self) -> [u8; CONFIG_LEN] {
         let mut c = [0u8; CONFIG_LEN];
         // num_pages (0: never inflate), actual; the rest belongs to features not offered.

@@ -81,6 +81,18 @@ impl Block {
         })
     }
 
+    /// What serves the device's queue (its worker's, the tests' and the fuzz targets').
+    #[doc(hidden)]
+    pub fn server(&self) -> Server {
+        Server {
+            disk: self.disk.clone(),
+            capacity_bytes: self.capacity_bytes,
+            read_only: self.read_only,
+            id: self.id,
+            metrics: self.metrics.clone(),
+        }
+    }
+
     fn config(&self) -> [u8; 16] {
         let mut c = [0u8; 16];
         // capacity (in sectors), size_max (unused), seg_max.
@@ -109,14 +121,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let server = Server {
-            disk: self.disk.clone(),
-            capacity_bytes: self.capacity_bytes,
-            read_only: self.read_only,
-            id: self.id,
-            metrics: self.metrics.clone(),
-        };
-        self.worker = Some(QueueWorker::new(ctx, server)?.spawn("virtio-blk")?);
+        self.worker = Some(QueueWorker::new(ctx, self.server())?.spawn("virtio-blk")?);
         Ok(())
     }
 

@@ -38,6 +38,7 @@ pub struct RequestHeader {
 unsafe impl ByteValued for RequestHeader {}
 
 /// Serves requests on the image.
+#[derive(Debug)]
 pub struct Server {
     pub disk: Arc<File>,
     pub capacity_bytes: u64,

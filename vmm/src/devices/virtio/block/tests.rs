@@ -19,23 +19,13 @@ fn disk(read_only: bool) -> (tempfile::NamedTempFile, Block) {
     (f, b)
 }
 
-fn server(b: &Block) -> Server {
-    Server {
-        disk: b.disk.clone(),
-        capacity_bytes: b.capacity_bytes,
-        read_only: b.read_only,
-        id: b.id,
-        metrics: b.metrics.clone(),
-    }
-}
-
 fn handler(tq: &TestQueue, b: &Block) -> QueueWorker<Server> {
     QueueWorker {
         mem: tq.mem.clone(),
         queue: tq.queue(),
         evt: vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap(),
         interrupt: tq.interrupt.clone(),
-        server: server(b),
+        server: b.server(),
     }
 }
 
@@ -133,7 +123,7 @@ fn hostile_requests_fail_cleanly() {
     // A request larger than the bounce buffer may be, even on a huge disk.
     let big = Server {
         capacity_bytes: u64::MAX,
-        ..server(&b)
+        ..b.server()
     };
     assert_eq!(big.range(0, MAX_REQUEST_BYTES), Some(0));
     assert_eq!(big.range(0, MAX_REQUEST_BYTES + 1), None);

@@ -162,8 +162,9 @@ impl Tap {
         Ok(tap)
     }
 
-    /// A tap stand-in for tests (a datagram socket keeps frame boundaries).
-    #[cfg(test)]
+    /// A tap stand-in for tests and the fuzz targets (a datagram socket keeps frame
+    /// boundaries).
+    #[doc(hidden)]
     pub fn from_fd_for_test(fd: OwnedFd) -> Tap {
         Tap {
             file: File::from(fd),

@@ -22,7 +22,9 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::num::Wrapping;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -118,6 +120,26 @@ impl RxBuffer {
         }
         off
     }
+}
+
+/// Re-enables notifications once the ring looks empty, and says whether chains came
+/// meanwhile. An avail index more than a ring ahead of ours (a broken or hostile driver)
+/// counts as nothing: virtio-queue refuses to walk such a ring, so retrying would spin
+/// for ever; the driver's next notification is looked at afresh.
+fn more_available(q: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, virtio_queue::Error> {
+    if !q.enable_notification(mem)? {
+        return Ok(false);
+    }
+    let ahead = q.avail_idx(mem, Ordering::Acquire)? - Wrapping(q.next_avail());
+    if ahead.0 > q.size() {
+        tracing::debug!(
+            ahead = ahead.0,
+            size = q.size(),
+            "net: avail index more than a ring ahead"
+        );
+        return Ok(false);
+    }
+    Ok(true)
 }
 
 /// What became of the frame held.
@@ -231,7 +253,7 @@ impl NetWorker {
             }
             // With EVENT_IDX this also asks to be told about the next chain; true when
             // one arrived meanwhile.
-            match self.txq.enable_notification(&mem) {
+            match more_available(&mut self.txq, &mem) {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
@@ -330,7 +352,7 @@ impl NetWorker {
         let mem = self.mem.clone();
         loop {
             let Some(chain) = self.rxq.pop_descriptor_chain(&mem) else {
-                match self.rxq.enable_notification(&mem) {
+                match more_available(&mut self.rxq, &mem) {
                     Ok(true) => continue,
                     Ok(false) => return false,
                     Err(e) => {

@@ -39,6 +39,15 @@ impl Rng {
             worker: None,
         }
     }
+
+    /// What serves the device's queue (its worker's and the fuzz targets').
+    #[doc(hidden)]
+    pub fn server(&self) -> std::io::Result<impl ServeChain + use<>> {
+        Ok(Server {
+            source: File::open("/dev/urandom")?,
+            metrics: self.metrics.clone(),
+        })
+    }
 }
 
 impl Default for Rng {
@@ -97,11 +106,7 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        let source = File::open("/dev/urandom").map_err(ActivateError::Worker)?;
-        let server = Server {
-            source,
-            metrics: self.metrics.clone(),
-        };
+        let server = self.server().map_err(ActivateError::Worker)?;
         self.worker = Some(QueueWorker::new(ctx, server)?.spawn("virtio-rng")?);
         Ok(())
     }
