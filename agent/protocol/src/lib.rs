@@ -48,7 +48,9 @@ pub mod agent_ttrpc {
 /// refuses an agent whose major version differs from its own. Minor versions add
 /// fields an older agent would ignore: 0.2 added `Rootfs.upper_device`/`upper_fstype`,
 /// 0.3 `CreateSandboxRequest.shares`.
-pub const PROTOCOL_VERSION: (u32, u32) = (0, 3);
+/// 0.4 networking: `UpdateInterfaceRequest.mac`, structured `UpdateRoutesRequest.routes`,
+/// `CreateSandboxRequest.etc_hosts`/`etc_resolv_conf`/`etc_hostname`.
+pub const PROTOCOL_VERSION: (u32, u32) = (0, 4);
 
 /// vsock port the agent serves its API on.
 pub const AGENT_PORT: u32 = 1024;
