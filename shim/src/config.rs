@@ -45,6 +45,37 @@ pub struct Config {
     pub run_dir: PathBuf,
     pub image: ImageSettings,
     pub registry: RegistryConfig,
+    pub network: NetworkSettings,
+}
+
+/// Container networks (docs/network.md): the default CNI network husk defines, where
+/// more networks and the CNI plugins are found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSettings {
+    /// The network `husk run` joins without `--network` (husk's own, unless a file in
+    /// `config_dir` defines one of that name).
+    pub default: String,
+    /// The default network's subnet (host-local addresses; the bridge takes the first).
+    pub subnet: String,
+    /// The default network's Linux bridge.
+    pub bridge: String,
+    /// Where the CNI plugins are (Debian's containernetworking-plugins).
+    pub plugin_dir: PathBuf,
+    /// More networks: CNI configuration lists (`*.conflist`, `*.conf`, `*.json`).
+    pub config_dir: PathBuf,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        NetworkSettings {
+            default: "husk".into(),
+            subnet: "10.88.0.0/16".into(),
+            bridge: "husk0".into(),
+            plugin_dir: PathBuf::from("/usr/lib/cni"),
+            config_dir: PathBuf::from("/etc/husk/net.d"),
+        }
+    }
 }
 
 /// Bounds on what an image may make husk read and write (docs/security.md).
@@ -108,6 +139,7 @@ impl Default for Config {
             run_dir: PathBuf::from("/run/husk"),
             image: ImageSettings::default(),
             registry: RegistryConfig::default(),
+            network: NetworkSettings::default(),
         }
     }
 }
@@ -182,6 +214,45 @@ impl Config {
             }
         }
         for (field, p) in [("state_dir", &self.state_dir), ("run_dir", &self.run_dir)] {
+            if !p.is_absolute() {
+                return Err(invalid(
+                    field,
+                    format!("{} is not an absolute path", p.display()),
+                ));
+            }
+        }
+        match crate::network::cni::parse_cidr(&self.network.subnet) {
+            Ok((std::net::IpAddr::V4(_), len)) if (8..=30).contains(&len) => {}
+            Ok(_) => {
+                return Err(invalid(
+                    "network.subnet",
+                    format!("{}: an IPv4 subnet from /8 to /30", self.network.subnet),
+                ));
+            }
+            Err(m) => return Err(invalid("network.subnet", m)),
+        }
+        let b = &self.network.bridge;
+        if b.is_empty()
+            || b.len() > 15
+            || !b
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+        {
+            return Err(invalid(
+                "network.bridge",
+                format!("{b:?} is not an interface name (at most 15 bytes)"),
+            ));
+        }
+        if self.network.default == "none" || self.network.default.is_empty() {
+            return Err(invalid(
+                "network.default",
+                "a network's name (\"none\" is always there)".into(),
+            ));
+        }
+        for (field, p) in [
+            ("network.plugin_dir", &self.network.plugin_dir),
+            ("network.config_dir", &self.network.config_dir),
+        ] {
             if !p.is_absolute() {
                 return Err(invalid(
                     field,
@@ -279,6 +350,33 @@ mod tests {
         assert_eq!(c.unwrap().registry.insecure, ["127.0.0.1:5000"]);
         let e = Config::parse(Path::new("c.toml"), "[vm]\nvcpus = \"two\"\n").unwrap_err();
         assert!(e.to_string().contains("invalid type"), "{e}");
+    }
+
+    #[test]
+    fn network_settings() {
+        let c = Config::parse(
+            Path::new("c.toml"),
+            "[network]\nsubnet = \"10.200.0.0/24\"\nbridge = \"br-test\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.network.subnet, "10.200.0.0/24");
+        assert_eq!(c.network.default, "husk");
+        for (text, field) in [
+            ("[network]\nsubnet = \"10.0.0.0\"\n", "network.subnet"),
+            ("[network]\nsubnet = \"fd00::/64\"\n", "network.subnet"),
+            ("[network]\nsubnet = \"10.0.0.0/31\"\n", "network.subnet"),
+            (
+                "[network]\nbridge = \"a-very-long-bridge-name\"\n",
+                "network.bridge",
+            ),
+            ("[network]\ndefault = \"none\"\n", "network.default"),
+            ("[network]\nplugin_dir = \"cni\"\n", "network.plugin_dir"),
+        ] {
+            let e = Config::parse(Path::new("c.toml"), text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("c.toml: {field}: ")), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -264,6 +264,8 @@ pub async fn rm(config: &Config, name: &str, force: bool) -> Result<(), RunError
         }
     }
     c.remove();
+    // Its network, if its owner died without removing it (killed above).
+    crate::network::reap_orphans(&config.run_dir);
     Ok(())
 }
 

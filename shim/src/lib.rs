@@ -3,6 +3,8 @@
 //! - [`config`]: the runtime configuration (/etc/husk/config.toml).
 //! - [`guest`]: where the guest image and husk-vmm are found.
 //! - [`image`]: OCI image layouts and archives, unpacked and converted to erofs (cached).
+//! - [`network`]: CNI networks joined to a VM through a tap (netns, plugins, tc redirect,
+//!   the name files).
 //! - [`preflight`]: whether this host can boot the guest, checked before a run.
 //! - [`procid`]: recorded processes (pid + start time), signalled through pidfds.
 //! - [`registry`]: images by name: pulls from OCI registries, the local blob store.
@@ -20,6 +22,7 @@ pub mod config;
 pub mod containers;
 pub mod guest;
 pub mod image;
+pub mod network;
 pub mod preflight;
 pub mod procid;
 pub mod registry;

@@ -50,6 +50,17 @@ pub struct RunOptions {
     /// Set in the background process of `husk run -d`: output goes to log files in
     /// the container's folder, and "started" is reported here once it runs.
     pub detached: Option<Notify>,
+    /// The network (`--network`): a name, `none`, or `None` for the configuration's
+    /// default.
+    pub network: Option<String>,
+    /// Published ports (`-p`).
+    pub publish: Vec<crate::network::ports::PortMapping>,
+    /// `--dns`, `--dns-search`, `--dns-option`.
+    pub dns: crate::network::files::DnsSettings,
+    /// `--hostname` (default: the container's name).
+    pub hostname: Option<String>,
+    /// `--add-host NAME:IP` entries.
+    pub add_hosts: Vec<(String, std::net::IpAddr)>,
 }
 
 /// The channel a detached run reports on (to the `husk run -d` that started it).
@@ -78,6 +89,8 @@ pub enum RunError {
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
     Scratch(#[from] ScratchError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     #[error("{0}")]
     Agent(String),
     /// The command does not exist in the image (docker's 127).
@@ -186,13 +199,19 @@ pub struct Timings {
     pub container_start: Duration,
     pub run: Duration,
     pub stop: Duration,
+    /// CNI ADD (with the namespace), the tap and its redirect, the guest's interface
+    /// and routes (agent), CNI DEL with the namespace's removal.
+    pub cni_add: Duration,
+    pub tap: Duration,
+    pub guest_net: Duration,
+    pub cni_del: Duration,
 }
 
 impl Timings {
     pub fn line(&self) -> String {
         let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
         format!(
-            "image {}, scratch disk {}, VM start {}, kernel boot + agent ready {} (guest uptime {}), container start {}, run {}, stop {}",
+            "image {}, scratch disk {}, VM start {}, kernel boot + agent ready {} (guest uptime {}), container start {}, run {}, stop {}, CNI ADD {}, tap {}, guest network {}, CNI DEL {}",
             s(self.image),
             s(self.scratch),
             s(self.vm_start),
@@ -200,7 +219,11 @@ impl Timings {
             s(self.guest_uptime),
             s(self.container_start),
             s(self.run),
-            s(self.stop)
+            s(self.stop),
+            s(self.cni_add),
+            s(self.tap),
+            s(self.guest_net),
+            s(self.cni_del)
         )
     }
 }
@@ -221,6 +244,7 @@ pub fn random_name() -> String {
 fn process_spec(
     opts: &RunOptions,
     image: &crate::image::ImageConfig,
+    hostname: &str,
 ) -> Result<serde_json::Value, RunError> {
     // As docker: --entrypoint replaces the image's entrypoint and drops its Cmd.
     let mut args: Vec<String> = match opts.entrypoint.as_deref() {
@@ -288,6 +312,7 @@ fn process_spec(
     if opts.read_only {
         s["root"]["readonly"] = serde_json::json!(true);
     }
+    s["hostname"] = serde_json::json!(hostname);
     Ok(s)
 }
 
@@ -297,7 +322,20 @@ pub async fn run(config: &Config, opts: RunOptions) -> Result<i32, RunError> {
     let mut t = Timings::default();
     if let Some(n) = &opts.name {
         validate::id("--name", n).map_err(|e| RunError::Usage(e.to_string()))?;
+        // As docker: the first character is a letter or digit (run_dir's own folders,
+        // such as .networks, start with a dot).
+        if !n.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            return Err(RunError::Usage(format!(
+                "--name {n:?}: must start with a letter or digit"
+            )));
+        }
     }
+    if let Some(h) = &opts.hostname {
+        crate::network::files::check_hostname(h).map_err(|e| RunError::Usage(e.to_string()))?;
+    }
+    crate::network::files::check_dns_words(&opts.dns.search, &opts.dns.options)
+        .map_err(|e| RunError::Usage(e.to_string()))?;
+    let network = network_of(config, &opts)?;
     if opts.vcpus == Some(0) {
         return Err(RunError::Usage("--cpus: at least 1".into()));
     }
@@ -319,7 +357,7 @@ pub async fn run(config: &Config, opts: RunOptions) -> Result<i32, RunError> {
             _ => RunError::Usage(format!("{}: {e}", cdir.path.display())),
         });
     }
-    let result = run_prepared(config, &opts, &cdir, &progress, &mut t).await;
+    let result = run_prepared(config, &opts, &cdir, network.as_ref(), &progress, &mut t).await;
     if opts.detached.is_none() || result.is_err() {
         cdir.remove();
     }
@@ -329,10 +367,42 @@ pub async fn run(config: &Config, opts: RunOptions) -> Result<i32, RunError> {
     result
 }
 
+/// The network a run joins (`None`: `--network none`), checked before anything is made.
+fn network_of(
+    config: &Config,
+    opts: &RunOptions,
+) -> Result<Option<crate::network::cni::NetworkList>, RunError> {
+    let name = opts
+        .network
+        .clone()
+        .unwrap_or_else(|| config.network.default.clone());
+    if name == "none" {
+        if let Some(p) = opts.publish.first() {
+            return Err(RunError::Usage(format!(
+                "-p {}:{}: --network none has no network to publish ports on",
+                p.host_port, p.container_port
+            )));
+        }
+        return Ok(None);
+    }
+    Ok(Some(crate::network::find(&config.network, &name)?))
+}
+
+/// The container's hostname: `--hostname`, else its name when that is a valid
+/// hostname (docker uses the short id), else "husk".
+fn hostname_of(opts: &RunOptions, name: &str) -> String {
+    match &opts.hostname {
+        Some(h) => h.clone(),
+        None if crate::network::files::check_hostname(name).is_ok() => name.to_string(),
+        None => "husk".into(),
+    }
+}
+
 async fn run_prepared(
     config: &Config,
     opts: &RunOptions,
     cdir: &ContainerDir,
+    network: Option<&crate::network::cni::NetworkList>,
     progress: &dyn Fn(&str),
     t: &mut Timings,
 ) -> Result<i32, RunError> {
@@ -357,7 +427,8 @@ async fn run_prepared(
         progress,
     )?;
     t.image = t0.elapsed();
-    let process = process_spec(opts, &image.config)?;
+    let hostname = hostname_of(opts, &cdir.name);
+    let process = process_spec(opts, &image.config, &hostname)?;
     let user = opts
         .user
         .clone()
@@ -384,6 +455,83 @@ async fn run_prepared(
             read_only: false,
         });
     }
+    // The network last (it costs CNI and iptables work): everything after it undoes it.
+    let attached = match network {
+        None => None,
+        Some(list) => {
+            progress("attaching the network");
+            let a = crate::network::attach(
+                &config.network,
+                &config.run_dir,
+                &cdir.name,
+                list,
+                &opts.publish,
+            )?;
+            t.cni_add = a.add_time;
+            t.tap = a.tap_time;
+            Some(a)
+        }
+    };
+    let result = boot_and_run(
+        config,
+        opts,
+        cdir,
+        disks,
+        &guest,
+        &process,
+        &user,
+        storage,
+        &hostname,
+        attached.as_ref(),
+        progress,
+        t,
+    )
+    .await;
+    if let Some(a) = attached {
+        let (took, errors) = a.detach(&config.run_dir);
+        t.cni_del = took;
+        for e in errors {
+            eprintln!("husk: warning: removing the network: {e}");
+        }
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn boot_and_run(
+    config: &Config,
+    opts: &RunOptions,
+    cdir: &ContainerDir,
+    disks: Vec<Disk>,
+    guest: &GuestImage,
+    process: &serde_json::Value,
+    user: &str,
+    storage: Storage,
+    hostname: &str,
+    net: Option<&crate::network::Attached>,
+    progress: &dyn Fn(&str),
+    t: &mut Timings,
+) -> Result<i32, RunError> {
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let empty = crate::network::GuestNetwork::default();
+    let g = net.map_or(&empty, |a| &a.guest);
+    let name_files = crate::network::files::name_files(
+        hostname,
+        &g.ips,
+        &opts.add_hosts,
+        &host_resolv,
+        &opts.dns,
+        &g.nameservers,
+        &g.search,
+    );
+    let nics = match net.and_then(|a| a.tap_fd().map(|fd| (fd, &a.guest))) {
+        Some((fd, g)) => vec![crate::sandbox::Nic {
+            fd,
+            mac: g.mac.clone(),
+            mtu: g.mtu,
+        }],
+        None => Vec::new(),
+    };
     let sb_spec = SandboxSpec {
         vcpus: opts.vcpus.unwrap_or(config.vm.vcpus),
         memory_mib: opts.memory_mib.unwrap_or(config.vm.memory_mib),
@@ -396,14 +544,34 @@ async fn run_prepared(
                 read_only,
             })
             .collect(),
-        ..SandboxSpec::new(&cdir.name, cdir.vm(), vmm_binary()?, &guest)
+        nics,
+        hostname: hostname.to_string(),
+        name_files: Some(name_files),
+        ..SandboxSpec::new(&cdir.name, cdir.vm(), vmm_binary()?, guest)
     };
     progress("starting the microVM");
     let mut sb = Sandbox::boot(&sb_spec).await?;
     t.vm_start = sb.times.vmm_spawned;
     t.agent_ready = sb.times.connected;
     t.guest_uptime = sb.times.guest_uptime;
-    let mut result = run_in(&sb, opts, cdir, &process, &user, storage, t).await;
+    let configured = match net {
+        Some(a) => {
+            let tn = Instant::now();
+            let r = sb.configure_network(&a.guest).await;
+            t.guest_net = tn.elapsed();
+            r.map_err(|e| {
+                RunError::Agent(format!(
+                    "configuring the guest's network ({}): {e}",
+                    a.network()
+                ))
+            })
+        }
+        None => Ok(()),
+    };
+    let mut result = match configured {
+        Ok(()) => run_in(&sb, opts, cdir, process, user, storage, t).await,
+        Err(e) => Err(e),
+    };
     if let Err(RunError::Agent(msg)) = &result
         && let Some(why) = sb.stopped(Duration::from_millis(300)).await
     {
@@ -681,10 +849,11 @@ impl ContainerDir {
 }
 
 /// Cleans up after killed `husk` processes: their VMs and folders
-/// ([`reap_stale`]), then the scratch disks whose container is gone.
+/// ([`reap_stale`]), then the scratch disks and networks whose container is gone.
 pub fn reap(config: &Config) {
     reap_stale(&config.run_dir);
     crate::scratch::reap_orphans(&config.state_dir, &config.run_dir);
+    crate::network::reap_orphans(&config.run_dir);
 }
 
 #[cfg(test)]
@@ -723,6 +892,11 @@ mod tests {
             pull: Default::default(),
             insecure_registries: vec![],
             detached: None,
+            network: None,
+            publish: vec![],
+            dns: Default::default(),
+            hostname: None,
+            add_hosts: vec![],
         }
     }
 
@@ -733,7 +907,8 @@ mod tests {
             cmd: vec!["serve".into()],
             ..Default::default()
         };
-        let argv = |o: &RunOptions| process_spec(o, &image).unwrap()["process"]["args"].clone();
+        let argv =
+            |o: &RunOptions| process_spec(o, &image, "h").unwrap()["process"]["args"].clone();
         assert_eq!(
             argv(&opts(&[], None)),
             serde_json::json!(["/entry", "--flag", "serve"])
@@ -753,7 +928,7 @@ mod tests {
         );
         assert_eq!(argv(&opts(&["ls"], Some(""))), serde_json::json!(["ls"]));
         assert!(
-            process_spec(&opts(&[], Some("")), &image).is_err(),
+            process_spec(&opts(&[], Some("")), &image, "h").is_err(),
             "no command left"
         );
     }

@@ -14,12 +14,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use husk_agent_protocol::PROTOCOL_VERSION;
 use husk_agent_protocol::agent::{
-    CreateSandboxRequest, DestroySandboxRequest, GuestDetailsRequest,
+    CreateSandboxRequest, DestroySandboxRequest, GuestDetailsRequest, Route,
+    UpdateInterfaceRequest, UpdateRoutesRequest,
 };
 use husk_agent_protocol::agent_ttrpc::AgentClient;
 use husk_agent_protocol::client::{ClientError, Endpoint};
 use husk_vmm::config::{
-    BalloonConfig, BlockConfig, FsConfig, SerialConfig, SerialOutput, VmConfig, VsockConfig,
+    BalloonConfig, BlockConfig, FsConfig, NetConfig, SerialConfig, SerialOutput, VmConfig,
+    VsockConfig,
 };
 use husk_vmm::exit_status::VmmExit;
 
@@ -76,6 +78,22 @@ pub struct SandboxSpec {
     pub cmdline_extra: String,
     /// Host paths the guest sees over virtio-fs (crate::share; none: no virtiofsd).
     pub exports: Vec<crate::share::Export>,
+    /// NICs: open taps husk-vmm inherits (crate::network); the caller keeps them open
+    /// until `boot` returns.
+    pub nics: Vec<Nic>,
+    /// The guest's hostname.
+    pub hostname: String,
+    /// /etc/hosts, resolv.conf and hostname for the containers (agent protocol 0.4).
+    pub name_files: Option<crate::network::files::NameFiles>,
+}
+
+/// A guest NIC on an open tap.
+#[derive(Debug, Clone)]
+pub struct Nic {
+    /// The tap's fd in this process (passed on at the same number).
+    pub fd: i32,
+    pub mac: String,
+    pub mtu: u32,
 }
 
 /// A disk image attached to the VM.
@@ -199,6 +217,9 @@ impl SandboxSpec {
             ready_timeout: Duration::from_secs(300),
             cmdline_extra: String::new(),
             exports: Vec::new(),
+            nics: Vec::new(),
+            hostname: "husk".into(),
+            name_files: None,
         }
     }
 
@@ -238,6 +259,16 @@ impl SandboxSpec {
                     socket: self.dir.join("virtiofsd.sock"),
                 }]
             },
+            net: self
+                .nics
+                .iter()
+                .map(|n| NetConfig {
+                    tap: None,
+                    fd: Some(n.fd),
+                    mac: Some(n.mac.clone()),
+                    mtu: Some(n.mtu),
+                })
+                .collect(),
             ..VmConfig::new(self.kernel.clone())
         }
     }
@@ -281,12 +312,19 @@ impl Sandbox {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        // SAFETY: prctl in the forked child before exec; async-signal-safe, no memory
-        // shared with the parent is touched.
+        let tap_fds: Vec<i32> = spec.nics.iter().map(|n| n.fd).collect();
+        // SAFETY: prctl and fcntl in the forked child before exec; async-signal-safe, no
+        // memory shared with the parent is touched (the fd list was copied before fork).
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // The taps stay open across exec (husk-vmm takes them by number).
+                for fd in &tap_fds {
+                    if libc::fcntl(*fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -311,18 +349,7 @@ impl Sandbox {
             ..BootTimes::default()
         };
         let endpoint = Endpoint::HybridVsock(uds);
-        let waited = wait_ready(
-            &mut child,
-            &spec.dir,
-            &ready,
-            &endpoint,
-            &spec.id,
-            !spec.exports.is_empty(),
-            spec.ready_timeout,
-            t0,
-            &mut times,
-        )
-        .await;
+        let waited = wait_ready(&mut child, spec, &ready, &endpoint, t0, &mut times).await;
         match waited {
             Ok((agent, agent_protocol)) => {
                 let _ = std::fs::remove_file(&ready_path);
@@ -343,6 +370,33 @@ impl Sandbox {
                 Err(e)
             }
         }
+    }
+
+    /// Configures a guest NIC (found by its MAC) and its routes (agent protocol 0.4).
+    pub async fn configure_network(
+        &self,
+        g: &crate::network::GuestNetwork,
+    ) -> Result<(), SandboxError> {
+        let mut i = UpdateInterfaceRequest::new();
+        i.name = g.ifname.clone();
+        i.mac = g.mac.clone();
+        i.mtu = g.mtu;
+        i.addresses = g.addresses.clone();
+        self.agent.update_interface(ctx(30), &i).await?;
+        let mut r = UpdateRoutesRequest::new();
+        r.routes = g
+            .routes
+            .iter()
+            .map(|(dst, gw)| {
+                let mut rt = Route::new();
+                rt.destination = dst.clone();
+                rt.gateway = gw.clone();
+                rt.device = g.ifname.clone();
+                rt
+            })
+            .collect();
+        self.agent.update_routes(ctx(30), &r).await?;
+        Ok(())
     }
 
     /// husk-vmm's pid while it runs.
@@ -442,18 +496,16 @@ fn kill_and_reap(c: &mut Child) {
     tracing::warn!(pid = c.id(), "husk-vmm did not die after SIGKILL");
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn wait_ready(
     child: &mut Child,
-    dir: &Path,
+    spec: &SandboxSpec,
     ready: &tokio::net::UnixListener,
     endpoint: &Endpoint,
-    id: &str,
-    with_share: bool,
-    timeout: Duration,
     t0: Instant,
     times: &mut BootTimes,
 ) -> Result<(AgentClient, (u32, u32)), SandboxError> {
+    let (dir, id, timeout) = (spec.dir.as_path(), spec.id.as_str(), spec.ready_timeout);
+    let with_share = !spec.exports.is_empty();
     let deadline = tokio::time::Instant::now() + timeout;
     let conn = loop {
         tokio::select! {
@@ -495,8 +547,21 @@ async fn wait_ready(
     agent.guest_details(ctx(10), &g).await?;
     let mut c = CreateSandboxRequest::new();
     c.sandbox_id = id.to_string();
-    c.hostname = "husk".into();
+    c.hostname = spec.hostname.clone();
     c.host_time_unix_ns = now_unix_ns();
+    if !spec.nics.is_empty() && minor < 4 {
+        return Err(SandboxError::BadReady(
+            line,
+            format!(
+                "the agent speaks protocol 0.{minor}; networks need 0.4 (rebuild the guest image: make guest-image; or use --network none)"
+            ),
+        ));
+    }
+    if let Some(f) = &spec.name_files {
+        c.etc_hosts = f.hosts.clone().into_bytes();
+        c.etc_resolv_conf = f.resolv_conf.clone().into_bytes();
+        c.etc_hostname = f.hostname.clone().into_bytes();
+    }
     if with_share {
         if minor < 3 {
             return Err(SandboxError::BadReady(

@@ -38,9 +38,20 @@ enum Command {
 alpine is docker.io/library/alpine:latest), oci:DIR[:TAG] (an OCI image layout) or oci-archive:FILE[:TAG] \
 (a tar of one); a layout's tag defaults to latest (or its only one). The image's config gives the default \
 command, environment, working directory and user. Images are converted to erofs once and cached under \
-<state_dir>/images."
+<state_dir>/images.
+
+Networks: by default the container joins the CNI network `husk` (a bridge husk0 on 10.88.0.0/16 with NAT; \
+docs/network.md): it gets an address, a default route, the host's nameservers (not loopback ones) and can \
+publish ports with -p. --network none leaves it only lo. `husk network ls` lists the networks.",
+        disable_help_flag = true
     )]
     Run(Box<RunArgs>),
+    /// Networks: `husk network ls` lists them (the default one and the CNI
+    /// configuration lists in network.config_dir).
+    Network {
+        #[command(subcommand)]
+        command: NetworkCommand,
+    },
     /// Pull an image from a registry into <state_dir>/blobs (prints REFERENCE@DIGEST).
     Pull {
         /// No progress output.
@@ -98,6 +109,12 @@ command, environment, working directory and user. Images are converted to erofs 
         /// The container's name.
         name: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum NetworkCommand {
+    /// List the networks: NAME, DRIVER (the plugin types), SUBNET, SOURCE (the file).
+    Ls,
 }
 
 /// What `run` and `exec` share about the process.
@@ -184,6 +201,37 @@ struct RunArgs {
     /// When to pull a registry image: missing (not here yet), always, never.
     #[arg(long, value_enum, default_value_t)]
     pull: husk::registry::PullPolicy,
+    /// The network to join: a name (`husk network ls`) or none (only lo); default:
+    /// network.default of the configuration (husk).
+    #[arg(long, value_name = "NAME|none")]
+    network: Option<String>,
+    /// Publish a container port on the host: [IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp]
+    /// (repeatable; CNI portmap).
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "[IP:]HOST:CONTAINER[/PROTO]"
+    )]
+    publish: Vec<String>,
+    /// A nameserver for the container's resolv.conf (repeatable; default: the host's,
+    /// without loopback ones).
+    #[arg(long, value_name = "IP")]
+    dns: Vec<String>,
+    /// A DNS search domain (repeatable).
+    #[arg(long, value_name = "DOMAIN")]
+    dns_search: Vec<String>,
+    /// A resolv.conf option such as ndots:2 (repeatable).
+    #[arg(long, value_name = "OPTION")]
+    dns_option: Vec<String>,
+    /// The container's hostname (default: its name).
+    #[arg(short = 'h', long, value_name = "NAME")]
+    hostname: Option<String>,
+    /// Add a line to the container's /etc/hosts: NAME:IP (repeatable).
+    #[arg(long, value_name = "NAME:IP")]
+    add_host: Vec<String>,
+    /// Print help (-h is --hostname, as in docker).
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
     /// The image (see below); omit it with --rootfs.
     #[arg(required_unless_present = "rootfs")]
     image: Option<String>,
@@ -230,6 +278,19 @@ fn run_options(a: RunArgs, insecure: &[String]) -> Result<husk::run::RunOptions,
     for t in &a.tmpfs {
         volumes.push(husk::volumes::parse_tmpfs(t).map_err(|e| e.to_string())?);
     }
+    let mut publish = Vec::new();
+    for p in &a.publish {
+        publish.push(husk::network::ports::parse_publish(p).map_err(|e| e.to_string())?);
+    }
+    let mut add_hosts = Vec::new();
+    for h in &a.add_host {
+        add_hosts.push(husk::network::files::parse_add_host(h).map_err(|e| e.to_string())?);
+    }
+    let dns = husk::network::files::DnsSettings {
+        servers: husk::network::files::parse_dns(&a.dns).map_err(|e| e.to_string())?,
+        search: a.dns_search,
+        options: a.dns_option,
+    };
     let mut env = Vec::new();
     for f in &a.env_file {
         env.extend(husk::run::parse_env_file(f)?);
@@ -255,6 +316,11 @@ fn run_options(a: RunArgs, insecure: &[String]) -> Result<husk::run::RunOptions,
         pull: a.pull,
         insecure_registries: insecure.to_vec(),
         detached: None,
+        network: a.network,
+        publish,
+        dns,
+        hostname: a.hostname,
+        add_hosts,
     })
 }
 
@@ -438,6 +504,9 @@ fn main() -> ExitCode {
             images::pull(&config, &reference, &cli.insecure_registry, quiet)
         }
         Command::Images => images::images(&config),
+        Command::Network {
+            command: NetworkCommand::Ls,
+        } => network_ls(&config),
         Command::Rmi { references } => images::rmi(&config, &references),
         Command::Inspect { reference } => images::inspect(&config, &reference),
         Command::Ps => {
@@ -491,6 +560,41 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// `husk network ls`: the networks `--network` takes (and files that could not be used,
+/// on stderr).
+fn network_ls(config: &Config) -> ExitCode {
+    let loaded = husk::network::networks(&config.network);
+    println!("{:<16} {:<28} {:<20} SOURCE", "NAME", "DRIVER", "SUBNET");
+    for n in &loaded.networks {
+        let subnets = n.subnets();
+        println!(
+            "{:<16} {:<28} {:<20} {}",
+            n.name,
+            n.plugin_types().join(","),
+            if subnets.is_empty() {
+                "-".to_string()
+            } else {
+                subnets.join(",")
+            },
+            n.source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(built in: [network] of the configuration)".into())
+        );
+    }
+    println!("{:<16} {:<28} {:<20} (built in: only lo)", "none", "-", "-");
+    for e in &loaded.invalid {
+        eprintln!("husk: warning: not used: {e}");
+    }
+    if !config.network.plugin_dir.is_dir() {
+        eprintln!(
+            "husk: warning: the CNI plugin folder {} does not exist: install containernetworking-plugins",
+            config.network.plugin_dir.display()
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn finish(r: Result<i32, husk::run::RunError>) -> ExitCode {
