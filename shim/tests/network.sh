@@ -7,8 +7,6 @@
 # containers' namespaces, an HTTP server on the bridge's address.
 set -u
 real_husk=$1 img=$2
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
 diag() {
     { echo "--- $*"; ps -eo pid,ppid,stat,etime,args | grep -E "husk|CNI|iptables" | grep -v grep
       for d in /run/husk/*/vm; do [ -d "$d" ] && { echo "== $d"; tail -5 "$d/console.log"; tail -3 "$d/vmm.log"; }; done; } >&2
@@ -19,6 +17,8 @@ husk() {
     [ $rc = 137 ] && diag "husk $* was killed after 300 s"
     return $rc
 }
+# Our files: the L1's /tmp is the host's (under an overlay), where names may be taken.
+w=$(mktemp -d /tmp/husk-network-test.XXXXXX)
 case_() { printf 'CASE %s %s\n' "$1" "$2"; }
 now() { date +%s.%N; }
 took() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.1f", b - a}'; }
@@ -37,16 +37,14 @@ leftovers() {
     echo "netns=$netns veth=$veth taps=$taps rules=$rules leases=$leases procs=$procs dirs=$dirs"
 }
 
-t=$(now)
-"$root/tests/lab/net-modules"
-case_ modules "$?"
-echo "MEASURE modules $(took "$t") s" >&2
+# The L1 loaded the network modules at boot (tests/lab/run's l1_modules).
+case_ modules "$(for m in tun veth bridge act_mirred nf_tables xt_MASQUERADE; do [ -d /sys/module/$m ] || echo -n "$m-missing "; done)ok"
 case_ before "$(leftovers)"
 
 # A server container (detached): busybox httpd on port 80, published on the L1's 8080.
 t=$(now)
-husk run -d -q --timings --name srv -p 8080:80 "oci:$img" sh -c 'mkdir -p /www && echo hello-from-srv >/www/index.html && exec httpd -f -p 80 -h /www' >/tmp/srv.out 2>/tmp/srv.err
-case_ srv_started "$? $(cat /tmp/srv.out)"
+husk run -d -q --timings --name srv -p 8080:80 "oci:$img" sh -c 'mkdir -p /www && echo hello-from-srv >/www/index.html && exec httpd -f -p 80 -h /www' >$w/srv.out 2>$w/srv.err
+case_ srv_started "$? $(cat $w/srv.out)"
 echo "MEASURE srv_start $(took "$t") s" >&2
 srv_ip=$(sed -n 's/.*"address": *"\([0-9.]*\)\/.*/\1/p' /run/husk/.networks/srv.json | head -1)
 case_ srv_ip "$(echo "$srv_ip" | cut -d. -f1-2)"
@@ -56,8 +54,8 @@ echo "$out" >&2
 case_ srv_eth0 "$(echo "$out" | grep -c "inet $srv_ip/16")"
 case_ srv_route "$(echo "$out" | grep -o 'default via [0-9.]*' | head -1 | tr ' ' _)"
 # The bridge exists now: an HTTP server on the L1's side of it (on 10.88.0.1 only).
-mkdir -p /tmp/www && echo hello-from-l1 >/tmp/www/file.txt
-busybox httpd -f -p 10.88.0.1:8000 -h /tmp/www &
+mkdir -p $w/www && echo hello-from-l1 >$w/www/file.txt
+busybox httpd -f -p 10.88.0.1:8000 -h $w/www &
 httpd_pid=$!
 sleep 1
 for _ in $(seq 50); do busybox wget -q -O /dev/null "http://$srv_ip/" 2>/dev/null && break; sleep 1; done
@@ -79,22 +77,22 @@ echo FOO=\$(grep -w foo /etc/hosts | tr '\t ' __)
 echo SELF=\$(grep -w myhost /etc/hosts | cut -f1 | cut -d. -f1-2)
 echo IFACES=\$(ls /sys/class/net | tr '\n' ,)
 echo MTU=\$(cat /sys/class/net/eth0/mtu)
-" >/tmp/client.out 2>/tmp/client.err
+" >$w/client.out 2>$w/client.err
 case_ client_rc "$?"
 echo "MEASURE client_run $(took "$t") s" >&2
-cat /tmp/client.out >&2; grep timings /tmp/client.err >&2; grep -v timings /tmp/client.err >&2
+cat $w/client.out >&2; grep timings $w/client.err >&2; grep -v timings $w/client.err >&2
 for k in L1 PEER HOSTNAME ETC_HOSTNAME RESOLV SEARCH FOO SELF IFACES MTU; do
-    case_ "client_$k" "$(tr ' ' '\n' </tmp/client.out | sed -n "s/^$k=//p" | head -1)"
+    case_ "client_$k" "$(tr ' ' '\n' <$w/client.out | sed -n "s/^$k=//p" | head -1)"
 done
 # While srv runs: only its rules, namespace and lease.
 case_ during_srv "$(leftovers)"
 
 # --network none: only lo in the guest (no NIC at all), still the name files.
 t=$(now)
-out=$(husk run -q --timings --network none -h lonely "oci:$img" sh -c 'echo IFACES=$(ls /sys/class/net | tr "\n" ,) DEV=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d " " | tr "\n" ,) HOST=$(hostname) HOSTS=$(grep -c lonely /etc/hosts)' 2>/tmp/none.err)
+out=$(husk run -q --timings --network none -h lonely "oci:$img" sh -c 'echo IFACES=$(ls /sys/class/net | tr "\n" ,) DEV=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d " " | tr "\n" ,) HOST=$(hostname) HOSTS=$(grep -c lonely /etc/hosts)' 2>$w/none.err)
 case_ none_rc "$?"
 echo "MEASURE none_run $(took "$t") s" >&2
-grep timings /tmp/none.err >&2
+grep timings $w/none.err >&2
 case_ none "$(echo $out | tr ' ' _)"
 case_ after_none "$(leftovers)"
 
@@ -120,29 +118,30 @@ echo "MEASURE reap_after_kill9 $(took "$t") s" >&2
 case_ after_kill9 "$(leftovers)"
 
 # Errors: 125, a clear message, nothing left.
-husk run -q --network nope "oci:$img" true 2>/tmp/e1; case_ unknown_network "$? $(grep -c 'known ones are husk' /tmp/e1)"
-husk run -q -p 80 "oci:$img" true 2>/tmp/e2; case_ bad_publish "$? $(grep -c -- '-p "80"' /tmp/e2)"
-husk run -q --network none -p 8080:80 "oci:$img" true 2>/tmp/e3; case_ publish_none "$?"
-printf '[network]\nplugin_dir = "/no/cni/here"\n' >/tmp/noplugins.toml
-husk --config /tmp/noplugins.toml run -q "oci:$img" true 2>/tmp/e4; case_ no_plugins "$? $(grep -c 'containernetworking-plugins' /tmp/e4)"
-mkdir -p /tmp/netd
-cat >/tmp/netd/10-broken.conflist <<'JSON'
+husk run -q --network nope "oci:$img" true 2>$w/e1; case_ unknown_network "$? $(grep -c 'known ones are husk' $w/e1)"
+husk run -q -p 80 "oci:$img" true 2>$w/e2; case_ bad_publish "$? $(grep -c -- '-p "80"' $w/e2)"
+husk run -q --network none -p 8080:80 "oci:$img" true 2>$w/e3; case_ publish_none "$?"
+printf '[network]\nplugin_dir = "/no/cni/here"\n' >$w/noplugins.toml
+husk --config $w/noplugins.toml run -q "oci:$img" true 2>$w/e4; case_ no_plugins "$? $(grep -c 'containernetworking-plugins' $w/e4)"
+mkdir -p $w/netd
+cat >$w/netd/10-broken.conflist <<'JSON'
 {"cniVersion": "1.0.0", "name": "broken", "plugins": [{"type": "bridge", "bridge": "brk0", "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.99.0.0/33"}]]}}]}
 JSON
-cat >/tmp/netd/20-other.conflist <<'JSON'
+cat >$w/netd/20-other.conflist <<'JSON'
 {"cniVersion": "0.4.0", "name": "other", "plugins": [{"type": "bridge", "bridge": "oth0", "isGateway": true, "ipam": {"type": "host-local", "subnet": "10.77.7.0/24"}}, {"type": "portmap", "capabilities": {"portMappings": true}}]}
 JSON
-echo '{"name": "bad"}' >/tmp/netd/30-bad.conflist
-printf '[network]\nconfig_dir = "/tmp/netd"\n' >/tmp/netd.toml
-husk --config /tmp/netd.toml run -q --network broken "oci:$img" true 2>/tmp/e5; case_ failing_plugin "$? $(grep -c 'CNI plugin bridge (ADD, network broken) failed: ' /tmp/e5)"
-cat /tmp/e1 /tmp/e2 /tmp/e3 /tmp/e4 /tmp/e5 >&2
-husk --config /tmp/netd.toml network ls >/tmp/ls.out 2>/tmp/ls.err
-case_ network_ls "$? $(awk 'NR > 1 {print $1}' /tmp/ls.out | tr '\n' ,)"
-case_ network_ls_other "$(awk '$1 == "other" {print $2, $3, $4}' /tmp/ls.out | tr ' ' _)"
-case_ network_ls_bad "$(grep -c '30-bad.conflist: cniVersion' /tmp/ls.err)"
-cat /tmp/ls.out /tmp/ls.err >&2
+echo '{"name": "bad"}' >$w/netd/30-bad.conflist
+printf '[network]\nconfig_dir = "%s/netd"\n' "$w" >$w/netd.toml
+husk --config $w/netd.toml run -q --network broken "oci:$img" true 2>$w/e5; case_ failing_plugin "$? $(grep -c 'CNI plugin bridge (ADD, network broken) failed: ' $w/e5)"
+cat $w/e1 $w/e2 $w/e3 $w/e4 $w/e5 >&2
+husk --config $w/netd.toml network ls >$w/ls.out 2>$w/ls.err
+case_ network_ls "$? $(awk 'NR > 1 {print $1}' $w/ls.out | tr '\n' ,)"
+case_ network_ls_other "$(awk '$1 == "other" {print $2, $3, $4}' $w/ls.out | tr ' ' _)"
+case_ network_ls_bad "$(grep -c '30-bad.conflist: cniVersion' $w/ls.err)"
+cat $w/ls.out $w/ls.err >&2
 ip link del brk0 2>/dev/null
 case_ after_errors "$(leftovers)"
 
 kill "$httpd_pid" 2>/dev/null
 echo "--- iptables at the end" >&2; iptables-save >&2
+rm -rf "$w"

@@ -210,26 +210,22 @@ fn dir(run_dir: &Path) -> PathBuf {
     run_dir.join(DIR_NAME)
 }
 
-/// An exclusive lock on the networks folder while plugins run (concurrent ADDs of the
-/// first containers would race to make the bridge and the iptables chains).
+/// An exclusive lock (flock) on the run folder itself while namespaces, records and
+/// plugins are handled: concurrent ADDs of the first containers would race to make the
+/// bridge and the iptables chains, and the networks folder is removed once empty (so a
+/// host without containers has nothing under the run folder).
 struct Lock(std::fs::File);
 
 impl Lock {
     fn take(run_dir: &Path) -> Result<Lock, NetworkError> {
-        let p = dir(run_dir).join("lock");
-        let f = std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(|source| NetworkError::State {
-                path: p.clone(),
-                source,
-            })?;
+        let f = std::fs::File::open(run_dir).map_err(|source| NetworkError::State {
+            path: run_dir.to_path_buf(),
+            source,
+        })?;
         // SAFETY: flock on an fd this function owns; no memory is passed.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } < 0 {
             return Err(NetworkError::State {
-                path: p,
+                path: run_dir.to_path_buf(),
                 source: std::io::Error::last_os_error(),
             });
         }
@@ -278,21 +274,23 @@ fn undo(record_path: &Path, r: &Record, run_dir: &Path) -> Vec<String> {
         config: r.config.clone(),
         source: None,
     };
-    match Lock::take(run_dir) {
-        Ok(_lock) => {
-            let ns = Netns::at(&r.netns);
-            tap::unjoin(&ns, &r.ifname, TAP_NAME);
-            for e in cni::del(&list, &invocation(r), r.result.as_ref()) {
-                tracing::warn!(container = %r.container, network = %r.network, error = %e, "CNI DEL");
-                errors.push(e.to_string());
-            }
-        }
-        Err(e) => errors.push(e.to_string()),
+    let lock = Lock::take(run_dir);
+    if let Err(e) = &lock {
+        errors.push(e.to_string());
+    }
+    let ns = Netns::at(&r.netns);
+    tap::unjoin(&ns, &r.ifname, TAP_NAME);
+    for e in cni::del(&list, &invocation(r), r.result.as_ref()) {
+        tracing::warn!(container = %r.container, network = %r.network, error = %e, "CNI DEL");
+        errors.push(e.to_string());
     }
     if let Err(e) = Netns::remove(&r.netns) {
         errors.push(e.to_string());
     }
     let _ = std::fs::remove_file(record_path);
+    // The folder goes with its last network (fails while others remain).
+    let _ = std::fs::remove_dir(dir(run_dir));
+    drop(lock);
     errors
 }
 
@@ -306,10 +304,6 @@ pub fn attach(
     ports: &[PortMapping],
 ) -> Result<Attached, NetworkError> {
     let d = dir(run_dir);
-    std::fs::create_dir_all(&d).map_err(|source| NetworkError::State {
-        path: d.clone(),
-        source,
-    })?;
     let record_path = d.join(format!("{name}.json"));
     let mut record = Record {
         container: name.to_string(),
@@ -324,14 +318,16 @@ pub fn attach(
     if !settings.plugin_dir.is_dir() {
         return Err(CniError::NoPluginDir(settings.plugin_dir.clone()).into());
     }
-    write_record(&record_path, &record)?;
     let t0 = Instant::now();
+    let lock = Lock::take(run_dir)?;
+    std::fs::create_dir_all(&d).map_err(|source| NetworkError::State {
+        path: d.clone(),
+        source,
+    })?;
+    write_record(&record_path, &record)?;
     let r = (|| -> Result<Attached, NetworkError> {
         let ns = Netns::create(&record.netns)?;
-        let result = {
-            let _lock = Lock::take(run_dir)?;
-            cni::add(list, &invocation(&record))?
-        };
+        let result = cni::add(list, &invocation(&record))?;
         record.result = Some(result.clone());
         write_record(&record_path, &record)?;
         let add_time = t0.elapsed();
@@ -360,6 +356,7 @@ pub fn attach(
             tap_time: t1.elapsed(),
         })
     })();
+    drop(lock);
     match r {
         Ok(a) => {
             tracing::info!(container = name, network = %list.name, addresses = ?a.guest.addresses, add_ms = a.add_time.as_millis() as u64, tap_ms = a.tap_time.as_millis() as u64, "attached");
