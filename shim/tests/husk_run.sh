@@ -29,7 +29,10 @@ leftovers() {
     mounts=$(grep -c -e /run/husk -e /var/lib/husk /proc/mounts)
     loops=$(losetup -a 2>/dev/null | wc -l)
     scratch=$(ls -A /var/lib/husk/scratch 2>/dev/null | wc -l)
-    echo "procs=$procs dirs=$dirs tmp=$tmp mounts=$mounts loops=$loops scratch=$scratch"
+    # The default network's (docs/network.md): veths of the VMs' namespaces, IPAM leases.
+    veth=$(ip -o link show type veth 2>/dev/null | wc -l)
+    leases=$(ls /var/lib/cni/networks/husk 2>/dev/null | grep -c '^[0-9]')
+    echo "procs=$procs dirs=$dirs tmp=$tmp mounts=$mounts loops=$loops scratch=$scratch veth=$veth leases=$leases"
 }
 # MiB the storage case writes into a 256 MiB VM (HUSK_STORAGE_TEST_MIB; CI: 300, the
 # lab's emulated disk I/O is slow).

@@ -2,6 +2,7 @@
 # Benchmark, run inside the lab by tests/bench/run: `husk run --rm IMAGE true` end to
 # end against `ctr run --rm` with runc (containerd started here) on the same image,
 # interleaved, RUNS times each; medians, the ratio, and husk's phases (--timings).
+# husk runs with --network none: `ctr run` makes no network either (no CNI).
 #   husk_run.sh HUSK OCI_LAYOUT OCI_ARCHIVE RUNS OUT_JSON
 set -euo pipefail
 husk=$1 layout=$2 archive=$3 runs=$4 out=$5
@@ -22,7 +23,7 @@ image=docker.io/library/busybox:latest
 now() { date +%s%N; }
 : >"$work/husk" ; : >"$work/ctr"; : >"$work/phases"
 for i in $(seq "$runs"); do
-    t=$(now); "$husk" run --rm -q --timings "oci:$layout" true 2>>"$work/phases"; echo $(( ($(now) - t) / 1000000 )) >>"$work/husk"
+    t=$(now); "$husk" run --rm -q --timings --network none "oci:$layout" true 2>>"$work/phases"; echo $(( ($(now) - t) / 1000000 )) >>"$work/husk"
     t=$(now); "${ctr[@]}" run --rm "$image" "b$i" true; echo $(( ($(now) - t) / 1000000 )) >>"$work/ctr"
 done
 median() { sort -n "$1" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
