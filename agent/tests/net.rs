@@ -281,6 +281,11 @@ async fn interfaces_and_routes() {
         routes_of_eth0(&ns, "-4"),
         set(&["default via 10.200.0.1 static", "10.200.0.0/24 kernel"])
     );
+    assert_eq!(
+        routes_of_eth0(&ns, "-6"),
+        set(&["fd00:200::/64 kernel"]),
+        "the IPv6 default route went too"
+    );
     // The same again: not an error.
     c.update_routes(ctx(), &routes(&[("0.0.0.0/0", "10.200.0.1", "eth0")]))
         .await
@@ -294,7 +299,20 @@ async fn interfaces_and_routes() {
     let link = ns.ip_json(&["link", "show", "dev", "eth0"]);
     assert_eq!(link[0]["mtu"], 1400, "{link}");
 
-    // Errors.
+    // Errors. A name another interface has: refused, and the NIC stays up.
+    ns.ip(&["link", "add", "taken0", "type", "bridge"]);
+    let (code, msg) = rpc_error(
+        c.update_interface(ctx(), &iface(MAC, "taken0", &[], 0))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(code, ttrpc::Code::ALREADY_EXISTS, "{msg}");
+    assert!(msg.contains("rename eth0 to taken0"), "{msg}");
+    let link = ns.ip_json(&["link", "show", "dev", "eth0"]);
+    assert!(
+        link[0]["flags"].as_array().unwrap().contains(&json!("UP")),
+        "{link}"
+    );
     let (code, msg) = rpc_error(
         c.update_interface(ctx(), &iface("02:00:00:00:00:99", "eth1", &[], 0))
             .await

@@ -169,11 +169,24 @@ pub fn update(nl: &mut Netlink, cfg: &InterfaceConfig) -> Result<Link, NetError>
             0,
             &format!("set {} down to rename it", link.name),
         )?;
-        nl.request(
+        let renamed = nl.request(
             set_link_message(index, vec![LinkAttribute::IfName(cfg.name.clone())], None),
             0,
             &format!("rename {} to {}", link.name, cfg.name),
-        )?;
+        );
+        if let Err(e) = renamed {
+            // Not left down by a refused rename (the name taken: EEXIST).
+            if link.up
+                && let Err(up) = nl.request(
+                    set_link_message(index, vec![], Some(true)),
+                    0,
+                    &format!("set {} up again", link.name),
+                )
+            {
+                tracing::warn!(error = %up, "interface left down");
+            }
+            return Err(e.into());
+        }
         tracing::info!(from = %link.name, to = %cfg.name, "interface renamed");
     }
     if let Some(mtu) = cfg.mtu {

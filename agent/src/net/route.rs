@@ -91,10 +91,29 @@ pub fn is_replaced(m: &RouteMessage, index: u32) -> bool {
         && m.header.protocol != RouteProtocol::Kernel
 }
 
-/// The DELROUTE message for a listed route (the kernel finds it by its key: family,
-/// table, destination, prefix, tos, priority and next hop).
-fn del_route_message(m: &RouteMessage) -> RouteNetlinkMessage {
-    RouteNetlinkMessage::DelRoute(m.clone())
+/// The DELROUTE message for a listed route: its header and the attributes of its key
+/// (family, table, destination and source prefix, tos, priority, next hop), nothing the
+/// kernel only reports (cache info, preference, expiry).
+pub fn del_route_message(m: &RouteMessage) -> RouteNetlinkMessage {
+    let mut d = RouteMessage::default();
+    d.header = m.header.clone();
+    d.attributes = m
+        .attributes
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                RouteAttribute::Destination(_)
+                    | RouteAttribute::Source(_)
+                    | RouteAttribute::Gateway(_)
+                    | RouteAttribute::Oif(_)
+                    | RouteAttribute::Priority(_)
+                    | RouteAttribute::Table(_)
+            )
+        })
+        .cloned()
+        .collect();
+    RouteNetlinkMessage::DelRoute(d)
 }
 
 fn describe(m: &RouteMessage) -> String {
@@ -242,8 +261,19 @@ mod tests {
         local.header.table = 255;
         local.attributes.push(RouteAttribute::Table(255));
         assert!(!is_replaced(&local, 4), "the local table's");
-        let mut bcast = m;
+        let mut bcast = m.clone();
         bcast.header.kind = RouteType::Broadcast;
         assert!(!is_replaced(&bcast, 4));
+        // Deleted by its key only.
+        let mut listed = m;
+        listed.attributes.push(RouteAttribute::Priority(1024));
+        listed.attributes.push(RouteAttribute::Expires(5));
+        let RouteNetlinkMessage::DelRoute(d) = del_route_message(&listed) else {
+            panic!()
+        };
+        assert_eq!(
+            d.attributes,
+            vec![RouteAttribute::Oif(4), RouteAttribute::Priority(1024)]
+        );
     }
 }
