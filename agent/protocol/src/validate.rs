@@ -250,10 +250,14 @@ pub struct InterfaceConfig {
     pub addresses: Vec<Cidr>,
 }
 
-/// Checks an UpdateInterface request: the MAC, the new name, the MTU (0: unchanged,
+/// Checks an UpdateInterface request: the MAC (unicast, not all zeroes), the new name, the MTU (0: unchanged,
 /// else 68 to 65535), at most [`MAX_ADDRESSES`] unicast addresses in CIDR form.
 pub fn update_interface(req: &UpdateInterfaceRequest) -> Result<InterfaceConfig, ValidateError> {
     let mac = mac("mac", &req.mac)?;
+    // Not loopback's (all zeroes) nor a group address: no NIC is found by those.
+    if mac == [0; 6] || mac[0] & 1 == 1 {
+        return Err(bad("mac", &req.mac, "not a unicast MAC address"));
+    }
     interface_name("name", &req.name)?;
     let mtu = match req.mtu {
         0 => None,
@@ -500,6 +504,9 @@ mod tests {
             (iface("02:11:22:33:44:5g", "eth0", &[], 0), "mac"),
             (iface("2:11:22:33:44:55", "eth0", &[], 0), "mac"),
             (iface("", "eth0", &[], 0), "mac"),
+            (iface("00:00:00:00:00:00", "eth0", &[], 0), "mac"),
+            (iface("ff:ff:ff:ff:ff:ff", "eth0", &[], 0), "mac"),
+            (iface("01:00:5e:00:00:01", "eth0", &[], 0), "mac"),
             (iface("02:11:22:33:44:55", "", &[], 0), "name"),
             (iface("02:11:22:33:44:55", "a/b", &[], 0), "name"),
             (iface("02:11:22:33:44:55", "eth 0", &[], 0), "name"),
