@@ -202,7 +202,7 @@ impl Netlink {
                             why: "overrun".into(),
                         });
                     }
-                    NetlinkPayload::Noop => {}
+                    // NLMSG_NOOP, and kinds this crate may add: nothing to act on.
                     _ => {}
                 }
             }
