@@ -64,7 +64,8 @@ test: setup lint guest-image unit-test
 lab-shell: setup
 	tests/lab/run --interactive --timeout 0 -- bash -l
 
-# BENCH_RUNS=N for more runs (default 5). Results in build/bench/.
+# BENCH_RUNS=N for more runs (default 5); BENCH_JOB_MIB / BENCH_JOB_RUNS size the CI-shaped
+# network job (default 64 MiB, BENCH_RUNS runs). Results in build/bench/.
 bench: setup guest-image
 	tests/bench/run
 

@@ -4,6 +4,7 @@
 
 pub mod cgroup;
 pub mod console;
+pub mod etc_files;
 pub mod helper;
 pub mod io;
 pub mod netns;
@@ -196,6 +197,8 @@ pub struct Runtime {
     pub reaper: Reaper,
     pub pending: Pending,
     pub events: Events,
+    /// The sandbox's hosts, resolv.conf and hostname (CreateSandbox).
+    pub etc_files: etc_files::EtcFiles,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     create_lock: tokio::sync::Mutex<()>,
     tty_counter: AtomicU64,
@@ -212,6 +215,7 @@ impl Runtime {
             reaper,
             pending: Pending::default(),
             events: Events::default(),
+            etc_files: etc_files::EtcFiles::new(state_dir),
             containers: Mutex::default(),
             create_lock: tokio::sync::Mutex::new(()),
             tty_counter: AtomicU64::new(0),
@@ -452,9 +456,14 @@ impl Runtime {
             user.to_string(),
         );
         let policy = policy::Policy::new(&self.state_dir);
+        let name_files = self.etc_files.mounts();
         *spec = tokio::task::spawn_blocking(move || {
             let mut s = owned;
-            spec::prepare(&mut s, &cid, &croot, &cuser, &policy).map(|()| s)
+            spec::prepare(&mut s, &cid, &croot, &cuser, &policy)?;
+            // After the policy: these sources are the agent's own.
+            etc_files::inject(&mut s, &croot, &name_files)
+                .map_err(|e| RuntimeError::Internal(crate::error_chain(&e)))?;
+            Ok::<_, RuntimeError>(s)
         })
         .await
         .map_err(|e| RuntimeError::Internal(format!("preparing the spec: {e}")))??;

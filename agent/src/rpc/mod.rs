@@ -1,8 +1,10 @@
 //! The ttrpc service: each RPC checks its request and calls into the container
-//! runtime ([`crate::container`]) or the guest ([`guest_details`], [`sandbox`]).
+//! runtime ([`crate::container`]) or the guest ([`guest_details`], [`sandbox`],
+//! [`network`]).
 //! Errors become ttrpc statuses with a message that names the field or the object.
 
 mod guest_details;
+mod network;
 mod sandbox;
 
 use std::sync::Arc;
@@ -246,18 +248,12 @@ impl Agent for Service {
         Ok(Empty::new())
     }
 
-    async fn update_interface(&self, _: &TtrpcContext, _: UpdateInterfaceRequest) -> R<Empty> {
-        Err(status(
-            ttrpc::Code::UNIMPLEMENTED,
-            "UpdateInterface: no networking in the guest yet (no virtio-net)".into(),
-        ))
+    async fn update_interface(&self, _: &TtrpcContext, req: UpdateInterfaceRequest) -> R<Empty> {
+        network::update_interface(&req).await
     }
 
-    async fn update_routes(&self, _: &TtrpcContext, _: UpdateRoutesRequest) -> R<Empty> {
-        Err(status(
-            ttrpc::Code::UNIMPLEMENTED,
-            "UpdateRoutes: no networking in the guest yet (no virtio-net)".into(),
-        ))
+    async fn update_routes(&self, _: &TtrpcContext, req: UpdateRoutesRequest) -> R<Empty> {
+        network::update_routes(&req).await
     }
 
     async fn next_event(&self, _: &TtrpcContext, _: Empty) -> R<Event> {

@@ -1,4 +1,5 @@
-//! CreateSandbox (hostname, clock) and DestroySandbox (stop everything, power off).
+//! CreateSandbox (hostname, clock, shares, the name files containers get at /etc/hosts,
+//! /etc/resolv.conf and /etc/hostname) and DestroySandbox (stop everything, power off).
 
 use std::sync::Arc;
 
@@ -37,7 +38,18 @@ pub fn create(svc: &Service, req: &CreateSandboxRequest) -> ttrpc::Result<Empty>
                 .map_err(|e| invalid(format!("hostname: {e}")))?;
         }
     }
+    validate::etc_files(req).map_err(|e| invalid(e.to_string()))?;
     mount_shares(svc, &req.shares)?;
+    svc.rt
+        .etc_files
+        .write([&req.etc_hosts, &req.etc_resolv_conf, &req.etc_hostname])
+        .map_err(|e| {
+            tracing::warn!(error = %e, "sandbox name files");
+            ttrpc::Error::RpcStatus(ttrpc::get_status(
+                ttrpc::Code::INTERNAL,
+                crate::error_chain(&e),
+            ))
+        })?;
     if req.host_time_unix_ns > 0 && svc.pid1 {
         let ts = nix::sys::time::TimeSpec::new(
             req.host_time_unix_ns / 1_000_000_000,
