@@ -1,10 +1,11 @@
 //! One microVM with its agent: boot (husk-vmm + the guest image), readiness, the
 //! agent connection, and shutdown. Shared by the `husk` CLI and (later) the shim.
 //!
-//! Everything a sandbox creates lives in its folder (`<run_dir>/<name>/vm/`): vm.json,
-//! vsock.sock (+ `_1025` for readiness), console.log, vmm.log, pid. husk-vmm gets
-//! PR_SET_PDEATHSIG, so a killed `husk` cannot leave a VM running; a folder left by a
-//! killed `husk` is removed by [`reap_stale`].
+//! Everything a sandbox creates lives in its folder ([`SandboxDir`], crate::layout):
+//! vm.json, vsock.sock (+ `_1025` for readiness), console.log, vmm.log, pid. husk-vmm
+//! dies with the process that owns the sandbox (crate::spawner: PR_SET_PDEATHSIG from a
+//! thread that lives as long as the process), so a killed `husk` cannot leave a VM
+//! running; a folder left by a killed `husk` is removed by [`reap_stale`].
 
 use std::io::Write as _;
 use std::os::unix::process::CommandExt;
@@ -25,6 +26,7 @@ use husk_vmm::config::{
 };
 use husk_vmm::exit_status::VmmExit;
 
+pub use crate::layout::SandboxDir;
 use crate::procid::ProcId;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
@@ -59,12 +61,32 @@ pub enum SandboxError {
     Io(#[from] std::io::Error),
 }
 
+impl SandboxError {
+    /// The library's kind of this failure (crate::error): a VM that stopped or an agent
+    /// that went is Unavailable.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            SandboxError::VmExited { .. }
+            | SandboxError::VmStopped { .. }
+            | SandboxError::NotReady(..)
+            | SandboxError::Client(_) => ErrorKind::Unavailable,
+            SandboxError::Rpc(e) => crate::error::Error::agent(e.clone()).kind(),
+            SandboxError::BadReady(..) => ErrorKind::FailedPrecondition,
+            SandboxError::Share(_)
+            | SandboxError::Dir { .. }
+            | SandboxError::Spawn { .. }
+            | SandboxError::Io(_) => ErrorKind::Internal,
+        }
+    }
+}
+
 /// What to boot.
 #[derive(Debug, Clone)]
 pub struct SandboxSpec {
     pub id: String,
     /// The sandbox's folder (created; removed by shutdown).
-    pub dir: PathBuf,
+    pub dir: SandboxDir,
     pub vmm: PathBuf,
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
@@ -119,7 +141,7 @@ pub struct BootTimes {
 /// A running sandbox.
 pub struct Sandbox {
     pub id: String,
-    pub dir: PathBuf,
+    pub dir: SandboxDir,
     pub endpoint: Endpoint,
     pub agent: AgentClient,
     pub times: BootTimes,
@@ -170,8 +192,9 @@ fn read_tail(path: &Path) -> String {
 
 /// The last lines of the guest's console, for error messages.
 fn console_tail(dir: &Path) -> String {
-    let text = read_tail(&dir.join("console.log"));
-    let vmm = read_tail(&dir.join("vmm.log"));
+    let dir = SandboxDir::new(dir);
+    let text = read_tail(&dir.console_log());
+    let vmm = read_tail(&dir.vmm_log());
     let tail = |t: &str| {
         t.lines()
             .rev()
@@ -201,13 +224,13 @@ impl SandboxSpec {
     /// disk, 300 s for the agent to be ready (change the fields for more).
     pub fn new(
         id: &str,
-        dir: PathBuf,
+        dir: impl Into<SandboxDir>,
         vmm: PathBuf,
         guest: &crate::guest::GuestImage,
     ) -> SandboxSpec {
         SandboxSpec {
             id: id.to_string(),
-            dir,
+            dir: dir.into(),
             vmm,
             kernel: guest.kernel.clone(),
             initramfs: guest.initramfs.clone(),
@@ -232,7 +255,7 @@ impl SandboxSpec {
                 .to_string(),
             vcpus: self.vcpus,
             memory_mib: u64::from(self.memory_mib),
-            serial: SerialConfig(SerialOutput::file(self.dir.join("console.log"))),
+            serial: SerialConfig(SerialOutput::file(self.dir.console_log())),
             block: self
                 .disks
                 .iter()
@@ -243,7 +266,7 @@ impl SandboxSpec {
                 .collect(),
             vsock: Some(VsockConfig {
                 cid: 3,
-                uds: self.dir.join("vsock.sock"),
+                uds: self.dir.vsock(),
             }),
             rng: true,
             // Free page reporting: memory the guest frees goes back to the host, so a
@@ -256,7 +279,7 @@ impl SandboxSpec {
             } else {
                 vec![FsConfig {
                     tag: crate::share::TAG.into(),
-                    socket: self.dir.join("virtiofsd.sock"),
+                    socket: self.dir.virtiofsd_socket(),
                 }]
             },
             net: self
@@ -279,18 +302,16 @@ impl Sandbox {
     pub async fn boot(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         let t0 = Instant::now();
         let dir_err = |err| SandboxError::Dir {
-            path: spec.dir.clone(),
+            path: spec.dir.to_path_buf(),
             err,
         };
         std::fs::create_dir_all(&spec.dir).map_err(dir_err)?;
-        let vm_json = spec.dir.join("vm.json");
+        let vm_json = spec.dir.vm_config();
         let config = serde_json::to_vec_pretty(&spec.vm_config())
             .map_err(|e| dir_err(std::io::Error::other(e)))?;
         std::fs::write(&vm_json, config).map_err(dir_err)?;
-        let uds = spec.dir.join("vsock.sock");
-        let ready_path = spec
-            .dir
-            .join(format!("vsock.sock_{}", husk_agent_protocol::READY_PORT));
+        let uds = spec.dir.vsock();
+        let ready_path = spec.dir.ready_socket();
         let _ = std::fs::remove_file(&ready_path);
         let ready = tokio::net::UnixListener::bind(&ready_path).map_err(dir_err)?;
         // The share's server first: husk-vmm connects to it as it starts.
@@ -305,7 +326,7 @@ impl Sandbox {
                 }
             }
         };
-        let log = std::fs::File::create(spec.dir.join("vmm.log")).map_err(dir_err)?;
+        let log = std::fs::File::create(spec.dir.vmm_log()).map_err(dir_err)?;
         let mut cmd = Command::new(&spec.vmm);
         cmd.arg("--config")
             .arg(&vm_json)
@@ -329,7 +350,8 @@ impl Sandbox {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|err| SandboxError::Spawn {
+        // From the process-long spawner thread: PDEATHSIG follows the forking thread.
+        let child = crate::spawner::spawn(cmd).map_err(|err| SandboxError::Spawn {
             vmm: spec.vmm.clone(),
             err,
         })?;
@@ -340,7 +362,7 @@ impl Sandbox {
             .map(|p| p.to_record())
             .unwrap_or_else(|| child.id().to_string());
         let _ = std::fs::write(
-            spec.dir.join("pid"),
+            spec.dir.pid(),
             format!("{vmm_id}\n{}\n", ProcId::me().to_record()),
         );
         let mut child = child;
@@ -504,7 +526,7 @@ async fn wait_ready(
     t0: Instant,
     times: &mut BootTimes,
 ) -> Result<(AgentClient, (u32, u32)), SandboxError> {
-    let (dir, id, timeout) = (spec.dir.as_path(), spec.id.as_str(), spec.ready_timeout);
+    let (dir, id, timeout) = (spec.dir.path(), spec.id.as_str(), spec.ready_timeout);
     let with_share = !spec.exports.is_empty();
     let deadline = tokio::time::Instant::now() + timeout;
     let conn = loop {
@@ -589,17 +611,20 @@ pub fn reap_stale(run_dir: &Path) -> usize {
     };
     let mut n = 0;
     for e in entries.flatten() {
-        let dir = e.path();
-        let owner = std::fs::read_to_string(dir.join("owner"))
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let c = crate::layout::ContainerDir::new(run_dir, Path::new(""), &name);
+        let owner = std::fs::read_to_string(c.owner())
             .ok()
             .and_then(|t| ProcId::parse(&t));
         let Some(owner) = owner else { continue };
         if owner.alive() {
             continue;
         }
-        let vm = dir.join("vm");
+        let vm = c.vm();
         // Only the recorded husk-vmm (same pid and start time), through a pidfd.
-        if let Some(vmm) = std::fs::read_to_string(vm.join("pid"))
+        if let Some(vmm) = std::fs::read_to_string(vm.pid())
             .ok()
             .and_then(|t| t.lines().next().and_then(ProcId::parse))
             && vmm.alive()
@@ -607,8 +632,8 @@ pub fn reap_stale(run_dir: &Path) -> usize {
         {
             let _ = vmm.signal(nix::sys::signal::Signal::SIGKILL);
         }
-        let _ = std::fs::remove_dir_all(&vm);
-        if !dir.join("exit").exists() && std::fs::remove_dir_all(&dir).is_ok() {
+        let _ = std::fs::remove_dir_all(vm.path());
+        if !c.exit().exists() && std::fs::remove_dir_all(&c.path).is_ok() {
             n += 1;
         }
     }

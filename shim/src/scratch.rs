@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_SIZE: u64 = 10 << 30;
 /// Smallest scratch disk: ext4 with its journal needs a few MiB of its own.
 pub const MIN_SIZE: u64 = 64 << 20;
-/// The folder under the state folder that holds the images.
-pub const DIR_NAME: &str = "scratch";
+/// The folder under the state folder that holds the images (crate::layout).
+pub const DIR_NAME: &str = crate::layout::SCRATCH_DIR;
 /// The filesystem made on it (the agent accepts only this for an upper layer).
 pub const FSTYPE: &str = "ext4";
 
@@ -87,7 +87,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// The scratch image of container `name`.
 pub fn path(state_dir: &Path, name: &str) -> PathBuf {
-    state_dir.join(DIR_NAME).join(format!("{name}.img"))
+    crate::layout::scratch_image(state_dir, name)
 }
 
 /// Creates `path`: a sparse file of `size` bytes holding an empty ext4 (inode tables and
@@ -152,13 +152,13 @@ pub fn create(path: &Path, size: u64) -> Result<Duration, ScratchError> {
 /// the run folder, a tmpfs, went). Returns how many went. A container makes its folder
 /// before its image, so a run being set up is never mistaken for an orphan.
 pub fn reap_orphans(state_dir: &Path, run_dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(state_dir.join(DIR_NAME)) else {
+    let Ok(entries) = std::fs::read_dir(crate::layout::scratch_dir(state_dir)) else {
         return 0;
     };
     let mut n = 0;
     for e in entries.flatten() {
         let file = e.file_name();
-        let Some(name) = file.to_str().and_then(|f| f.strip_suffix(".img")) else {
+        let Some(name) = file.to_str().and_then(crate::layout::scratch_owner) else {
             continue;
         };
         if !run_dir.join(name).is_dir() && std::fs::remove_file(e.path()).is_ok() {

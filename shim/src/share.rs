@@ -183,9 +183,10 @@ impl Server {
             let path = path.to_path_buf();
             move |err| ShareError::Io { path, err }
         };
-        let staging = dir.join("share");
+        let dir = crate::layout::SandboxDir::new(dir);
+        let staging = dir.share();
         std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-        let socket = dir.join("virtiofsd.sock");
+        let socket = dir.virtiofsd_socket();
         let _ = std::fs::remove_file(&socket);
         let mut mounts = Vec::new();
         for e in exports {
@@ -201,7 +202,7 @@ impl Server {
             staging: cstr(&staging)?,
             mounts,
         };
-        let log_path = dir.join("virtiofsd.log");
+        let log_path = dir.virtiofsd_log();
         let log = std::fs::File::create(&log_path).map_err(io(&log_path))?;
         let mut cmd = Command::new(&bin);
         cmd.arg("--socket-path")
@@ -223,7 +224,8 @@ impl Server {
         unsafe {
             cmd.pre_exec(move || setup_namespace(&plan));
         }
-        let child = cmd.spawn().map_err(|err| ShareError::Spawn { bin, err })?;
+        // From the process-long spawner thread: PDEATHSIG follows the forking thread.
+        let child = crate::spawner::spawn(cmd).map_err(|err| ShareError::Spawn { bin, err })?;
         tracing::debug!(pid = child.id(), socket = %socket.display(), volumes = exports.len(), "virtiofsd started");
         let mut server = Server {
             child: Some(child),

@@ -37,8 +37,8 @@ use tap::TapError;
 pub const IFNAME: &str = "eth0";
 /// The tap in the namespace.
 pub const TAP_NAME: &str = "tap0";
-/// The folder under the run folder holding namespaces and records.
-pub const DIR_NAME: &str = ".networks";
+/// The folder under the run folder holding namespaces and records (crate::layout).
+pub const DIR_NAME: &str = crate::layout::NETWORKS_DIR;
 
 /// Why a network could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +63,21 @@ pub enum NetworkError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl NetworkError {
+    /// The library's kind of this failure (crate::error).
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            NetworkError::Unknown { .. } => ErrorKind::NotFound,
+            // A missing plugin folder or a plugin's own refusal: the host's setup.
+            NetworkError::Cni(_) | NetworkError::Result { .. } => ErrorKind::FailedPrecondition,
+            NetworkError::Netns(_) | NetworkError::Tap(_) | NetworkError::State { .. } => {
+                ErrorKind::Internal
+            }
+        }
+    }
 }
 
 /// The networks husk knows: the default (from the configuration) and the files in the
@@ -207,7 +222,7 @@ pub struct Attached {
 }
 
 fn dir(run_dir: &Path) -> PathBuf {
-    run_dir.join(DIR_NAME)
+    crate::layout::networks_dir(run_dir)
 }
 
 /// An exclusive lock (flock) on the run folder itself while namespaces, records and
@@ -304,12 +319,12 @@ pub fn attach(
     ports: &[PortMapping],
 ) -> Result<Attached, NetworkError> {
     let d = dir(run_dir);
-    let record_path = d.join(format!("{name}.json"));
+    let record_path = crate::layout::network_record(run_dir, name);
     let mut record = Record {
         container: name.to_string(),
         network: list.name.clone(),
         config: list.config.clone(),
-        netns: d.join(format!("{name}.ns")),
+        netns: crate::layout::network_netns(run_dir, name),
         ifname: IFNAME.to_string(),
         plugin_dir: settings.plugin_dir.clone(),
         ports: ports.to_vec(),
@@ -409,7 +424,7 @@ pub fn reap_orphans(run_dir: &Path) -> usize {
         } else {
             continue;
         };
-        let owner = std::fs::read_to_string(run_dir.join(&name).join("owner"))
+        let owner = std::fs::read_to_string(crate::layout::owner_of(&run_dir.join(&name)))
             .ok()
             .and_then(|t| crate::procid::ProcId::parse(&t));
         if owner.is_some_and(|o| o.alive()) {
