@@ -6,13 +6,15 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use husk_agent_protocol::agent::{ExecProcessRequest, ProcessRequest, SignalProcessRequest, Stdio};
-use husk_agent_protocol::client::{Endpoint, StdioKind};
+use husk_agent_protocol::client::Endpoint;
 use husk_agent_protocol::{spec, validate};
 
 use crate::config::Config;
+use crate::error::{Error, ErrorKind};
+use crate::layout::ContainerDir;
+use crate::pod::Pod;
 use crate::procid::ProcId;
-use crate::run::{ContainerDir, RunError, rpc_msg, spawn_stdin_pump};
+use crate::stdio::{Input, Output, ProcessStdio};
 
 /// A container as `husk ps` shows it.
 #[derive(Debug, Clone)]
@@ -25,7 +27,7 @@ pub struct Listed {
 
 /// The recorded owner process (pid and start time).
 fn owner(dir: &Path) -> Option<ProcId> {
-    ProcId::parse(&std::fs::read_to_string(dir.join("owner")).ok()?)
+    ProcId::parse(&std::fs::read_to_string(crate::layout::owner_of(dir)).ok()?)
 }
 
 fn alive(p: ProcId) -> bool {
@@ -33,7 +35,7 @@ fn alive(p: ProcId) -> bool {
 }
 
 fn exit_status(dir: &Path) -> Option<i32> {
-    std::fs::read_to_string(dir.join("exit"))
+    std::fs::read_to_string(ContainerDir::new(dir, dir, "").exit())
         .ok()?
         .trim()
         .parse()
@@ -50,14 +52,16 @@ pub fn list(config: &Config) -> Vec<Listed> {
         .flatten()
     {
         let dir = e.path();
-        let info: serde_json::Value = std::fs::read(dir.join("info.json"))
+        let name = e.file_name().to_string_lossy().into_owned();
+        let c = ContainerDir::of(config, &name);
+        let info: serde_json::Value = std::fs::read(c.info())
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         let status = match exit_status(&dir) {
             Some(s) => format!("exited ({s})"),
             None if owner(&dir).is_some_and(alive) => {
-                if dir.join("vm/vsock.sock").exists() {
+                if c.vm().vsock().exists() {
                     "running".into()
                 } else {
                     "starting".into()
@@ -66,7 +70,7 @@ pub fn list(config: &Config) -> Vec<Listed> {
             None => continue,
         };
         out.push(Listed {
-            name: e.file_name().to_string_lossy().into_owned(),
+            name,
             status,
             image: info["image"].as_str().unwrap_or("").to_string(),
             command: info["command"]
@@ -84,31 +88,35 @@ pub fn list(config: &Config) -> Vec<Listed> {
     out
 }
 
-fn running(config: &Config, name: &str) -> Result<ContainerDir, RunError> {
-    validate::id("NAME", name).map_err(|e| RunError::Usage(e.to_string()))?;
+fn running(config: &Config, name: &str) -> Result<ContainerDir, Error> {
+    validate::id("NAME", name).map_err(|e| Error::invalid(e.to_string()))?;
     crate::run::reap(config);
-    let c = ContainerDir::new(config, name);
+    let c = ContainerDir::of(config, name);
     if !c.path.is_dir() {
-        return Err(RunError::Usage(format!(
+        return Err(Error::not_found(format!(
             "{name}: no such container (husk ps lists them)"
         )));
     }
-    if exit_status(&c.path).is_some() || !c.vm().join("vsock.sock").exists() {
-        return Err(RunError::Usage(format!("{name}: not running")));
+    if exit_status(&c.path).is_some() || !c.vm().vsock().exists() {
+        return Err(Error::precondition(format!("{name}: not running")));
     }
     Ok(c)
 }
 
-fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(60_000_000_000)
-}
-
-fn rpc(e: ttrpc::Error) -> RunError {
-    RunError::Agent(rpc_msg(e))
+/// The running container of folder `c`: its pod (the agent of its VM) and its id there
+/// (`id` of info.json; "main" for a run started by an older husk).
+async fn attach(c: &ContainerDir) -> Result<(Pod, String), Error> {
+    let info: serde_json::Value = std::fs::read(c.info())
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let id = info["id"].as_str().unwrap_or("main").to_string();
+    let pod = Pod::connect(Endpoint::HybridVsock(c.vm().vsock())).await?;
+    Ok((pod, id))
 }
 
 /// Parses a signal: a number, or a name with or without SIG.
-pub fn parse_signal(s: &str) -> Result<u32, RunError> {
+pub fn parse_signal(s: &str) -> Result<u32, Error> {
     if let Ok(n) = s.parse::<u32>() {
         return Ok(n);
     }
@@ -120,21 +128,14 @@ pub fn parse_signal(s: &str) -> Result<u32, RunError> {
     };
     name.parse::<nix::sys::signal::Signal>()
         .map(|sig| sig as u32)
-        .map_err(|_| RunError::Usage(format!("signal {s:?}: not a signal name or number")))
+        .map_err(|_| Error::invalid(format!("signal {s:?}: not a signal name or number")))
 }
 
 /// `husk kill NAME [SIGNAL]`.
-pub async fn kill(config: &Config, name: &str, signal: u32) -> Result<(), RunError> {
+pub async fn kill(config: &Config, name: &str, signal: u32) -> Result<(), Error> {
     let c = running(config, name)?;
-    let agent = Endpoint::HybridVsock(c.vm().join("vsock.sock"))
-        .agent()
-        .await
-        .map_err(|e| RunError::Agent(e.to_string()))?;
-    let mut s = SignalProcessRequest::new();
-    s.container_id = "main".into();
-    s.signal = signal;
-    agent.signal_process(ctx(), &s).await.map_err(rpc)?;
-    Ok(())
+    let (pod, id) = attach(&c).await?;
+    pod.kill(&id, "", signal, false).await
 }
 
 /// `husk exec NAME CMD...`: runs a process in a running container, stdio on ours.
@@ -146,16 +147,12 @@ pub async fn exec(
     env: &[String],
     workdir: Option<&str>,
     user: Option<&str>,
-) -> Result<i32, RunError> {
+) -> Result<i32, Error> {
     let c = running(config, name)?;
     if args.is_empty() {
-        return Err(RunError::Usage("exec: no command".into()));
+        return Err(Error::invalid("exec: no command"));
     }
-    let ep = Endpoint::HybridVsock(c.vm().join("vsock.sock"));
-    let agent = ep
-        .agent()
-        .await
-        .map_err(|e| RunError::Agent(e.to_string()))?;
+    let (pod, id) = attach(&c).await?;
     let exec_id = format!(
         "exec-{}-{}",
         std::process::id(),
@@ -166,7 +163,7 @@ pub async fn exec(
     if let Some(env_arr) = p["env"].as_array_mut() {
         for e in env {
             if !e.contains('=') {
-                return Err(RunError::Usage(format!("-e {e:?}: expected KEY=VALUE")));
+                return Err(Error::invalid(format!("-e {e:?}: expected KEY=VALUE")));
             }
             env_arr.push(serde_json::json!(e));
         }
@@ -174,81 +171,40 @@ pub async fn exec(
     if let Some(w) = workdir {
         p["cwd"] = serde_json::json!(w);
     }
-    let open = |kind| {
-        let ep = ep.clone();
-        let id = exec_id.clone();
-        async move {
-            ep.stdio("main", &id, kind)
-                .await
-                .map_err(|e| RunError::Agent(e.to_string()))
-        }
-    };
-    let so = open(StdioKind::Stdout).await?;
-    let se = open(StdioKind::Stderr).await?;
-    let si = if interactive {
-        Some(open(StdioKind::Stdin).await?)
-    } else {
-        None
-    };
-    let mut req = ExecProcessRequest::new();
-    req.container_id = "main".into();
-    req.exec_id = exec_id.clone();
-    req.process_json = p.to_string().into_bytes();
-    let mut io = Stdio::new();
-    io.stdout = true;
-    io.stderr = true;
-    io.stdin = si.is_some();
-    req.stdio = Some(io).into();
-    req.user = user.unwrap_or("").to_string();
-    if let Err(e) = agent.exec_process(ctx(), &req).await {
-        let e = rpc(e);
-        if e.to_string().contains("not found") {
-            return Err(RunError::CommandNotFound(e.to_string()));
-        }
-        return Err(e);
-    }
-    if let Some(si) = si {
-        spawn_stdin_pump(si);
-    }
     // No terminal in the container: its output may not drive ours (crate::sanitize).
-    let out = tokio::spawn(crate::sanitize::copy(
-        so,
-        tokio::io::stdout(),
-        crate::tty::stdout_is_terminal(),
-    ));
-    let err = tokio::spawn(crate::sanitize::copy(
-        se,
-        tokio::io::stderr(),
-        crate::tty::stderr_is_terminal(),
-    ));
-    let mut w = ProcessRequest::new();
-    w.container_id = "main".into();
-    w.exec_id = exec_id;
-    let status = agent
-        .wait_process(ttrpc::context::with_timeout(0), &w)
-        .await
-        .map_err(rpc)?
-        .exit_status;
-    crate::sanitize::drain(out).await;
-    crate::sanitize::drain(err).await;
+    let stdio = ProcessStdio {
+        stdin: interactive.then_some(Input::Stdin),
+        stdout: Some(Output::Stdout {
+            sanitize: crate::tty::stdout_is_terminal(),
+        }),
+        stderr: Some(Output::Stderr {
+            sanitize: crate::tty::stderr_is_terminal(),
+        }),
+        terminal: false,
+    };
+    pod.exec(&id, &exec_id, &p, user.unwrap_or(""), &stdio)
+        .await?;
+    let status = pod.wait(&id, &exec_id).await?.status;
+    pod.drain_io(&id, &exec_id).await;
     Ok(status)
 }
 
 /// `husk rm [-f] NAME`: a finished container's folder goes; a running one only with
 /// force (killed first; its owner then stops the VM and exits).
-pub async fn rm(config: &Config, name: &str, force: bool) -> Result<(), RunError> {
-    validate::id("NAME", name).map_err(|e| RunError::Usage(e.to_string()))?;
+pub async fn rm(config: &Config, name: &str, force: bool) -> Result<(), Error> {
+    validate::id("NAME", name).map_err(|e| Error::invalid(e.to_string()))?;
     crate::run::reap(config);
-    let c = ContainerDir::new(config, name);
+    let c = ContainerDir::of(config, name);
     if !c.path.is_dir() {
-        return Err(RunError::Usage(format!("{name}: no such container")));
+        return Err(Error::not_found(format!("{name}: no such container")));
     }
     let owner_alive = owner(&c.path).is_some_and(alive);
     if exit_status(&c.path).is_none() && owner_alive {
         if !force {
-            return Err(RunError::Usage(format!(
-                "{name}: still running (husk kill {name}, or husk rm -f {name})"
-            )));
+            return Err(Error::msg(
+                ErrorKind::FailedPrecondition,
+                format!("{name}: still running (husk kill {name}, or husk rm -f {name})"),
+            ));
         }
         let _ = kill(config, name, 9).await;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -270,16 +226,16 @@ pub async fn rm(config: &Config, name: &str, force: bool) -> Result<(), RunError
 }
 
 /// `husk logs NAME`: a detached container's output so far.
-pub fn logs(config: &Config, name: &str) -> Result<(), RunError> {
-    validate::id("NAME", name).map_err(|e| RunError::Usage(e.to_string()))?;
-    let c = ContainerDir::new(config, name);
+pub fn logs(config: &Config, name: &str) -> Result<(), Error> {
+    validate::id("NAME", name).map_err(|e| Error::invalid(e.to_string()))?;
+    let c = ContainerDir::of(config, name);
     if !c.path.is_dir() {
-        return Err(RunError::Usage(format!("{name}: no such container")));
+        return Err(Error::not_found(format!("{name}: no such container")));
     }
     // To a terminal, stripped of control sequences (crate::sanitize).
-    let copy = |file: &str, to: &mut dyn std::io::Write, terminal: bool| {
+    let copy = |file: std::path::PathBuf, to: &mut dyn std::io::Write, terminal: bool| {
         use std::io::Read;
-        let Ok(mut f) = std::fs::File::open(c.path.join(file)) else {
+        let Ok(mut f) = std::fs::File::open(file) else {
             return;
         };
         let (mut s, mut buf, mut clean) = (
@@ -301,12 +257,12 @@ pub fn logs(config: &Config, name: &str) -> Result<(), RunError> {
         }
     };
     copy(
-        "stdout.log",
+        c.stdout_log(),
         &mut std::io::stdout(),
         crate::tty::stdout_is_terminal(),
     );
     copy(
-        "stderr.log",
+        c.stderr_log(),
         &mut std::io::stderr(),
         crate::tty::stderr_is_terminal(),
     );

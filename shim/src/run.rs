@@ -1,23 +1,26 @@
 //! `husk run`: an image, a microVM, one container in it, its stdio on ours, its exit
 //! status as ours. Everything it created is gone when it returns (also on errors).
+//!
+//! A user of the library like the shim will be: it builds a [`SandboxSpec`] and the
+//! container's spec, boots the [`Sandbox`], and drives the container through a
+//! [`Pod`] with [`ProcessStdio`] endpoints (ours, or a detached run's log files).
+//! Failures are the library's [`Error`]; its kind gives the exit code (125, 126, 127).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use husk_agent_protocol::agent::{
-    ContainerRequest, CreateContainerRequest, ProcessRequest, ResizePtyRequest, Rootfs,
-    SignalProcessRequest, Stdio,
-};
-use husk_agent_protocol::client::StdioKind;
+use husk_agent_protocol::agent::Rootfs;
 use husk_agent_protocol::{spec, validate};
-use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::{Config, MIN_MEMORY_MIB};
-use crate::guest::{GuestError, GuestImage, vmm_binary};
+use crate::error::{Error, ErrorKind};
+use crate::guest::{GuestImage, vmm_binary};
 use crate::image::{ImageError, ImageRef, prepare_with};
-use crate::sandbox::{Disk, Sandbox, SandboxError, SandboxSpec, reap_stale};
-use crate::scratch::{ScratchError, Storage};
+pub use crate::layout::ContainerDir;
+use crate::pod::Pod;
+use crate::sandbox::{Disk, Sandbox, SandboxSpec, reap_stale};
+use crate::scratch::Storage;
+use crate::stdio::{Input, Output, ProcessStdio};
 use crate::tty;
 
 /// What to run.
@@ -71,54 +74,6 @@ pub fn notify(n: &Notify, line: &str) {
     use std::io::Write;
     if let Some(mut f) = n.lock().unwrap_or_else(|p| p.into_inner()).take() {
         let _ = writeln!(f, "{line}");
-    }
-}
-
-/// Why a run failed (the container never ran, or its VM broke).
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("{0}")]
-    Usage(String),
-    #[error(transparent)]
-    Image(#[from] ImageError),
-    #[error(transparent)]
-    Guest(#[from] GuestError),
-    #[error(transparent)]
-    Host(#[from] crate::preflight::PreflightError),
-    #[error(transparent)]
-    Sandbox(#[from] SandboxError),
-    #[error(transparent)]
-    Scratch(#[from] ScratchError),
-    #[error(transparent)]
-    Network(#[from] crate::network::NetworkError),
-    #[error("{0}")]
-    Agent(String),
-    /// The command does not exist in the image (docker's 127).
-    #[error("{0}")]
-    CommandNotFound(String),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-}
-
-impl RunError {
-    /// docker's conventions: 125 for the runtime, 127 for a missing command.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            RunError::CommandNotFound(_) => 127,
-            _ => 125,
-        }
-    }
-}
-
-fn ctx() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(120_000_000_000)
-}
-
-/// A failed agent call's message (the status's own text, without ttrpc's wrapping).
-pub(crate) fn rpc_msg(e: ttrpc::Error) -> String {
-    match e {
-        ttrpc::Error::RpcStatus(s) => s.message().to_string(),
-        other => other.to_string(),
     }
 }
 
@@ -245,7 +200,7 @@ fn process_spec(
     opts: &RunOptions,
     image: &crate::image::ImageConfig,
     hostname: &str,
-) -> Result<serde_json::Value, RunError> {
+) -> Result<serde_json::Value, Error> {
     // As docker: --entrypoint replaces the image's entrypoint and drops its Cmd.
     let mut args: Vec<String> = match opts.entrypoint.as_deref() {
         None => image.entrypoint.clone(),
@@ -258,8 +213,8 @@ fn process_spec(
         args.extend(opts.args.iter().cloned());
     }
     if args.is_empty() {
-        return Err(RunError::Usage(
-            "no command: the image has none and none was given".into(),
+        return Err(Error::invalid(
+            "no command: the image has none and none was given",
         ));
     }
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -279,7 +234,7 @@ fn process_spec(
     for e in &opts.env {
         let key = e.split('=').next().unwrap_or("");
         if key.is_empty() || !e.contains('=') {
-            return Err(RunError::Usage(format!("-e {e:?}: expected KEY=VALUE")));
+            return Err(Error::invalid(format!("-e {e:?}: expected KEY=VALUE")));
         }
         env.retain(|x| x.split('=').next() != Some(key));
         env.push(e.clone());
@@ -294,7 +249,7 @@ fn process_spec(
         .unwrap_or_else(|| image.working_dir.clone());
     if !cwd.is_empty() {
         if !cwd.starts_with('/') {
-            return Err(RunError::Usage(format!(
+            return Err(Error::invalid(format!(
                 "-w {cwd:?}: must be an absolute path"
             )));
         }
@@ -303,7 +258,7 @@ fn process_spec(
     s["process"]["terminal"] = serde_json::json!(opts.tty);
     let guest_share = format!("{}/{}", crate::share::GUEST_DIR, crate::share::TAG);
     let extra = crate::volumes::spec_mounts(&opts.volumes, &guest_share)
-        .map_err(|e| RunError::Usage(e.to_string()))?;
+        .map_err(|e| Error::invalid(e.to_string()))?;
     if let Some(m) = s["mounts"].as_array_mut() {
         // A volume replaces a default mount at its path (docker lets -v /dev/shm win).
         m.retain(|x| !extra.iter().any(|e| e["destination"] == x["destination"]));
@@ -317,44 +272,46 @@ fn process_spec(
 }
 
 /// Runs a container to its end; returns its exit status.
-pub async fn run(config: &Config, opts: RunOptions) -> Result<i32, RunError> {
+pub async fn run(config: &Config, opts: RunOptions) -> Result<i32, Error> {
     let progress = |m: &str| crate::sandbox::progress(!opts.quiet && tty::stderr_is_terminal(), m);
     let mut t = Timings::default();
     if let Some(n) = &opts.name {
-        validate::id("--name", n).map_err(|e| RunError::Usage(e.to_string()))?;
+        validate::id("--name", n).map_err(|e| Error::invalid(e.to_string()))?;
         // As docker: the first character is a letter or digit (run_dir's own folders,
         // such as .networks, start with a dot).
         if !n.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-            return Err(RunError::Usage(format!(
+            return Err(Error::invalid(format!(
                 "--name {n:?}: must start with a letter or digit"
             )));
         }
     }
     if let Some(h) = &opts.hostname {
-        crate::network::files::check_hostname(h).map_err(|e| RunError::Usage(e.to_string()))?;
+        crate::network::files::check_hostname(h).map_err(|e| Error::invalid(e.to_string()))?;
     }
     crate::network::files::check_dns_words(&opts.dns.search, &opts.dns.options)
-        .map_err(|e| RunError::Usage(e.to_string()))?;
+        .map_err(|e| Error::invalid(e.to_string()))?;
     let network = network_of(config, &opts)?;
     if opts.vcpus == Some(0) {
-        return Err(RunError::Usage("--cpus: at least 1".into()));
+        return Err(Error::invalid("--cpus: at least 1"));
     }
     if opts.tty && opts.interactive && opts.detached.is_none() && !tty::stdin_is_terminal() {
-        return Err(RunError::Usage(
-            "-t: the input device is not a terminal".into(),
-        ));
+        return Err(Error::invalid("-t: the input device is not a terminal"));
     }
     let name = opts.name.clone().unwrap_or_else(random_name);
     std::fs::create_dir_all(&config.run_dir)
-        .map_err(|e| RunError::Usage(format!("run_dir {}: {e}", config.run_dir.display())))?;
+        .map_err(|e| Error::internal(format!("run_dir {}: {e}", config.run_dir.display())))?;
     reap(config);
-    let cdir = ContainerDir::new(config, &name);
-    if let Err(e) = cdir.create(&opts) {
+    let cdir = ContainerDir::of(config, &name);
+    if let Err(e) = cdir.create(
+        &crate::procid::ProcId::me().to_record(),
+        &info(&opts, &name),
+    ) {
         return Err(match e.kind() {
-            std::io::ErrorKind::AlreadyExists => RunError::Usage(format!(
-                "--name {name}: a container with this name exists (husk rm {name})"
-            )),
-            _ => RunError::Usage(format!("{}: {e}", cdir.path.display())),
+            std::io::ErrorKind::AlreadyExists => Error::msg(
+                ErrorKind::AlreadyExists,
+                format!("--name {name}: a container with this name exists (husk rm {name})"),
+            ),
+            _ => Error::internal(format!("{}: {e}", cdir.path.display())),
         });
     }
     let result = run_prepared(config, &opts, &cdir, network.as_ref(), &progress, &mut t).await;
@@ -371,14 +328,14 @@ pub async fn run(config: &Config, opts: RunOptions) -> Result<i32, RunError> {
 fn network_of(
     config: &Config,
     opts: &RunOptions,
-) -> Result<Option<crate::network::cni::NetworkList>, RunError> {
+) -> Result<Option<crate::network::cni::NetworkList>, Error> {
     let name = opts
         .network
         .clone()
         .unwrap_or_else(|| config.network.default.clone());
     if name == "none" {
         if let Some(p) = opts.publish.first() {
-            return Err(RunError::Usage(format!(
+            return Err(Error::invalid(format!(
                 "-p {}:{}: --network none has no network to publish ports on",
                 p.host_port, p.container_port
             )));
@@ -405,7 +362,7 @@ async fn run_prepared(
     network: Option<&crate::network::cni::NetworkList>,
     progress: &dyn Fn(&str),
     t: &mut Timings,
-) -> Result<i32, RunError> {
+) -> Result<i32, Error> {
     let t0 = Instant::now();
     if let ImageRef::Registry(r) = &opts.image {
         let pull = crate::registry::PullOptions {
@@ -511,7 +468,7 @@ async fn boot_and_run(
     net: Option<&crate::network::Attached>,
     progress: &dyn Fn(&str),
     t: &mut Timings,
-) -> Result<i32, RunError> {
+) -> Result<i32, Error> {
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let empty = crate::network::GuestNetwork::default();
     let g = net.map_or(&empty, |a| &a.guest);
@@ -560,10 +517,10 @@ async fn boot_and_run(
             let r = sb.configure_network(&a.guest).await;
             t.guest_net = tn.elapsed();
             r.map_err(|e| {
-                RunError::Agent(format!(
-                    "configuring the guest's network ({}): {e}",
-                    a.network()
-                ))
+                Error::msg(
+                    e.kind(),
+                    format!("configuring the guest's network ({}): {e}", a.network()),
+                )
             })
         }
         None => Ok(()),
@@ -572,11 +529,12 @@ async fn boot_and_run(
         Ok(()) => run_in(&sb, opts, cdir, process, user, storage, t).await,
         Err(e) => Err(e),
     };
-    if let Err(RunError::Agent(msg)) = &result
+    if let Err(e) = &result
+        && e.kind() != ErrorKind::CommandNotFound
         && let Some(why) = sb.stopped(Duration::from_millis(300)).await
     {
         // The agent's connection went because the VM did: say why.
-        result = Err(RunError::Agent(format!("{msg}\n{why}")));
+        result = Err(Error::msg(ErrorKind::Unavailable, format!("{e}\n{why}")));
     }
     let ts = Instant::now();
     sb.shutdown().await;
@@ -584,44 +542,41 @@ async fn boot_and_run(
     if opts.detached.is_some()
         && let Ok(status) = &result
     {
-        let _ = std::fs::write(cdir.path.join("exit"), format!("{status}\n"));
+        let _ = std::fs::write(cdir.exit(), format!("{status}\n"));
     }
     result
 }
 
-async fn run_in(
-    sb: &Sandbox,
-    opts: &RunOptions,
-    cdir: &ContainerDir,
-    process: &serde_json::Value,
-    user: &str,
-    storage: Storage,
-    t: &mut Timings,
-) -> Result<i32, RunError> {
-    let id = "main";
-    let ep = &sb.endpoint;
-    let c = &sb.agent;
-    let ts = Instant::now();
-    let stream = |kind| async move {
-        ep.stdio(id, "", kind)
-            .await
-            .map_err(|e| RunError::Agent(e.to_string()))
+/// Where the container's stdio goes: ours (a foreground run; without -t its output
+/// may not drive our terminal, crate::sanitize) or the log files of a detached run.
+fn run_stdio(opts: &RunOptions, cdir: &ContainerDir) -> ProcessStdio {
+    let (stdout, stderr) = match &opts.detached {
+        None => (
+            Output::Stdout {
+                sanitize: !opts.tty && tty::stdout_is_terminal(),
+            },
+            Output::Stderr {
+                sanitize: tty::stderr_is_terminal(),
+            },
+        ),
+        Some(_) => (
+            Output::File(cdir.stdout_log()),
+            Output::File(cdir.stderr_log()),
+        ),
     };
-    let so = stream(StdioKind::Stdout).await?;
-    let se = if opts.tty {
-        None
-    } else {
-        Some(stream(StdioKind::Stderr).await?)
-    };
-    let si = if opts.interactive {
-        Some(stream(StdioKind::Stdin).await?)
-    } else {
-        None
-    };
+    ProcessStdio {
+        // A detached run's stdin is /dev/null: it reads EOF at once.
+        stdin: opts.interactive.then_some(Input::Stdin),
+        stdout: Some(stdout),
+        // With -t the terminal carries both.
+        stderr: (!opts.tty).then_some(stderr),
+        terminal: opts.tty,
+    }
+}
 
-    let mut req = CreateContainerRequest::new();
-    req.container_id = id.into();
-    req.spec_json = process.to_string().into_bytes();
+/// The container's root: the image (erofs, /dev/vda) under an overlay whose upper layer
+/// is the scratch disk (/dev/vdb) or a tmpfs.
+fn rootfs(sb: &Sandbox, storage: Storage) -> Result<Rootfs, Error> {
     let mut root = Rootfs::new();
     root.block_device = "/dev/vda".into();
     root.fstype = "erofs".into();
@@ -630,7 +585,7 @@ async fn run_in(
         // An agent older than protocol 0.2 would ignore the upper device and use a
         // tmpfs without a word: refuse instead.
         if sb.agent_protocol.1 < 2 {
-            return Err(RunError::Agent(format!(
+            return Err(Error::precondition(format!(
                 "the guest image's agent speaks protocol {}.{}, which has no writable \
                  layer on disk: rebuild the guest image (make guest-image), or use \
                  --storage tmpfs",
@@ -641,211 +596,101 @@ async fn run_in(
         root.upper_device = "/dev/vdb".into();
         root.upper_fstype = crate::scratch::FSTYPE.into();
     }
-    req.rootfs = Some(root).into();
-    let mut io = Stdio::new();
-    io.stdout = true;
-    io.stderr = se.is_some();
-    io.stdin = si.is_some();
-    req.stdio = Some(io).into();
-    req.user = user.to_string();
-    if let Err(e) = c.create_container(ctx(), &req).await {
-        let msg = rpc_msg(e);
-        if msg.contains("not found") && msg.contains("executable") {
-            return Err(RunError::CommandNotFound(msg));
-        }
-        return Err(RunError::Agent(msg));
-    }
+    Ok(root)
+}
+
+async fn run_in(
+    sb: &Sandbox,
+    opts: &RunOptions,
+    cdir: &ContainerDir,
+    process: &serde_json::Value,
+    user: &str,
+    storage: Storage,
+    t: &mut Timings,
+) -> Result<i32, Error> {
+    // The container is known to the agent by its name.
+    let id = cdir.name.as_str();
+    let pod = Pod::of(sb);
+    let ts = Instant::now();
+    let stdio = run_stdio(opts, cdir);
+    let root = rootfs(sb, storage)?;
+    pod.create_container(id, process, root, user, &stdio)
+        .await?;
     let _raw = if opts.tty && tty::stdin_is_terminal() {
         tty::RawMode::enable().ok()
     } else {
         None
     };
     if opts.tty {
-        resize(c, id).await;
+        resize(&pod, id).await;
     }
-    let mut r = ContainerRequest::new();
-    r.container_id = id.into();
-    c.start_container(ctx(), &r)
-        .await
-        .map_err(|e| RunError::Agent(rpc_msg(e)))?;
+    pod.start(id).await?;
     t.container_start = ts.elapsed();
     let tr = Instant::now();
-
-    let (out, err) = match &opts.detached {
-        None => {
-            // Without -t, the container's output may not drive the user's terminal
-            // (crate::sanitize); with -t it has its own and gets it as it is.
-            let out = tokio::spawn(crate::sanitize::copy(
-                so,
-                tokio::io::stdout(),
-                !opts.tty && tty::stdout_is_terminal(),
-            ));
-            let err = se.map(|se| {
-                tokio::spawn(crate::sanitize::copy(
-                    se,
-                    tokio::io::stderr(),
-                    tty::stderr_is_terminal(),
-                ))
-            });
-            (out, err)
-        }
-        Some(n) => {
-            let log = |name: &str| {
-                tokio::fs::File::from_std(
-                    std::fs::File::create(cdir.path.join(name)).unwrap_or_else(|_| tempfile_sink()),
-                )
-            };
-            let (mut fo, mut fe) = (log("stdout.log"), log("stderr.log"));
-            let out = tokio::spawn(async move {
-                let mut so = so;
-                let _ = tokio::io::copy(&mut so, &mut fo).await;
-            });
-            let err = se.map(|mut se| {
-                tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut se, &mut fe).await;
-                })
-            });
-            notify(n, &format!("started {}", cdir.name));
-            (out, err)
-        }
-    };
-    if let Some(si) = si {
-        spawn_stdin_pump(si);
+    if let Some(n) = &opts.detached {
+        notify(n, &format!("started {}", cdir.name));
     }
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut winch = signal(SignalKind::window_change())?;
-    let mut w = ProcessRequest::new();
-    w.container_id = id.into();
-    let waiting = c.wait_process(ctx_long(), &w);
+    let waiting = pod.wait(id, "");
     tokio::pin!(waiting);
     let mut signals = 0;
     let status = loop {
         tokio::select! {
-            r = &mut waiting => break r.map_err(|e| RunError::Agent(rpc_msg(e)))?.exit_status,
-            _ = sigint.recv() => { signals += 1; forward(c, id, 2, signals).await?; }
-            _ = sigterm.recv() => { signals += 1; forward(c, id, 15, signals).await?; }
-            _ = winch.recv(), if opts.tty => resize(c, id).await,
+            r = &mut waiting => break r?.status,
+            _ = sigint.recv() => { signals += 1; forward(&pod, id, 2, signals).await?; }
+            _ = sigterm.recv() => { signals += 1; forward(&pod, id, 15, signals).await?; }
+            _ = winch.recv(), if opts.tty => resize(&pod, id).await,
         }
     };
     // Bounded: a background process holding the output open must not hang husk.
-    crate::sanitize::drain(out).await;
-    if let Some(e) = err {
-        crate::sanitize::drain(e).await;
-    }
+    pod.drain_io(id, "").await;
     t.run = tr.elapsed();
     Ok(status)
 }
 
-/// Copies our stdin to a process's stdin stream, half-closes it at EOF, and keeps the
-/// stream until the agent closes it.
-pub(crate) fn spawn_stdin_pump(mut si: tokio::net::UnixStream) {
-    tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut si).await;
-        let _ = si.shutdown().await;
-        let _ = tokio::io::copy(&mut si, &mut tokio::io::sink()).await;
-    });
-}
-
-fn ctx_long() -> ttrpc::context::Context {
-    // WaitProcess lasts as long as the container runs.
-    ttrpc::context::with_timeout(0)
-}
-
 /// Ctrl-C / SIGTERM: the first goes to the container, a second stops the VM.
-async fn forward(
-    c: &husk_agent_protocol::agent_ttrpc::AgentClient,
-    id: &str,
-    sig: u32,
-    count: u32,
-) -> Result<(), RunError> {
+async fn forward(pod: &Pod, id: &str, sig: u32, count: u32) -> Result<(), Error> {
     if count > 1 {
-        return Err(RunError::Agent(
-            "interrupted twice: stopping the microVM".into(),
-        ));
+        return Err(Error::internal("interrupted twice: stopping the microVM"));
     }
-    let mut s = SignalProcessRequest::new();
-    s.container_id = id.into();
-    s.signal = sig;
-    let _ = c.signal_process(ctx(), &s).await;
+    let _ = pod.kill(id, "", sig, false).await;
     Ok(())
 }
 
-async fn resize(c: &husk_agent_protocol::agent_ttrpc::AgentClient, id: &str) {
+/// Passes our terminal's size on.
+pub(crate) async fn resize(pod: &Pod, id: &str) {
     if let Some((rows, cols)) = tty::window_size() {
-        let mut r = ResizePtyRequest::new();
-        r.container_id = id.into();
-        r.rows = rows.into();
-        r.cols = cols.into();
-        let _ = c.resize_pty(ctx(), &r).await;
+        let _ = pod.resize_pty(id, "", rows.into(), cols.into()).await;
     }
 }
 
-fn tempfile_sink() -> std::fs::File {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/null")
-        .unwrap_or_else(|_| std::process::exit(125))
-}
-
-/// A container's folder: `<run_dir>/<name>/` with `owner` (the pid and start time of the husk
-/// process running it), `info.json`, `vm/` (the sandbox), and for detached runs
-/// `stdout.log`, `stderr.log` and, once it ended, `exit`; and its scratch disk
-/// (`<state_dir>/scratch/<name>.img`, kept until the container is removed).
-#[derive(Debug, Clone)]
-pub struct ContainerDir {
-    pub name: String,
-    pub path: PathBuf,
-    pub scratch: PathBuf,
-}
-
-impl ContainerDir {
-    pub fn new(config: &Config, name: &str) -> ContainerDir {
-        ContainerDir {
-            name: name.to_string(),
-            path: config.run_dir.join(name),
-            scratch: crate::scratch::path(&config.state_dir, name),
-        }
-    }
-
-    pub fn vm(&self) -> PathBuf {
-        self.path.join("vm")
-    }
-
-    fn create(&self, opts: &RunOptions) -> std::io::Result<()> {
-        std::fs::create_dir(&self.path)?;
-        std::fs::write(
-            self.path.join("owner"),
-            format!("{}\n", crate::procid::ProcId::me().to_record()),
-        )?;
-        let image = match &opts.image {
-            ImageRef::OciDir { dir, tag } => format!(
-                "oci:{}{}",
-                dir.display(),
-                tag.as_ref().map(|t| format!(":{t}")).unwrap_or_default()
-            ),
-            ImageRef::OciArchive { file, tag } => format!(
-                "oci-archive:{}{}",
-                file.display(),
-                tag.as_ref().map(|t| format!(":{t}")).unwrap_or_default()
-            ),
-            ImageRef::Registry(r) => r.to_string(),
-            ImageRef::Rootfs(d) => format!("rootfs:{}", d.display()),
-        };
-        let info = serde_json::json!({
-            "name": self.name,
-            "image": image,
-            "command": opts.args,
-            "created_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-            "detached": opts.detached.is_some(),
-        });
-        std::fs::write(self.path.join("info.json"), info.to_string())
-    }
-
-    pub fn remove(&self) {
-        let _ = std::fs::remove_file(&self.scratch);
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
+/// What `husk ps` shows of a run (`info.json`); `id` is the container's id in the
+/// agent (its name).
+fn info(opts: &RunOptions, name: &str) -> serde_json::Value {
+    let image = match &opts.image {
+        ImageRef::OciDir { dir, tag } => format!(
+            "oci:{}{}",
+            dir.display(),
+            tag.as_ref().map(|t| format!(":{t}")).unwrap_or_default()
+        ),
+        ImageRef::OciArchive { file, tag } => format!(
+            "oci-archive:{}{}",
+            file.display(),
+            tag.as_ref().map(|t| format!(":{t}")).unwrap_or_default()
+        ),
+        ImageRef::Registry(r) => r.to_string(),
+        ImageRef::Rootfs(d) => format!("rootfs:{}", d.display()),
+    };
+    serde_json::json!({
+        "name": name,
+        "id": name,
+        "image": image,
+        "command": opts.args,
+        "created_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "detached": opts.detached.is_some(),
+    })
 }
 
 /// Cleans up after killed `husk` processes: their VMs and folders

@@ -597,7 +597,7 @@ fn network_ls(config: &Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn finish(r: Result<i32, husk::run::RunError>) -> ExitCode {
+fn finish(r: Result<i32, husk::error::Error>) -> ExitCode {
     match r {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
         Err(e) => {
@@ -608,7 +608,7 @@ fn finish(r: Result<i32, husk::run::RunError>) -> ExitCode {
 }
 
 fn with_runtime(
-    f: impl FnOnce(&tokio::runtime::Runtime) -> Result<i32, husk::run::RunError>,
+    f: impl FnOnce(&tokio::runtime::Runtime) -> Result<i32, husk::error::Error>,
 ) -> ExitCode {
     let Some(rt) = runtime() else {
         return ExitCode::from(125);
