@@ -53,6 +53,11 @@ impl Live {
         self.procs.insert(key);
     }
 
+    /// A process that failed to start.
+    pub(crate) fn remove(&mut self, key: &ProcessKey) {
+        self.procs.remove(key);
+    }
+
     /// A container was deleted: its processes are no longer awaited.
     pub(crate) fn remove_container(&mut self, id: &str) {
         self.procs.retain(|k| k.container != id);

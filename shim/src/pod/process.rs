@@ -116,12 +116,16 @@ impl Pod {
         req.process_json = process.to_string().into_bytes();
         req.stdio = Some(streams.agent_stdio()).into();
         req.user = user.to_string();
+        // Live before it runs: its exit event may come before ExecProcess's answer.
+        let key = ProcessKey::new(id, exec_id);
+        self.live().add(key.clone());
         let r = self
             .agent
             .exec_process(ctx(CALL_SECS), &req)
             .await
             .map_err(Error::agent)
             .map_err(|e| {
+                self.live().remove(&key);
                 // The agent's own NOT_FOUND is about the container; an exec that fails
                 // with "not found" otherwise lacks its command.
                 if e.kind() != ErrorKind::NotFound && e.to_string().contains("not found") {
@@ -130,8 +134,6 @@ impl Pod {
                     e
                 }
             })?;
-        let key = ProcessKey::new(id, exec_id);
-        self.live().add(key.clone());
         let pumps = pump::start(streams, stdio)?;
         self.io().insert(key, pumps);
         info!(cid = %id, exec = %exec_id, pid = r.pid, "process started");
