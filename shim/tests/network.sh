@@ -3,6 +3,7 @@
 # printed as `CASE name value` lines the Rust test checks, measurements as
 # `MEASURE ...` lines.
 # Usage: network.sh HUSK OCI_LAYOUT
+# (busybox 1.35 wget -T segfaults: timeout(1) bounds the fetches instead.)
 # Everything stays inside the L1 (it has no network device): the bridge husk0, the
 # containers' namespaces, an HTTP server on the bridge's address.
 set -u
@@ -61,16 +62,16 @@ sleep 1
 for _ in $(seq 50); do busybox wget -q -O /dev/null "http://$srv_ip/" 2>/dev/null && break; sleep 1; done
 
 # -p 8080:80 from the L1: localhost (portmap's DNAT with route_localnet) and the bridge IP.
-case_ publish_localhost "$(busybox wget -q -T 20 -O - http://127.0.0.1:8080/ 2>&1)"
-case_ publish_bridge_ip "$(busybox wget -q -T 20 -O - http://10.88.0.1:8080/ 2>&1)"
-case_ l1_to_srv "$(busybox wget -q -T 20 -O - "http://$srv_ip/" 2>&1)"
+case_ publish_localhost "$(timeout 30 busybox wget -q -O - http://127.0.0.1:8080/ 2>&1)"
+case_ publish_bridge_ip "$(timeout 30 busybox wget -q -O - http://10.88.0.1:8080/ 2>&1)"
+case_ l1_to_srv "$(timeout 30 busybox wget -q -O - "http://$srv_ip/" 2>&1)"
 
 # A second container: fetches from the L1's server and from the first container, with
 # --dns, -h, --add-host; prints its name files, addresses and routes.
 t=$(now)
 husk run -q --timings --dns 10.1.2.3 --dns-search example.org -h myhost --add-host foo:10.9.9.9 "oci:$img" sh -c "
-echo L1=\$(wget -q -T 20 -O - http://10.88.0.1:8000/file.txt 2>&1)
-echo PEER=\$(wget -q -T 20 -O - http://$srv_ip/ 2>&1)
+echo L1=\$(timeout 30 wget -q -O - http://10.88.0.1:8000/file.txt 2>&1)
+echo PEER=\$(timeout 30 wget -q -O - http://$srv_ip/ 2>&1)
 echo HOSTNAME=\$(hostname) ETC_HOSTNAME=\$(cat /etc/hostname)
 echo RESOLV=\$(grep nameserver /etc/resolv.conf | tr ' ' _) SEARCH=\$(grep search /etc/resolv.conf | tr ' ' _)
 echo FOO=\$(grep -w foo /etc/hosts | tr '\t ' __)

@@ -138,6 +138,55 @@ fn inner() {
         Some(a.guest.ips[0]),
         "ethertypes seen on the tap: {seen:?}"
     );
+    // The other way: an ARP request written into the tap ("who has 10.88.0.1, tell
+    // <container>", from the container's MAC, as the guest would send it) reaches the
+    // bridge through eth0, and the bridge's reply comes back out of the tap.
+    let mac: Vec<u8> = a
+        .guest
+        .mac
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    let std::net::IpAddr::V4(me) = a.guest.ips[0] else {
+        panic!("IPv4 expected")
+    };
+    let mut frame = vec![0u8; 10]; // the vnet header: no offloads
+    frame.extend([0xff; 6]);
+    frame.extend(&mac);
+    frame.extend([0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+    frame.extend(&mac);
+    frame.extend(me.octets());
+    frame.extend([0; 6]);
+    frame.extend([10, 88, 0, 1]);
+    // SAFETY: writing a buffer of the given size to an fd the attachment owns.
+    let n = unsafe { libc::write(fd, frame.as_ptr().cast(), frame.len()) };
+    assert_eq!(n, frame.len() as isize, "write to the tap");
+    let mut reply = false;
+    for _ in 0..50 {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one pollfd that lives for the call.
+        if unsafe { libc::poll(&mut pfd, 1, 3000) } <= 0 {
+            break;
+        }
+        let mut buf = [0u8; 2048];
+        // SAFETY: reading into a buffer of the given size from an fd the attachment owns.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        // An ARP reply (op 2) to our MAC.
+        if n >= 10 + 42 && buf[22..24] == [0x08, 0x06] && buf[10 + 20..10 + 22] == [0, 2] {
+            assert_eq!(
+                &buf[10..16],
+                &mac[..],
+                "the reply is for the container's MAC"
+            );
+            reply = true;
+            break;
+        }
+    }
+    assert!(reply, "no ARP reply came back through the tap");
     let (took, errors) = a.detach(run.path());
     eprintln!("detach: {took:?}");
     assert!(errors.is_empty(), "{errors:?}");
