@@ -13,13 +13,14 @@ APT_PACKAGES := qemu-system-x86 containerd runc busybox-static cpio umoci erofs-
 # Tools from crates.io, installed into $(TOOLS) (not ~/.cargo): name@version.
 VIRTIOFSD_VERSION := 1.14.0
 
-.PHONY: help setup setup-apt setup-tools build test lint unit-test lab-shell bench conformance fuzz demo clean guest-image
+.PHONY: help setup setup-apt setup-tools build install test lint unit-test lab-shell bench conformance fuzz demo clean guest-image
 
 help:
 	@echo "make demo       run a container in a microVM (through the lab where the host has no hardware KVM)"
 	@echo "make test       set up, then fmt check, clippy, unit, integration and system tests"
 	@echo "make setup      install the Debian packages and tools the project needs (idempotent)"
 	@echo "make build      build the workspace"
+	@echo "make install    husk, husk-vmm, containerd-shim-husk-v2 and virtiofsd to $$(PREFIX)/bin, the guest image to /var/lib/husk/guest"
 	@echo "make guest-image  the guest kernel and initramfs (static husk-agent as /init) in build/guest"
 	@echo "make lab-shell  an interactive shell inside the lab (a Linux with hardware-style KVM)"
 	@echo "make bench      benchmarks in the lab: boot time, memory, virtio-net/fs I/O against QEMU, husk run against runc"
@@ -49,6 +50,18 @@ $(TOOLS)/bin/virtiofsd:
 
 build:
 	$(CARGO) build --workspace
+
+# containerd finds the shim on its PATH as containerd-shim-husk-v2 (runtime_type
+# io.containerd.husk.v2, docs/containerd.md); husk and the shim find husk-vmm and
+# virtiofsd next to themselves, the guest image in <state_dir>/guest.
+PREFIX ?= /usr/local
+GUEST_INSTALL ?= /var/lib/husk/guest
+install: setup-tools guest-image
+	$(CARGO) build --release -p husk-shim -p husk-vmm
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(GUEST_INSTALL)
+	install -m 0755 target/release/husk target/release/husk-vmm \
+		target/release/containerd-shim-husk-v2 $(TOOLS)/bin/virtiofsd $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 $(GUEST)/vmlinuz $(GUEST)/initramfs.img $(DESTDIR)$(GUEST_INSTALL)/
 
 lint:
 	$(CARGO) fmt --all -- --check

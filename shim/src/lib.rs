@@ -25,6 +25,8 @@
 //! - [`scratch`]: a container's writable layer on disk (a sparse ext4 image).
 //! - [`volumes`]: `-v`, `--mount`, `--tmpfs` as docker takes them.
 //! - [`share`]: a VM's shared folder: one sandboxed virtiofsd serving only its volumes.
+//! - [`shimv2`]: `containerd-shim-husk-v2`'s Shim and Task service (containerd's
+//!   runtime v2, task API v2) over the above.
 //! - [`run`]: `husk run`: image + microVM + container, stdio and exit status (a user of
 //!   the above).
 //! - [`containers`]: detached runs: `husk ps`, `exec`, `kill`, `rm`, `logs`.
@@ -46,6 +48,7 @@ pub mod sandbox;
 pub mod sanitize;
 pub mod scratch;
 pub mod share;
+pub mod shimv2;
 pub mod spawner;
 pub mod stdio;
 pub mod tty;

@@ -622,22 +622,27 @@ pub fn reap_stale(run_dir: &Path) -> usize {
         if owner.alive() {
             continue;
         }
-        let vm = c.vm();
-        // Only the recorded husk-vmm (same pid and start time), through a pidfd.
-        if let Some(vmm) = std::fs::read_to_string(vm.pid())
-            .ok()
-            .and_then(|t| t.lines().next().and_then(ProcId::parse))
-            && vmm.alive()
-            && is_vmm(vmm.pid)
-        {
-            let _ = vmm.signal(nix::sys::signal::Signal::SIGKILL);
-        }
-        let _ = std::fs::remove_dir_all(vm.path());
+        reap_dir(&c.vm());
         if !c.exit().exists() && std::fs::remove_dir_all(&c.path).is_ok() {
             n += 1;
         }
     }
     n
+}
+
+/// Removes a sandbox folder whose owner is gone (the shim's `delete` after a shim
+/// died): the recorded husk-vmm (same pid and start time, through a pidfd) is killed
+/// if it survived, and the folder removed. Returns whether there was a folder.
+pub fn reap_dir(vm: &SandboxDir) -> bool {
+    if let Some(vmm) = std::fs::read_to_string(vm.pid())
+        .ok()
+        .and_then(|t| t.lines().next().and_then(ProcId::parse))
+        && vmm.alive()
+        && is_vmm(vmm.pid)
+    {
+        let _ = vmm.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+    std::fs::remove_dir_all(vm.path()).is_ok()
 }
 
 /// Whether a process with this pid exists (one we may not signal exists too).

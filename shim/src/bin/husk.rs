@@ -486,6 +486,12 @@ fn main() -> ExitCode {
         Command::Check => {
             let report = HostReport::probe();
             print!("{}", report.to_text());
+            // Informative: containerd is optional for husk.
+            for line in husk::shimv2::check::report(std::path::Path::new(
+                husk::shimv2::check::CONTAINERD_CONFIG,
+            )) {
+                println!("{line}");
+            }
             if report.boots_stock_kernels() {
                 ExitCode::SUCCESS
             } else {
