@@ -15,6 +15,7 @@
 //!       console.log, vmm.log     the guest's console, husk-vmm's stderr
 //!       pid                      "PID START" of husk-vmm, then of its owner
 //!       virtiofsd.sock, virtiofsd.log, share/   the volumes share (crate::share)
+//!       share.rw/                a pod's share exports, host mounts (the shim only)
 //!   .networks/<name>.json|.ns    a container's CNI record and network namespace
 //! <state_dir>/scratch/<name>.img a container's writable layer (on disk)
 //! ```
@@ -117,9 +118,15 @@ impl SandboxDir {
         self.path.join("virtiofsd.log")
     }
 
-    /// The folder virtiofsd serves (a tmpfs with the volumes, in its namespace only).
+    /// The folder virtiofsd serves (a tmpfs with the volumes, in its namespace only;
+    /// for a pod, a read-only view of [`SandboxDir::share_mounts`]).
     pub fn share(&self) -> PathBuf {
         self.path.join("share")
+    }
+
+    /// A pod's share exports as host mounts (crate::share::Server::start_pod).
+    pub fn share_mounts(&self) -> PathBuf {
+        self.path.join("share.rw")
     }
 }
 

@@ -100,6 +100,9 @@ pub struct SandboxSpec {
     pub cmdline_extra: String,
     /// Host paths the guest sees over virtio-fs (crate::share; none: no virtiofsd).
     pub exports: Vec<crate::share::Export>,
+    /// A pod's share instead: virtiofsd starts with no export and takes them while the
+    /// VM runs ([`Sandbox::share`]; `exports` is then ignored).
+    pub pod_share: bool,
     /// NICs: open taps husk-vmm inherits (crate::network); the caller keeps them open
     /// until `boot` returns.
     pub nics: Vec<Nic>,
@@ -240,6 +243,7 @@ impl SandboxSpec {
             ready_timeout: Duration::from_secs(300),
             cmdline_extra: String::new(),
             exports: Vec::new(),
+            pod_share: false,
             nics: Vec::new(),
             hostname: "husk".into(),
             name_files: None,
@@ -274,7 +278,7 @@ impl SandboxSpec {
             balloon: Some(BalloonConfig {
                 free_page_reporting: true,
             }),
-            fs: if self.exports.is_empty() {
+            fs: if !self.has_share() {
                 Vec::new()
             } else {
                 vec![FsConfig {
@@ -297,7 +301,19 @@ impl SandboxSpec {
     }
 }
 
+impl SandboxSpec {
+    /// Whether the VM has the virtio-fs share.
+    pub fn has_share(&self) -> bool {
+        self.pod_share || !self.exports.is_empty()
+    }
+}
+
 impl Sandbox {
+    /// The pod's share (crate::share::Server::add), when booted with `pod_share`.
+    pub fn share(&self) -> Option<&crate::share::Server> {
+        self.share.as_ref()
+    }
+
     /// Boots the VM and waits for its agent.
     pub async fn boot(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         let t0 = Instant::now();
@@ -315,15 +331,18 @@ impl Sandbox {
         let _ = std::fs::remove_file(&ready_path);
         let ready = tokio::net::UnixListener::bind(&ready_path).map_err(dir_err)?;
         // The share's server first: husk-vmm connects to it as it starts.
-        let share = if spec.exports.is_empty() {
+        let share = if spec.pod_share {
+            Some(crate::share::Server::start_pod(&spec.dir).await)
+        } else if spec.exports.is_empty() {
             None
         } else {
-            match crate::share::Server::start(&spec.dir, &spec.exports).await {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(&spec.dir);
-                    return Err(e.into());
-                }
+            Some(crate::share::Server::start(&spec.dir, &spec.exports).await)
+        };
+        let share = match share.transpose() {
+            Ok(s) => s,
+            Err(e) => {
+                remove_dir(&spec.dir);
+                return Err(e.into());
             }
         };
         let log = std::fs::File::create(spec.dir.vmm_log()).map_err(dir_err)?;
@@ -388,7 +407,8 @@ impl Sandbox {
             }
             Err(e) => {
                 kill_and_reap(&mut child);
-                let _ = std::fs::remove_dir_all(&spec.dir);
+                drop(share);
+                remove_dir(&spec.dir);
                 Err(e)
             }
         }
@@ -445,7 +465,7 @@ impl Sandbox {
         if let Some(mut s) = self.share.take() {
             s.stop();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        remove_dir(&self.dir);
         code
     }
 
@@ -467,7 +487,7 @@ impl Sandbox {
         if let Some(mut s) = self.share.take() {
             s.stop();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        remove_dir(&self.dir);
     }
 }
 
@@ -527,7 +547,7 @@ async fn wait_ready(
     times: &mut BootTimes,
 ) -> Result<(AgentClient, (u32, u32)), SandboxError> {
     let (dir, id, timeout) = (spec.dir.path(), spec.id.as_str(), spec.ready_timeout);
-    let with_share = !spec.exports.is_empty();
+    let with_share = spec.has_share();
     let deadline = tokio::time::Instant::now() + timeout;
     let conn = loop {
         tokio::select! {
@@ -641,6 +661,18 @@ pub fn reap_dir(vm: &SandboxDir) -> bool {
         && is_vmm(vmm.pid)
     {
         let _ = vmm.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+    vm.path().exists() && remove_dir(vm)
+}
+
+/// Removes a sandbox folder, after a pod's share mounts (crate::share::unmount_pod);
+/// a folder that still has something mounted under it is left (removing it would
+/// delete what is mounted: a container's snapshot, a volume). Returns whether it went.
+pub fn remove_dir(vm: &SandboxDir) -> bool {
+    crate::share::unmount_pod(vm);
+    if crate::share::has_mounts_under(vm.path()) {
+        tracing::warn!(dir = %vm.display(), "a sandbox folder still has mounts under it: left");
+        return false;
     }
     std::fs::remove_dir_all(vm.path()).is_ok()
 }

@@ -9,8 +9,18 @@
 //! (`--sandbox namespace`: its own pid, net and mount namespaces, pivot_root). None of
 //! these mounts exist in the host's namespace, so nothing is left behind whatever way
 //! husk ends; virtiofsd dies with husk (PR_SET_PDEATHSIG) and when its VM goes.
+//!
+//! A pod's share ([`Server::start_pod`], the containerd shim) takes exports while it
+//! runs: containers join the pod after its VM booted. Its exports are bind mounts in
+//! the host's namespace, under a tmpfs (`share.rw/`) with shared propagation; virtiofsd
+//! serves `share/`, a read-only bind of it that is a slave of it, so each export
+//! added later propagates into virtiofsd's own (slave) namespace while the guest still
+//! cannot write the tmpfs. These mounts exist on the host: [`unmount_pod`] removes
+//! them (on shutdown, and from the shim's `delete` after a shim died) before the
+//! folder is removed.
 
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -58,6 +68,8 @@ pub struct Server {
     child: Option<Child>,
     /// Its vhost-user socket (husk-vmm's `fs[].socket`).
     pub socket: PathBuf,
+    /// A pod's share: the sandbox folder (exports are host mounts under it).
+    pod: Option<crate::layout::SandboxDir>,
 }
 
 /// The virtiofsd to use.
@@ -186,8 +198,6 @@ impl Server {
         let dir = crate::layout::SandboxDir::new(dir);
         let staging = dir.share();
         std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-        let socket = dir.virtiofsd_socket();
-        let _ = std::fs::remove_file(&socket);
         let mut mounts = Vec::new();
         for e in exports {
             let meta = std::fs::metadata(&e.source).map_err(io(&e.source))?;
@@ -202,8 +212,245 @@ impl Server {
             staging: cstr(&staging)?,
             mounts,
         };
+        // setup_namespace only makes raw syscalls on memory `plan` owns; `plan` is moved
+        // into the closure and lives until the command is dropped.
+        let pre_exec = move || setup_namespace(&plan);
+        spawn_and_wait(bin, &dir, &staging, Box::new(pre_exec), None).await
+    }
+
+    /// Starts virtiofsd for a pod in the sandbox folder `dir`, with no export yet
+    /// ([`Server::add`] adds them while it runs), and waits until it listens.
+    pub async fn start_pod(dir: &Path) -> Result<Server, ShareError> {
+        let bin = virtiofsd_binary()?;
+        let dir = crate::layout::SandboxDir::new(dir);
+        let (rw, served) = (dir.share_mounts(), dir.share());
+        for p in [&rw, &served] {
+            std::fs::create_dir_all(p).map_err(|err| ShareError::Io {
+                path: p.clone(),
+                err,
+            })?;
+        }
+        let mount =
+            |src: Option<&Path>, dst: &Path, fstype: Option<&str>, flags, data: Option<&str>| {
+                nix::mount::mount(src, dst, fstype, flags, data).map_err(|e| ShareError::Io {
+                    path: dst.to_path_buf(),
+                    err: e.into(),
+                })
+            };
+        use nix::mount::MsFlags as F;
+        let set_up = (|| {
+            mount(
+                Some(Path::new("husk-share")),
+                &rw,
+                Some("tmpfs"),
+                F::MS_NOSUID | F::MS_NODEV,
+                Some("mode=0755,size=1m"),
+            )?;
+            mount(None, &rw, None, F::MS_SHARED, None)?;
+            mount(Some(&rw), &served, None, F::MS_BIND | F::MS_REC, None)?;
+            mount(None, &served, None, F::MS_SLAVE, None)?;
+            mount(
+                None,
+                &served,
+                None,
+                F::MS_BIND | F::MS_REMOUNT | F::MS_RDONLY | F::MS_NOSUID | F::MS_NODEV,
+                None,
+            )
+        })();
+        if let Err(e) = set_up {
+            unmount_pod(&dir);
+            return Err(e);
+        }
+        let pre_exec = || {
+            // SAFETY: prctl in the forked child before exec; async-signal-safe.
+            if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        let r = spawn_and_wait(bin, &dir, &served, Box::new(pre_exec), Some(dir.clone())).await;
+        if r.is_err() {
+            unmount_pod(&dir);
+        }
+        r
+    }
+
+    /// Adds `e` to a pod's share (a bind mount in the host's namespace, read-only when
+    /// asked; `e.name` may hold `/`: its folders are made).
+    pub fn add(&self, e: &Export) -> Result<(), ShareError> {
+        let Some(dir) = &self.pod else {
+            return Err(ShareError::Io {
+                path: self.socket.clone(),
+                err: std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "this share's exports are fixed (not a pod's share)",
+                ),
+            });
+        };
+        if e.name
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(ShareError::Io {
+                path: PathBuf::from(&e.name),
+                err: std::io::Error::new(std::io::ErrorKind::InvalidInput, "a bad export name"),
+            });
+        }
+        let target = dir.share_mounts().join(&e.name);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |err| ShareError::Io { path, err }
+        };
+        let meta = std::fs::metadata(&e.source).map_err(io(&e.source))?;
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        if meta.is_dir() {
+            std::fs::create_dir(&target).map_err(io(&target))?;
+        } else {
+            std::fs::File::create(&target).map_err(io(&target))?;
+        }
+        let mounted = attach(&e.source, &target, e.read_only);
+        if let Err(err) = mounted {
+            self.remove(&e.name);
+            return Err(ShareError::Io { path: target, err });
+        }
+        tracing::debug!(name = %e.name, source = %e.source.display(), read_only = e.read_only, "export added to the pod's share");
+        Ok(())
+    }
+
+    /// Removes the export `name` (and everything under it) from a pod's share.
+    pub fn remove(&self, name: &str) {
+        if let Some(dir) = &self.pod {
+            let target = dir.share_mounts().join(name);
+            detach_all(&target);
+            let _ = std::fs::remove_dir(&target).or_else(|_| std::fs::remove_file(&target));
+        }
+    }
+}
+
+/// Bind-mounts `source` (recursively) on `target`, read-only when asked, through the
+/// new mount API: the copy is made detached, made read-only there, and only then
+/// attached, so the copies that propagate into virtiofsd's namespace are read-only
+/// too (a remount after the fact changes only the host's copy).
+fn attach(source: &Path, target: &Path, read_only: bool) -> std::io::Result<()> {
+    // Linux UAPI constants (linux/mount.h, fcntl.h).
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    const AT_RECURSIVE: libc::c_uint = 0x8000;
+    const AT_EMPTY_PATH: libc::c_uint = 0x1000;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    const MOUNT_ATTR_RDONLY: u64 = 0x1;
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let to_c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "a NUL in a path"))
+    };
+    let (src, dst) = (to_c(source)?, to_c(target)?);
+    // SAFETY: open_tree on a NUL-terminated path; a non-negative result is a new fd
+    // owned here (wrapped at once).
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::other("open_tree: a bad fd"))?;
+    // SAFETY: `fd` was just returned by open_tree and is owned by nobody else.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd) };
+    if read_only {
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        // SAFETY: mount_setattr on the detached tree's fd with a valid, sized struct.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                tree.as_raw_fd(),
+                c"".as_ptr(),
+                AT_EMPTY_PATH | AT_RECURSIVE,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    // SAFETY: move_mount of the detached tree onto a NUL-terminated target path.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            dst.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Lazily unmounts whatever is mounted on `target` (stacked mounts too).
+fn detach_all(target: &Path) {
+    while nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+}
+
+/// Removes a pod's share mounts from the host (the exports, the tmpfs and its
+/// read-only view). Idempotent; a folder never set up is left as it is.
+pub fn unmount_pod(dir: &crate::layout::SandboxDir) {
+    detach_all(&dir.share());
+    detach_all(&dir.share_mounts());
+}
+
+/// Whether anything is mounted at or under `dir` in this process's namespace.
+pub fn has_mounts_under(dir: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|mp| {
+        let mp = Path::new(mp);
+        mp.starts_with(dir)
+    })
+}
+
+/// A pre-exec hook run in virtiofsd's forked child.
+type PreExec = Box<dyn FnMut() -> std::io::Result<()> + Send + Sync>;
+
+/// Spawns virtiofsd serving `served` for the sandbox folder `dir` and waits until it
+/// listens.
+async fn spawn_and_wait(
+    bin: PathBuf,
+    dir: &crate::layout::SandboxDir,
+    served: &Path,
+    pre_exec: PreExec,
+    pod: Option<crate::layout::SandboxDir>,
+) -> Result<Server, ShareError> {
+    let socket = dir.virtiofsd_socket();
+    let _ = std::fs::remove_file(&socket);
+    {
+        let staging = served;
         let log_path = dir.virtiofsd_log();
-        let log = std::fs::File::create(&log_path).map_err(io(&log_path))?;
+        let log = std::fs::File::create(&log_path).map_err(|err| ShareError::Io {
+            path: log_path.clone(),
+            err,
+        })?;
         let mut cmd = Command::new(&bin);
         cmd.arg("--socket-path")
             .arg(&socket)
@@ -219,17 +466,18 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        // SAFETY: setup_namespace only makes raw syscalls on memory `plan` owns; `plan`
-        // is moved into the closure and lives until the command is dropped.
+        // SAFETY: the hooks given here (setup_namespace's plan, a prctl) make only raw,
+        // async-signal-safe syscalls on memory they own.
         unsafe {
-            cmd.pre_exec(move || setup_namespace(&plan));
+            cmd.pre_exec(pre_exec);
         }
         // From the process-long spawner thread: PDEATHSIG follows the forking thread.
         let child = crate::spawner::spawn(cmd).map_err(|err| ShareError::Spawn { bin, err })?;
-        tracing::debug!(pid = child.id(), socket = %socket.display(), volumes = exports.len(), "virtiofsd started");
+        tracing::debug!(pid = child.id(), socket = %socket.display(), pod = pod.is_some(), "virtiofsd started");
         let mut server = Server {
             child: Some(child),
             socket,
+            pod,
         };
         let t0 = Instant::now();
         loop {
@@ -268,13 +516,18 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
 
+impl Server {
     /// Kills virtiofsd (it ends by itself when its VM goes; this is for the paths
-    /// where the VM never connected).
+    /// where the VM never connected) and removes a pod's share mounts.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        if let Some(dir) = &self.pod {
+            unmount_pod(dir);
         }
     }
 }
@@ -373,5 +626,94 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("gone"), "{e}");
+    }
+
+    /// A pod's share on this host (no VM): exports added after virtiofsd started
+    /// appear in its namespace (read-only ones read-only), the tmpfs it serves is
+    /// read-only, a removed export goes, and stopping leaves no mount on the host.
+    #[tokio::test]
+    async fn pod_share_takes_exports_while_running() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED pod_share_takes_exports_while_running: needs root (mounts)");
+            return;
+        }
+        if virtiofsd_binary().is_err() {
+            eprintln!(
+                "SKIPPED pod_share_takes_exports_while_running: no virtiofsd (make setup builds one)"
+            );
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("f"), "in the root").unwrap();
+        let hosts = d.path().join("hosts");
+        std::fs::write(&hosts, "127.0.0.1 x").unwrap();
+        let vm = crate::layout::SandboxDir::new(d.path().join("vm"));
+        let mut s = Server::start_pod(&vm).await.unwrap();
+        let pid = s.child.as_ref().unwrap().id();
+        // virtiofsd pivots after it listens: wait until its root is the share.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+            .unwrap()
+            .lines()
+            .count()
+            > 2
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s.add(&Export {
+            name: "c1/rootfs".into(),
+            source: root.clone(),
+            read_only: false,
+        })
+        .unwrap();
+        s.add(&Export {
+            name: "c1/m0".into(),
+            source: hosts.clone(),
+            read_only: true,
+        })
+        .unwrap();
+        assert!(
+            s.add(&Export {
+                name: "../x".into(),
+                source: root.clone(),
+                read_only: false,
+            })
+            .is_err()
+        );
+        let theirs = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        let line = |mp: &str| {
+            theirs
+                .lines()
+                .find(|l| l.split(' ').nth(4) == Some(mp))
+                .unwrap_or_else(|| panic!("{mp} not in virtiofsd's namespace: {theirs}"))
+                .split(' ')
+                .nth(5)
+                .unwrap()
+                .to_string()
+        };
+        assert!(line("/").starts_with("ro"), "{theirs}");
+        assert!(line("/c1/rootfs").starts_with("rw"), "{theirs}");
+        assert!(line("/c1/m0").starts_with("ro"), "{theirs}");
+        assert_eq!(
+            std::fs::read_to_string(format!("/proc/{pid}/root/c1/rootfs/f")).unwrap(),
+            "in the root"
+        );
+        s.remove("c1/m0");
+        s.remove("c1/rootfs");
+        s.remove("c1");
+        let theirs = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+        assert!(!theirs.contains("/c1/"), "{theirs}");
+        s.stop();
+        assert!(!has_mounts_under(vm.path()));
+        // The exported folder itself is untouched.
+        assert_eq!(
+            std::fs::read_to_string(root.join("f")).unwrap(),
+            "in the root"
+        );
+        assert!(crate::sandbox::remove_dir(&vm));
+        assert!(!vm.path().exists());
     }
 }
