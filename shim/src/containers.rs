@@ -181,6 +181,7 @@ pub async fn exec(
             sanitize: crate::tty::stderr_is_terminal(),
         }),
         terminal: false,
+        namespace: None,
     };
     pod.exec(&id, &exec_id, &p, user.unwrap_or(""), &stdio)
         .await?;

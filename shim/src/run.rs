@@ -571,6 +571,7 @@ fn run_stdio(opts: &RunOptions, cdir: &ContainerDir) -> ProcessStdio {
         // With -t the terminal carries both.
         stderr: (!opts.tty).then_some(stderr),
         terminal: opts.tty,
+        namespace: None,
     }
 }
 

@@ -7,8 +7,9 @@
 //! terminal's raw mode and size stay with the CLI, crate::tty), files (the logs of
 //! `husk run -d`), FIFOs (containerd's), and none. containerd hands the shim its
 //! endpoints as strings ([`ProcessStdio::from_containerd`]): a FIFO path, a
-//! `file:///path` or a `binary:///path?args` logger (parsed; the logger is not run yet).
+//! `file:///path` or a `binary:///path?args` logger ([`logger`]).
 
+pub mod logger;
 pub mod pump;
 
 use std::path::PathBuf;
@@ -21,9 +22,9 @@ pub enum Input {
     /// This process's stdin (`husk run -i`): copied until EOF, then the stream is
     /// half-closed, which closes the process's stdin.
     Stdin,
-    /// A FIFO (containerd's), opened non-blocking and read-write so that opening never
-    /// waits for a writer and a writer that goes and comes back is no EOF: the end of
-    /// input comes from [`crate::pod::Pod::close_stdin`] (containerd's CloseIO).
+    /// A FIFO (containerd's), read as containerd's own shims read it: opened when a
+    /// writer comes (never holding the caller), copied until that writer closes it
+    /// (EOF) or [`crate::pod::Pod::close_stdin`] (containerd's CloseIO).
     Fifo(PathBuf),
 }
 
@@ -41,7 +42,8 @@ pub enum Output {
     /// A FIFO (containerd's), opened read-write so that opening never waits for the
     /// reader.
     Fifo(PathBuf),
-    /// A logging binary (containerd's `binary://`): parsed, not run yet.
+    /// A logging binary (containerd's `binary://`, [`logger`]): one runs per process
+    /// for its stdout and stderr.
     Binary {
         path: PathBuf,
         args: Vec<(String, String)>,
@@ -59,6 +61,8 @@ pub struct ProcessStdio {
     pub stderr: Option<Output>,
     /// The process has a terminal (a pty in the guest; its output comes on stdout).
     pub terminal: bool,
+    /// The containerd namespace (a `binary://` logger's `CONTAINER_NAMESPACE`).
+    pub namespace: Option<String>,
 }
 
 impl ProcessStdio {
@@ -89,6 +93,7 @@ impl ProcessStdio {
             stdout: parse_uri("stdout", stdout)?,
             stderr,
             terminal,
+            namespace: None,
         })
     }
 }

@@ -22,6 +22,8 @@ pub struct Streams {
     stdin: Option<UnixStream>,
     stdout: Option<UnixStream>,
     stderr: Option<UnixStream>,
+    /// The process's `binary://` logger, started and ready.
+    logger: Option<super::logger::Logger>,
 }
 
 /// Opens the streams `stdio` needs for (container, exec: "" for the init process), in
@@ -32,8 +34,19 @@ pub async fn open(
     exec: &str,
     stdio: &ProcessStdio,
 ) -> Result<Streams, Error> {
-    check_supported(stdio)?;
     let mut s = Streams::default();
+    // containerd gives stdout and stderr the same logger: one runs for both.
+    let binary = [&stdio.stdout, &stdio.stderr]
+        .into_iter()
+        .flatten()
+        .find_map(|o| match o {
+            Output::Binary { path, args } => Some((path, args)),
+            _ => None,
+        });
+    if let Some((path, args)) = binary {
+        let ns = stdio.namespace.as_deref().unwrap_or("");
+        s.logger = Some(super::logger::start(path, args, container, ns).await?);
+    }
     if stdio.stdout.is_some() {
         s.stdout = Some(ep.stdio(container, exec, StdioKind::Stdout).await?);
     }
@@ -44,22 +57,6 @@ pub async fn open(
         s.stdin = Some(ep.stdio(container, exec, StdioKind::Stdin).await?);
     }
     Ok(s)
-}
-
-/// Refuses what cannot be served yet, before anything is opened.
-fn check_supported(stdio: &ProcessStdio) -> Result<(), Error> {
-    for o in [&stdio.stdout, &stdio.stderr].into_iter().flatten() {
-        if let Output::Binary { path, .. } = o {
-            return Err(Error::msg(
-                ErrorKind::Unimplemented,
-                format!(
-                    "binary:// logging ({}) is not supported yet",
-                    path.display()
-                ),
-            ));
-        }
-    }
-    Ok(())
 }
 
 impl Streams {
@@ -82,20 +79,31 @@ pub struct Pumps {
     stdin: Option<StdinPump>,
 }
 
-/// The stdin copy and the way to end it.
+/// The stdin copy and the way to end it (dropped: ended, so that no copy, and no
+/// thread waiting for a FIFO's writer, outlives its process).
 #[derive(Debug)]
 struct StdinPump {
     close: Arc<tokio::sync::Notify>,
 }
 
+impl Drop for StdinPump {
+    fn drop(&mut self) {
+        self.close.notify_one();
+    }
+}
+
 /// Starts copying `streams` to and from the endpoints of `stdio`.
 pub fn start(streams: Streams, stdio: &ProcessStdio) -> Result<Pumps, Error> {
     let mut p = Pumps::default();
+    let (mut log_out, mut log_err) = match streams.logger {
+        Some(l) => (Some(l.stdout), Some(l.stderr)),
+        None => (None, None),
+    };
     if let (Some(s), Some(o)) = (streams.stdout, &stdio.stdout) {
-        p.out = Some(spawn_output(s, o)?);
+        p.out = Some(spawn_output(s, o, &mut log_out)?);
     }
     if let (Some(s), Some(o)) = (streams.stderr, &stdio.stderr) {
-        p.err = Some(spawn_output(s, o)?);
+        p.err = Some(spawn_output(s, o, &mut log_err)?);
     }
     if let (Some(s), Some(i)) = (streams.stdin, &stdio.stdin) {
         p.stdin = Some(spawn_input(s, i)?);
@@ -103,7 +111,12 @@ pub fn start(streams: Streams, stdio: &ProcessStdio) -> Result<Pumps, Error> {
     Ok(p)
 }
 
-fn spawn_output(s: UnixStream, o: &Output) -> Result<JoinHandle<()>, Error> {
+/// Starts copying `s` to `o`; a `binary://` output takes the logger's pipe `log`.
+fn spawn_output(
+    s: UnixStream,
+    o: &Output,
+    log: &mut Option<tokio::net::unix::pipe::Sender>,
+) -> Result<JoinHandle<()>, Error> {
     Ok(match o {
         Output::Stdout { sanitize } => {
             tokio::spawn(crate::sanitize::copy(s, tokio::io::stdout(), *sanitize))
@@ -136,11 +149,14 @@ fn spawn_output(s: UnixStream, o: &Output) -> Result<JoinHandle<()>, Error> {
                 })?;
             tokio::spawn(crate::sanitize::copy(s, w, false))
         }
-        Output::Binary { .. } => {
-            return Err(Error::msg(
-                ErrorKind::Unimplemented,
-                "binary:// logging is not supported yet",
-            ));
+        Output::Binary { path, .. } => {
+            let w = log.take().ok_or_else(|| {
+                Error::msg(
+                    ErrorKind::Internal,
+                    format!("binary logger {}: not started", path.display()),
+                )
+            })?;
+            tokio::spawn(crate::sanitize::copy(s, w, false))
         }
     })
 }
@@ -152,19 +168,57 @@ fn spawn_input(s: UnixStream, i: &Input) -> Result<StdinPump, Error> {
             tokio::spawn(copy_in(tokio::io::stdin(), s, close.clone()));
         }
         Input::Fifo(path) => {
-            let r = tokio::net::unix::pipe::OpenOptions::new()
-                .read_write(true)
-                .open_receiver(path)
-                .map_err(|e| {
-                    Error::new(
-                        ErrorKind::InvalidArgument,
-                        std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
-                    )
-                })?;
-            tokio::spawn(copy_in(r, s, close.clone()));
+            use std::os::unix::fs::FileTypeExt;
+            let bad = |e: std::io::Error| {
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    std::io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+                )
+            };
+            let meta = std::fs::metadata(path).map_err(bad)?;
+            if !meta.file_type().is_fifo() {
+                return Err(bad(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a FIFO",
+                )));
+            }
+            tokio::spawn(fifo_in(path.clone(), s, close.clone()));
         }
     }
     Ok(StdinPump { close })
+}
+
+/// A stdin FIFO, as containerd's own shims read it: opened for reading when a writer
+/// comes (the open waits for one, off the async threads), copied until that writer's
+/// EOF or `close`. A close before any writer came unblocks the open (a writer of our
+/// own, opened and dropped) so that no thread is left waiting.
+async fn fifo_in(path: std::path::PathBuf, si: UnixStream, close: Arc<tokio::sync::Notify>) {
+    let p = path.clone();
+    let opening = tokio::task::spawn_blocking(move || std::fs::File::open(p));
+    tokio::pin!(opening);
+    let mut si = si;
+    tokio::select! {
+        opened = &mut opening => {
+            let r = opened
+                .map_err(std::io::Error::other)
+                .and_then(|f| f)
+                .and_then(tokio::net::unix::pipe::Receiver::from_file);
+            match r {
+                Ok(r) => return copy_in(r, si, close).await,
+                Err(e) => tracing::warn!(fifo = %path.display(), error = %e, "stdin FIFO"),
+            }
+        }
+        _ = close.notified() => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path);
+            let _ = opening.await;
+        }
+    }
+    let _ = si.shutdown().await;
+    let _ = tokio::io::copy(&mut si, &mut tokio::io::sink()).await;
 }
 
 /// Copies `from` to a process's stdin stream until EOF or `close`, half-closes the
@@ -176,8 +230,10 @@ async fn copy_in<R: AsyncRead + Unpin>(
     close: Arc<tokio::sync::Notify>,
 ) {
     tokio::select! {
-        _ = tokio::io::copy(&mut from, &mut si) => {}
-        _ = close.notified() => {}
+        r = tokio::io::copy(&mut from, &mut si) => {
+            tracing::debug!(result = ?r, "stdin copied to its end");
+        }
+        _ = close.notified() => tracing::debug!("stdin closed"),
     }
     let _ = si.shutdown().await;
     let _ = tokio::io::copy(&mut si, &mut tokio::io::sink()).await;
@@ -191,9 +247,8 @@ impl Pumps {
 
     /// Ends the stdin copy (the process sees EOF once what was sent is read).
     pub fn close_stdin(&mut self) {
-        if let Some(s) = self.stdin.take() {
-            s.close.notify_one();
-        }
+        // Dropping the pump ends the copy.
+        self.stdin.take();
     }
 
     /// Waits for the output copies to end, at most [`crate::sanitize::DRAIN`] each,
@@ -230,6 +285,7 @@ mod tests {
             stdout: Some(so),
             stderr: Some(se),
             stdin: None,
+            logger: None,
         };
         assert!(streams.agent_stdio().stdout && streams.agent_stdio().stderr);
         // The reader opens after the writer: no ENXIO, nothing lost.
@@ -249,7 +305,44 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn stdin_fifo_until_closed() {
+    async fn stdin_fifo_until_its_writer_closes() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("in");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (mut si_agent, si) = UnixStream::pair().unwrap();
+        let stdio = ProcessStdio {
+            stdin: Some(Input::Fifo(fifo.clone())),
+            ..Default::default()
+        };
+        let streams = Streams {
+            stdin: Some(si),
+            ..Default::default()
+        };
+        let pumps = start(streams, &stdio).unwrap();
+        assert!(pumps.has_stdin());
+        // A writer as containerd's FIFO library opens one: waiting for the reader.
+        let f = fifo.clone();
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut w = std::fs::OpenOptions::new().write(true).open(f).unwrap();
+            w.write_all(b"hello").unwrap();
+            // The writer goes (ctr's stdin reached EOF): the process's stdin ends.
+        })
+        .await
+        .unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            si_agent.read_to_end(&mut got),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(got, b"hello");
+    }
+
+    #[tokio::test]
+    async fn stdin_fifo_closed_before_any_writer() {
         let d = tempfile::tempdir().unwrap();
         let fifo = d.path().join("in");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
@@ -263,16 +356,7 @@ mod tests {
             ..Default::default()
         };
         let mut pumps = start(streams, &stdio).unwrap();
-        assert!(pumps.has_stdin());
-        let mut w = tokio::net::unix::pipe::OpenOptions::new()
-            .open_sender(&fifo)
-            .unwrap();
-        w.write_all(b"hello").await.unwrap();
-        drop(w);
-        let mut got = [0u8; 5];
-        si_agent.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"hello");
-        // A writer that went is no EOF; close_stdin is.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         pumps.close_stdin();
         let mut rest = Vec::new();
         tokio::time::timeout(
@@ -283,20 +367,21 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(rest.is_empty());
-    }
-
-    #[test]
-    fn binary_loggers_are_refused_for_now() {
-        let stdio = ProcessStdio {
-            stdout: Some(Output::Binary {
-                path: "/bin/logger".into(),
-                args: vec![],
-            }),
-            ..Default::default()
-        };
-        assert_eq!(
-            check_supported(&stdio).unwrap_err().kind(),
-            ErrorKind::Unimplemented
-        );
+        // Not a FIFO: refused at once.
+        let file = d.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        let (_a, b) = UnixStream::pair().unwrap();
+        let e = start(
+            Streams {
+                stdin: Some(b),
+                ..Default::default()
+            },
+            &ProcessStdio {
+                stdin: Some(Input::Fifo(file)),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     }
 }
