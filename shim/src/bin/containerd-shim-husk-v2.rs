@@ -6,4 +6,7 @@ use husk::shimv2::{HuskShim, RUNTIME_ID, shim_config};
 #[tokio::main]
 async fn main() {
     containerd_shim::asynchronous::run::<HuskShim>(RUNTIME_ID, Some(shim_config())).await;
+    // Served and shut down (or `start`/`delete` done): exit now, without waiting for
+    // blocking threads a hostile or absent FIFO writer could hold.
+    std::process::exit(0);
 }

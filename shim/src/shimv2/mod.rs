@@ -16,6 +16,7 @@
 
 pub mod check;
 pub mod events;
+pub mod namespaces;
 pub mod resources;
 pub mod rootfs;
 pub mod state;
@@ -67,7 +68,7 @@ pub enum ShimError {
         #[source]
         err: std::io::Error,
     },
-    #[error("{0}")]
+    #[error("{1}")]
     Kind(ErrorKind, String),
 }
 
@@ -128,19 +129,18 @@ pub fn load_config() -> Result<Config, ShimError> {
     Ok(Config::load(&path)?)
 }
 
-/// The folder of the VM of the pod `sandbox` in containerd namespace `namespace`.
+/// The folder of the VM of the pod `sandbox` in containerd namespace `namespace`:
+/// named by a hash of both, as unix socket paths in it must stay under 108 bytes
+/// (CRI's ids are 64 characters).
 pub fn sandbox_dir(config: &Config, namespace: &str, sandbox: &str) -> SandboxDir {
-    SandboxDir::new(
-        config
-            .run_dir
-            .join(SHIM_DIR)
-            .join(sanitize(namespace))
-            .join(sanitize(sandbox)),
-    )
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(format!("{namespace}/{sandbox}").as_bytes());
+    let name: String = h.iter().take(10).map(|b| format!("{b:02x}")).collect();
+    SandboxDir::new(config.run_dir.join(SHIM_DIR).join(name))
 }
 
 /// A name safe as one path component.
-fn sanitize(s: &str) -> String {
+pub fn sanitize(s: &str) -> String {
     let s: String = s
         .chars()
         .map(|c| {
@@ -174,6 +174,15 @@ pub struct HuskShim {
     id: String,
     namespace: String,
     exit: Arc<ExitSignal>,
+}
+
+impl std::fmt::Debug for HuskShim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HuskShim")
+            .field("id", &self.id)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
 }
 
 #[async_trait]
@@ -266,9 +275,13 @@ mod tests {
     #[test]
     fn folders() {
         let c = Config::default();
-        let d = sandbox_dir(&c, "k8s.io", "../x/y");
-        assert_eq!(d.path(), Path::new("/run/husk/.containerd/k8s.io/.._x_y"));
+        let d = sandbox_dir(&c, "k8s.io", &"f".repeat(64));
+        assert!(d.path().starts_with("/run/husk/.containerd/"));
+        assert_eq!(d.path().file_name().unwrap().len(), 20);
+        assert!(d.vsock().as_os_str().len() + "_1025".len() < 108);
+        assert_ne!(d.path(), sandbox_dir(&c, "default", &"f".repeat(64)).path());
         assert_eq!(sanitize(".."), "_..");
+        assert_eq!(sanitize("a/b"), "a_b");
     }
 
     #[test]

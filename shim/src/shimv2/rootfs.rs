@@ -38,13 +38,15 @@ pub enum RootfsError {
     NoRoot,
 }
 
-/// The export name of a container's root.
+/// The export name of a container's root, under its folder in the share.
 const ROOT_EXPORT: &str = "rootfs";
 
 /// What the guest gets for one container.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
-    /// The host folders and files the share serves.
+    /// The container's folder in the share (every export's first component).
+    pub folder: String,
+    /// The host folders and files the share serves: (name, source, read-only).
     pub exports: Vec<(String, PathBuf, bool)>,
     /// The root's path in the guest (the agent's `Rootfs.path`).
     pub guest_root: String,
@@ -99,10 +101,11 @@ fn options(m: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Plans the guest's view of `spec`'s root (at `root` on the host) and bind mounts.
-pub fn plan(spec: &Value, root: &Path) -> Plan {
-    let share = guest_share();
-    let mut exports = vec![(ROOT_EXPORT.to_string(), root.to_path_buf(), false)];
+/// Plans the guest's view of `spec`'s root (at `root` on the host) and bind mounts,
+/// exported under `folder` (one path component, unique in the pod).
+pub fn plan(spec: &Value, root: &Path, folder: &str) -> Plan {
+    let share = format!("{}/{folder}", guest_share());
+    let mut exports = vec![(format!("{folder}/{ROOT_EXPORT}"), root.to_path_buf(), false)];
     let mut spec = spec.clone();
     let mut n = 0;
     if let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
@@ -110,7 +113,11 @@ pub fn plan(spec: &Value, root: &Path) -> Plan {
             if !is_bind(m) {
                 continue;
             }
-            let dest = m.get("destination").and_then(Value::as_str).unwrap_or("");
+            let dest = m
+                .get("destination")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             if dest == "/dev/shm" {
                 *m = serde_json::json!({
                     "destination": "/dev/shm",
@@ -127,11 +134,12 @@ pub fn plan(spec: &Value, root: &Path) -> Plan {
             let name = format!("m{n}");
             n += 1;
             m["source"] = Value::String(format!("{share}/{name}"));
-            debug!(source = %source.display(), dest, read_only, "bind mount through the share");
-            exports.push((name, source, read_only));
+            debug!(source = %source.display(), %dest, read_only, "bind mount through the share");
+            exports.push((format!("{folder}/{name}"), source, read_only));
         }
     }
     Plan {
+        folder: folder.to_string(),
         exports,
         guest_root: format!("{share}/{ROOT_EXPORT}"),
         spec,
@@ -195,20 +203,20 @@ mod tests {
         });
         let root = host_root(Path::new("/b"), &spec).unwrap();
         assert_eq!(root, Path::new("/b/rootfs"));
-        let p = plan(&spec, &root);
-        assert_eq!(p.guest_root, "/run/husk-shares/husk-vol/rootfs");
+        let p = plan(&spec, &root, "c1");
+        assert_eq!(p.guest_root, "/run/husk-shares/husk-vol/c1/rootfs");
         assert_eq!(
             p.exports,
             vec![
-                ("rootfs".into(), PathBuf::from("/b/rootfs"), false),
-                ("m0".into(), PathBuf::from("/var/lib/c/hosts"), false),
-                ("m1".into(), PathBuf::from("/srv/data"), true),
+                ("c1/rootfs".into(), PathBuf::from("/b/rootfs"), false),
+                ("c1/m0".into(), PathBuf::from("/var/lib/c/hosts"), false),
+                ("c1/m1".into(), PathBuf::from("/srv/data"), true),
             ]
         );
         let m = p.spec["mounts"].as_array().unwrap();
         assert_eq!(m[0]["source"], "proc");
-        assert_eq!(m[1]["source"], "/run/husk-shares/husk-vol/m0");
-        assert_eq!(m[2]["source"], "/run/husk-shares/husk-vol/m1");
+        assert_eq!(m[1]["source"], "/run/husk-shares/husk-vol/c1/m0");
+        assert_eq!(m[2]["source"], "/run/husk-shares/husk-vol/c1/m1");
         assert_eq!(m[3]["type"], "tmpfs");
         assert_eq!(p.share_exports().len(), 3);
     }

@@ -48,6 +48,8 @@ struct Container {
     bundle: PathBuf,
     /// The shim mounted Create.rootfs on `<bundle>/rootfs` (unmounted on Delete).
     mounted_rootfs: bool,
+    /// Its exports in the pod's share (removed on Delete).
+    plan: rootfs::Plan,
 }
 
 struct Inner {
@@ -59,6 +61,8 @@ struct Inner {
     pod: Mutex<Option<Pod>>,
     /// husk-vmm's pid: every task's pid.
     vmm_pid: Mutex<u32>,
+    /// The guest pid of the pod's first container's init (its namespaces are the pod's).
+    sandbox_pid: Mutex<Option<u32>>,
     sandbox: tokio::sync::Mutex<Option<Sandbox>>,
     /// The VM died (its agent went): calls that need it answer UNAVAILABLE.
     vm_gone: AtomicBool,
@@ -68,6 +72,15 @@ struct Inner {
 #[derive(Clone)]
 pub struct Service {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("namespace", &self.inner.namespace)
+            .field("vmm_pid", &self.vmm_pid())
+            .finish_non_exhaustive()
+    }
 }
 
 type Res<T> = Result<T, ShimError>;
@@ -93,6 +106,7 @@ impl Service {
                 containers: Mutex::default(),
                 pod: Mutex::default(),
                 vmm_pid: Mutex::new(0),
+                sandbox_pid: Mutex::new(None),
                 sandbox: tokio::sync::Mutex::new(None),
                 vm_gone: AtomicBool::new(false),
             }),
@@ -114,6 +128,19 @@ impl Service {
         *self.inner.vmm_pid.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A process's stdio from containerd's strings.
+    fn stdio(
+        &self,
+        stdin: &str,
+        stdout: &str,
+        stderr: &str,
+        terminal: bool,
+    ) -> Result<ProcessStdio, Error> {
+        let mut s = ProcessStdio::from_containerd(stdin, stdout, stderr, terminal)?;
+        s.namespace = Some(self.inner.namespace.clone());
+        Ok(s)
+    }
+
     /// The pod, while its VM runs.
     fn pod(&self) -> Res<Pod> {
         if self.inner.vm_gone.load(Ordering::SeqCst) {
@@ -127,17 +154,31 @@ impl Service {
             .ok_or_else(|| ShimError::Kind(ErrorKind::NotFound, "no container yet".into()))
     }
 
-    /// Boots the pod's VM for the first container, `id`, of `spec` with root `root`.
-    async fn boot(&self, id: &str, spec: &serde_json::Value, plan: &rootfs::Plan) -> Res<Pod> {
+    /// The pod for container `id` of `spec`, with the container's root and binds
+    /// added to its share: the first container boots the pod's VM (sized by its
+    /// annotations, crate::shimv2::resources), later ones join it.
+    async fn join(&self, id: &str, spec: &serde_json::Value, plan: &rootfs::Plan) -> Res<Pod> {
         let mut slot = self.inner.sandbox.lock().await;
-        if slot.is_some() {
-            // One VM's share is fixed at boot (crate::share): a second container's
-            // root cannot be added to it yet.
-            return Err(ShimError::Kind(
-                ErrorKind::Unimplemented,
-                "a second container in a pod's VM is not supported yet".into(),
-            ));
+        if slot.is_none() {
+            *slot = Some(self.boot(id, spec).await?);
         }
+        let Some(sb) = slot.as_ref() else {
+            return Err(unavailable("the pod's VM stopped"));
+        };
+        let share = sb
+            .share()
+            .ok_or_else(|| unavailable("the pod has no share"))?;
+        for e in plan.share_exports() {
+            if let Err(e) = share.add(&e) {
+                remove_exports(sb, plan);
+                return Err(Error::from(crate::sandbox::SandboxError::from(e)).into());
+            }
+        }
+        self.pod()
+    }
+
+    /// Boots the pod's VM for its first container, `id` of `spec`.
+    async fn boot(&self, id: &str, spec: &serde_json::Value) -> Res<Sandbox> {
         let config = super::load_config()?;
         let size = resources::vm_size(
             spec,
@@ -159,7 +200,7 @@ impl Service {
         let sb_spec = SandboxSpec {
             vcpus: size.vcpus,
             memory_mib: size.memory_mib,
-            exports: plan.share_exports(),
+            pod_share: true,
             hostname: hostname.to_string(),
             ..SandboxSpec::new(id, dir, vmm, &guest)
         };
@@ -169,9 +210,8 @@ impl Service {
         *self.inner.vmm_pid.lock().unwrap_or_else(|p| p.into_inner()) = sb.vmm_pid().unwrap_or(0);
         let rx = pod.events();
         tokio::spawn(self.clone().on_pod_events(rx));
-        *self.inner.pod.lock().unwrap_or_else(|p| p.into_inner()) = Some(pod.clone());
-        *slot = Some(sb);
-        Ok(pod)
+        *self.inner.pod.lock().unwrap_or_else(|p| p.into_inner()) = Some(pod);
+        Ok(sb)
     }
 
     /// The pod's exits and OOM kills, turned into TaskExit and TaskOOM in order; when
@@ -222,8 +262,7 @@ impl Service {
         }
         let bundle = PathBuf::from(&req.bundle);
         let spec = super::read_spec(&bundle)?;
-        let stdio =
-            ProcessStdio::from_containerd(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
+        let stdio = self.stdio(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
         let root = rootfs::host_root(&bundle, &spec)?;
         let mounted = rootfs::mount_all(&req.rootfs, &root).await?;
         let undo = |e: ShimError| {
@@ -232,21 +271,44 @@ impl Service {
             }
             e
         };
-        let plan = rootfs::plan(&spec, &root);
-        let pod = self.boot(&req.id, &spec, &plan).await.map_err(undo)?;
+        let plan = rootfs::plan(&spec, &root, &super::sanitize(&req.id));
+        let pod = self.join(&req.id, &spec, &plan).await.map_err(undo)?;
         let mut guest_root = Rootfs::new();
         guest_root.path = plan.guest_root.clone();
-        if let Err(e) = pod
-            .create_container(&req.id, &plan.spec, guest_root, "", &stdio)
-            .await
-        {
-            // The VM was booted for this container alone: it goes with it.
-            if let Some(sb) = self.inner.sandbox.lock().await.take() {
-                sb.shutdown().await;
-            }
-            self.inner.vm_gone.store(true, Ordering::SeqCst);
-            return Err(undo(e.into()));
+        let mut guest_spec = plan.spec.clone();
+        let sandbox_pid = *self
+            .inner
+            .sandbox_pid
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(sandbox_pid) = sandbox_pid {
+            super::namespaces::to_guest(&mut guest_spec, self.vmm_pid(), sandbox_pid);
         }
+        let created = pod
+            .create_container(&req.id, &guest_spec, guest_root, "", &stdio)
+            .await;
+        let guest_pid = match created {
+            Ok(pid) => pid,
+            Err(e) => {
+                let mut slot = self.inner.sandbox.lock().await;
+                if self.containers().is_empty() {
+                    // The VM was booted for this container alone: it goes with it.
+                    if let Some(sb) = slot.take() {
+                        sb.shutdown().await;
+                    }
+                    self.inner.vm_gone.store(true, Ordering::SeqCst);
+                } else if let Some(sb) = slot.as_ref() {
+                    remove_exports(sb, &plan);
+                }
+                return Err(undo(e.into()));
+            }
+        };
+        // The pod's first container is its sandbox: later ones join its namespaces.
+        self.inner
+            .sandbox_pid
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(guest_pid);
         let pid = self.vmm_pid();
         let strings = StdioStrings {
             stdin: req.stdin.clone(),
@@ -259,6 +321,7 @@ impl Service {
             Container {
                 bundle: bundle.clone(),
                 mounted_rootfs: mounted,
+                plan,
             },
         );
         let mut t = self.table();
@@ -288,12 +351,7 @@ impl Service {
         let started = match &process {
             None => pod.start(&req.id).await.map(|_| ()),
             Some(process) => {
-                match ProcessStdio::from_containerd(
-                    &stdio.stdin,
-                    &stdio.stdout,
-                    &stdio.stderr,
-                    stdio.terminal,
-                ) {
+                match self.stdio(&stdio.stdin, &stdio.stdout, &stdio.stderr, stdio.terminal) {
                     Ok(s) => pod
                         .exec(&req.id, &req.exec_id, process, "", &s)
                         .await
@@ -348,10 +406,14 @@ impl Service {
             {
                 warn!(error = %e, "delete container in the guest");
             }
-            if let Some(c) = self.containers().remove(&req.id)
-                && c.mounted_rootfs
-            {
-                rootfs::unmount(&c.bundle.join("rootfs"));
+            let c = self.containers().remove(&req.id);
+            if let Some(c) = c {
+                if let Some(sb) = self.inner.sandbox.lock().await.as_ref() {
+                    remove_exports(sb, &c.plan);
+                }
+                if c.mounted_rootfs {
+                    rootfs::unmount(&c.bundle.join("rootfs"));
+                }
             }
         }
         let p = {
@@ -425,7 +487,7 @@ impl Service {
         let process: serde_json::Value = serde_json::from_slice(&req.spec.value)
             .map_err(|e| ShimError::Kind(ErrorKind::InvalidArgument, format!("exec spec: {e}")))?;
         // Parsed now so that a bad stdio string fails Exec, not Start.
-        ProcessStdio::from_containerd(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
+        self.stdio(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
         self.pod()?;
         let strings = StdioStrings {
             stdin: req.stdin.clone(),
@@ -494,12 +556,24 @@ impl Service {
             info!("shutdown ignored: tasks remain");
             return Ok(());
         }
-        if let Some(sb) = self.inner.sandbox.lock().await.take() {
-            let code = sb.shutdown().await;
-            info!(?code, "the pod's VM stopped");
+        // Every container was deleted: nothing in the guest needs a graceful end, and
+        // containerd gives Shutdown only a few seconds.
+        if let Some(mut sb) = self.inner.sandbox.lock().await.take() {
+            sb.kill();
+            info!("the pod's VM stopped");
         }
         self.inner.exit.signal();
         Ok(())
+    }
+}
+
+/// Takes a container's exports out of the pod's share.
+fn remove_exports(sb: &Sandbox, plan: &rootfs::Plan) {
+    if let Some(share) = sb.share() {
+        for (name, _, _) in plan.exports.iter().rev() {
+            share.remove(name);
+        }
+        share.remove(&plan.folder);
     }
 }
 
