@@ -233,10 +233,38 @@ async fn copy_in<R: AsyncRead + Unpin>(
         r = tokio::io::copy(&mut from, &mut si) => {
             tracing::debug!(result = ?r, "stdin copied to its end");
         }
-        _ = close.notified() => tracing::debug!("stdin closed"),
+        _ = close.notified() => {
+            // CloseIO comes right after the writer's last write (ctr calls it when its
+            // own stdin ends): what is already in the pipe is still the process's.
+            let n = drain_pending(&mut from, &mut si).await;
+            tracing::debug!(bytes = n, "stdin closed");
+        }
     }
     let _ = si.shutdown().await;
     let _ = tokio::io::copy(&mut si, &mut tokio::io::sink()).await;
+}
+
+/// How long a closed stdin's pipe may stay silent before the rest is given up.
+const PENDING_QUIET: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Copies what `from` has ready (each read at most [`PENDING_QUIET`] apart, bounded in
+/// all to 1 MiB), for a stdin being closed. Returns the bytes copied.
+async fn drain_pending<R: AsyncRead + Unpin>(from: &mut R, si: &mut UnixStream) -> usize {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0;
+    while total < 1 << 20 {
+        match tokio::time::timeout(PENDING_QUIET, from.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                if si.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                total += n;
+            }
+            _ => break,
+        }
+    }
+    total
 }
 
 impl Pumps {
@@ -339,6 +367,45 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(got, b"hello");
+    }
+
+    /// ctr's order: the last write, then CloseIO at once; the data is not lost.
+    #[tokio::test]
+    async fn stdin_closed_right_after_the_last_write() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("in");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (mut si_agent, si) = UnixStream::pair().unwrap();
+        let stdio = ProcessStdio {
+            stdin: Some(Input::Fifo(fifo.clone())),
+            ..Default::default()
+        };
+        let streams = Streams {
+            stdin: Some(si),
+            ..Default::default()
+        };
+        let mut pumps = start(streams, &stdio).unwrap();
+        let f = fifo.clone();
+        // The writer stays open (no EOF): only the close ends the input.
+        let w = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut w = std::fs::OpenOptions::new().write(true).open(f).unwrap();
+            w.write_all(b"last words").unwrap();
+            w
+        })
+        .await
+        .unwrap();
+        pumps.close_stdin();
+        let mut got = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            si_agent.read_to_end(&mut got),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(got, b"last words");
+        drop(w);
     }
 
     #[tokio::test]
