@@ -455,7 +455,7 @@ async fn spawn_and_wait(
         cmd.arg("--socket-path")
             .arg(&socket)
             .arg("--shared-dir")
-            .arg(&staging)
+            .arg(staging)
             .args([
                 "--sandbox",
                 "namespace",

@@ -26,7 +26,7 @@ pub enum RootfsError {
         source: String,
         target: PathBuf,
         #[source]
-        err: containerd_shim::Error,
+        err: Box<containerd_shim::Error>,
     },
     #[error("{path}: {err}")]
     Io {
@@ -163,7 +163,7 @@ pub async fn mount_all(mounts: &[Mount], target: &Path) -> Result<bool, RootfsEr
                 kind: m.type_.clone(),
                 source: m.source.clone(),
                 target: target.to_path_buf(),
-                err,
+                err: Box::new(err),
             })?;
     }
     Ok(true)

@@ -131,10 +131,10 @@ async fn start_within(
             format!("it did not close fd 5 within {ready_timeout:?}"),
         ));
     }
-    if let Ok(Some(st)) = child.try_wait() {
-        if !st.success() {
-            return Err(err(path, "exited", st));
-        }
+    if let Ok(Some(st)) = child.try_wait()
+        && !st.success()
+    {
+        return Err(err(path, "exited", st));
     }
     let path_s = path.display().to_string();
     std::thread::Builder::new()
