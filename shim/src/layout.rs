@@ -20,10 +20,24 @@
 //! <state_dir>/scratch/<name>.img a container's writable layer (on disk)
 //! ```
 //!
-//! The containerd shim will keep a pod's sandbox in a [`SandboxDir`] of its own
-//! (`<run_dir>/<pod-id>/`), with the same files.
+//! The containerd shim keeps a pod's sandbox in a [`SandboxDir`] of its own,
+//! `<run_dir>/.containerd/<hash>/` ([`pod_dir`]), with the same files.
 
 use std::path::{Path, PathBuf};
+
+/// The folder under the run folder that holds the containerd shim's pods (a dot name:
+/// the CLI's clean-up, crate::sandbox::reap_stale, passes it by).
+pub const PODS_DIR: &str = ".containerd";
+
+/// The sandbox folder of containerd pod `id` in namespace `namespace`: named by a hash
+/// of both, as the unix socket paths in it must stay under 108 bytes (CRI's ids are 64
+/// characters).
+pub fn pod_dir(run_dir: &Path, namespace: &str, id: &str) -> SandboxDir {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(format!("{namespace}/{id}").as_bytes());
+    let name: String = h.iter().take(10).map(|b| format!("{b:02x}")).collect();
+    SandboxDir::new(run_dir.join(PODS_DIR).join(name))
+}
 
 /// The folder under the run folder that holds network namespaces and CNI records.
 pub const NETWORKS_DIR: &str = ".networks";

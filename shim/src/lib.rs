@@ -1,4 +1,4 @@
-//! husk's runtime library, shared by the `husk` CLI and (later) the containerd shim. It
+//! husk's runtime library, shared by the `husk` CLI and the containerd shim. It
 //! knows pods, not command lines: a [`sandbox::Sandbox`] (one VM, its agent, shares,
 //! network, state folder), a [`pod::Pod`] (the containers and processes in it),
 //! [`stdio`] endpoints, and one [`error::Error`] with kinds.

@@ -43,9 +43,6 @@ pub const RUNTIME_ID: &str = "io.containerd.husk.v2";
 pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// The CRI annotation naming a container's sandbox.
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-/// The folder under the configuration's `run_dir` holding the shims' VMs (a dot name:
-/// `husk`'s own clean-up, crate::sandbox::reap_stale, passes it by).
-pub const SHIM_DIR: &str = ".containerd";
 /// runc's shim answers `delete` with this status (128 + SIGKILL).
 pub const DELETED_STATUS: u32 = 137;
 
@@ -129,14 +126,10 @@ pub fn load_config() -> Result<Config, ShimError> {
     Ok(Config::load(&path)?)
 }
 
-/// The folder of the VM of the pod `sandbox` in containerd namespace `namespace`:
-/// named by a hash of both, as unix socket paths in it must stay under 108 bytes
-/// (CRI's ids are 64 characters).
+/// The folder of the VM of the pod `sandbox` in containerd namespace `namespace`
+/// (crate::layout::pod_dir).
 pub fn sandbox_dir(config: &Config, namespace: &str, sandbox: &str) -> SandboxDir {
-    use sha2::Digest;
-    let h = sha2::Sha256::digest(format!("{namespace}/{sandbox}").as_bytes());
-    let name: String = h.iter().take(10).map(|b| format!("{b:02x}")).collect();
-    SandboxDir::new(config.run_dir.join(SHIM_DIR).join(name))
+    crate::layout::pod_dir(&config.run_dir, namespace, sandbox)
 }
 
 /// A name safe as one path component.
