@@ -332,12 +332,13 @@ mod tests {
         assert_eq!(std::fs::read(&file).unwrap(), b"err");
     }
 
-    #[tokio::test]
-    async fn stdin_fifo_until_its_writer_closes() {
+    /// A stdin FIFO in a new folder, its pump started: (folder, FIFO, the agent's end
+    /// of the stream, the pumps).
+    fn stdin_fifo() -> (tempfile::TempDir, std::path::PathBuf, UnixStream, Pumps) {
         let d = tempfile::tempdir().unwrap();
         let fifo = d.path().join("in");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let (mut si_agent, si) = UnixStream::pair().unwrap();
+        let (si_agent, si) = UnixStream::pair().unwrap();
         let stdio = ProcessStdio {
             stdin: Some(Input::Fifo(fifo.clone())),
             ..Default::default()
@@ -347,6 +348,22 @@ mod tests {
             ..Default::default()
         };
         let pumps = start(streams, &stdio).unwrap();
+        (d, fifo, si_agent, pumps)
+    }
+
+    /// Everything the agent's end gets until EOF (at most 5 s).
+    async fn read_all(s: &mut UnixStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn stdin_fifo_until_its_writer_closes() {
+        let (_d, fifo, mut si_agent, pumps) = stdin_fifo();
         assert!(pumps.has_stdin());
         // A writer as containerd's FIFO library opens one: waiting for the reader.
         let f = fifo.clone();
@@ -358,33 +375,14 @@ mod tests {
         })
         .await
         .unwrap();
-        let mut got = Vec::new();
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            si_agent.read_to_end(&mut got),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        let got = read_all(&mut si_agent).await;
         assert_eq!(got, b"hello");
     }
 
     /// ctr's order: the last write, then CloseIO at once; the data is not lost.
     #[tokio::test]
     async fn stdin_closed_right_after_the_last_write() {
-        let d = tempfile::tempdir().unwrap();
-        let fifo = d.path().join("in");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let (mut si_agent, si) = UnixStream::pair().unwrap();
-        let stdio = ProcessStdio {
-            stdin: Some(Input::Fifo(fifo.clone())),
-            ..Default::default()
-        };
-        let streams = Streams {
-            stdin: Some(si),
-            ..Default::default()
-        };
-        let mut pumps = start(streams, &stdio).unwrap();
+        let (_d, fifo, mut si_agent, mut pumps) = stdin_fifo();
         let f = fifo.clone();
         // The writer stays open (no EOF): only the close ends the input.
         let w = tokio::task::spawn_blocking(move || {
@@ -396,43 +394,17 @@ mod tests {
         .await
         .unwrap();
         pumps.close_stdin();
-        let mut got = Vec::new();
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            si_agent.read_to_end(&mut got),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        let got = read_all(&mut si_agent).await;
         assert_eq!(got, b"last words");
         drop(w);
     }
 
     #[tokio::test]
     async fn stdin_fifo_closed_before_any_writer() {
-        let d = tempfile::tempdir().unwrap();
-        let fifo = d.path().join("in");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let (mut si_agent, si) = UnixStream::pair().unwrap();
-        let stdio = ProcessStdio {
-            stdin: Some(Input::Fifo(fifo.clone())),
-            ..Default::default()
-        };
-        let streams = Streams {
-            stdin: Some(si),
-            ..Default::default()
-        };
-        let mut pumps = start(streams, &stdio).unwrap();
+        let (d, _fifo, mut si_agent, mut pumps) = stdin_fifo();
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         pumps.close_stdin();
-        let mut rest = Vec::new();
-        tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            si_agent.read_to_end(&mut rest),
-        )
-        .await
-        .unwrap()
-        .unwrap();
+        let rest = read_all(&mut si_agent).await;
         assert!(rest.is_empty());
         // Not a FIFO: refused at once.
         let file = d.path().join("file");
