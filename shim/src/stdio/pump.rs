@@ -198,6 +198,7 @@ async fn fifo_in(path: std::path::PathBuf, si: UnixStream, close: Arc<tokio::syn
     tokio::pin!(opening);
     let mut si = si;
     tokio::select! {
+        biased;
         opened = &mut opening => {
             let r = opened
                 .map_err(std::io::Error::other)
@@ -214,7 +215,12 @@ async fn fifo_in(path: std::path::PathBuf, si: UnixStream, close: Arc<tokio::syn
                 .write(true)
                 .custom_flags(libc::O_NONBLOCK)
                 .open(&path);
-            let _ = opening.await;
+            // The open may have been done by a writer that already wrote: keep that.
+            if let Ok(Ok(f)) = opening.await
+                && let Ok(mut r) = tokio::net::unix::pipe::Receiver::from_file(f)
+            {
+                drain_pending(&mut r, &mut si).await;
+            }
         }
     }
     let _ = si.shutdown().await;
@@ -229,16 +235,33 @@ async fn copy_in<R: AsyncRead + Unpin>(
     mut si: UnixStream,
     close: Arc<tokio::sync::Notify>,
 ) {
-    tokio::select! {
-        r = tokio::io::copy(&mut from, &mut si) => {
-            tracing::debug!(result = ?r, "stdin copied to its end");
+    use tokio::io::AsyncReadExt;
+    // A read is the only thing a close cancels (nothing read is lost with it), never a
+    // write of what was read.
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0usize;
+    loop {
+        let n = tokio::select! {
+            biased;
+            r = from.read(&mut buf) => match r {
+                Ok(n) if n > 0 => n,
+                r => {
+                    tracing::debug!(bytes = total, result = ?r.map(|_| ()), "stdin copied to its end");
+                    break;
+                }
+            },
+            _ = close.notified() => {
+                // CloseIO comes right after the writer's last write (ctr calls it when
+                // its own stdin ends): what is already in the pipe is still the process's.
+                let n = drain_pending(&mut from, &mut si).await;
+                tracing::debug!(bytes = total + n, "stdin closed");
+                break;
+            }
+        };
+        if si.write_all(&buf[..n]).await.is_err() {
+            break;
         }
-        _ = close.notified() => {
-            // CloseIO comes right after the writer's last write (ctr calls it when its
-            // own stdin ends): what is already in the pipe is still the process's.
-            let n = drain_pending(&mut from, &mut si).await;
-            tracing::debug!(bytes = n, "stdin closed");
-        }
+        total += n;
     }
     let _ = si.shutdown().await;
     let _ = tokio::io::copy(&mut si, &mut tokio::io::sink()).await;
