@@ -345,7 +345,14 @@ impl Sandbox {
                 return Err(e.into());
             }
         };
-        let log = std::fs::File::create(spec.dir.vmm_log()).map_err(dir_err)?;
+        let log = match std::fs::File::create(spec.dir.vmm_log()) {
+            Ok(f) => f,
+            Err(e) => {
+                drop(share);
+                remove_dir(&spec.dir);
+                return Err(dir_err(e));
+            }
+        };
         let mut cmd = Command::new(&spec.vmm);
         cmd.arg("--config")
             .arg(&vm_json)
@@ -370,10 +377,17 @@ impl Sandbox {
             });
         }
         // From the process-long spawner thread: PDEATHSIG follows the forking thread.
-        let child = crate::spawner::spawn(cmd).map_err(|err| SandboxError::Spawn {
-            vmm: spec.vmm.clone(),
-            err,
-        })?;
+        let child = match crate::spawner::spawn(cmd) {
+            Ok(c) => c,
+            Err(err) => {
+                drop(share);
+                remove_dir(&spec.dir);
+                return Err(SandboxError::Spawn {
+                    vmm: spec.vmm.clone(),
+                    err,
+                });
+            }
+        };
         // husk-vmm and its owner, each as "PID START" (crate::procid).
         let vmm_id = i32::try_from(child.id())
             .ok()
@@ -654,9 +668,19 @@ pub fn reap_stale(run_dir: &Path) -> usize {
 /// died): the recorded husk-vmm (same pid and start time, through a pidfd) is killed
 /// if it survived, and the folder removed. Returns whether there was a folder.
 pub fn reap_dir(vm: &SandboxDir) -> bool {
-    if let Some(vmm) = std::fs::read_to_string(vm.pid())
-        .ok()
-        .and_then(|t| t.lines().next().and_then(ProcId::parse))
+    let record = std::fs::read_to_string(vm.pid()).unwrap_or_default();
+    let mut lines = record.lines();
+    let vmm = lines.next().and_then(ProcId::parse);
+    // Its owner still runs (containerd's `delete` of a pod's first container while the
+    // pod's shim serves others): not ours to reap.
+    if lines
+        .next()
+        .and_then(ProcId::parse)
+        .is_some_and(|o| o.alive())
+    {
+        return false;
+    }
+    if let Some(vmm) = vmm
         && vmm.alive()
         && is_vmm(vmm.pid)
     {

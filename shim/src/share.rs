@@ -420,14 +420,39 @@ pub fn unmount_pod(dir: &crate::layout::SandboxDir) {
 }
 
 /// Whether anything is mounted at or under `dir` in this process's namespace.
+/// (Unreadable mountinfo counts as "yes": the answer guards a recursive removal.)
 pub fn has_mounts_under(dir: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
+        return true;
     };
-    info.lines().filter_map(|l| l.split(' ').nth(4)).any(|mp| {
-        let mp = Path::new(mp);
-        mp.starts_with(dir)
-    })
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mp| Path::new(&unescape_mountinfo(mp)).starts_with(dir))
+}
+
+/// A mountinfo path field with its octal escapes (`\040` for a space, ...) decoded.
+fn unescape_mountinfo(field: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = (b[i] == b'\\' && i + 3 < b.len())
+            .then(|| &b[i + 1..i + 4])
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .and_then(|d| {
+                let v = d.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+                u8::try_from(v).ok()
+            });
+        if let Some(v) = octal {
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    std::ffi::OsString::from_vec(out)
 }
 
 /// A pre-exec hook run in virtiofsd's forked child.
@@ -626,6 +651,14 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("gone"), "{e}");
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("/run/a\\040b"), "/run/a b");
+        assert_eq!(unescape_mountinfo("/x\\134y"), "/x\\y");
+        assert_eq!(unescape_mountinfo("/x\\777"), "/x\\777");
+        assert_eq!(unescape_mountinfo("/x\\04"), "/x\\04");
     }
 
     /// A pod's share on this host (no VM): exports added after virtiofsd started

@@ -3,7 +3,7 @@
 //! busybox with `ctr run --runtime io.containerd.husk.v2`: exit codes, env, stdin, a
 //! terminal, 10 MiB of stdout (md5 equal); a detached task with exec (also `-t`),
 //! ps, pause/resume, metrics; a second container joining the first's pod by CRI's
-//! annotations (one VM, the first's pid namespace, its own root); a file written into
+//! annotations (one VM, the first's pid namespace, its own root); a third that outlives the first's delete; a file written into
 //! the snapshot; kill -9 of husk-vmm (the exit seen, `--rm` frees everything) and of
 //! the shim (containerd's delete cleans up). After each case no husk-vmm, virtiofsd,
 //! shim, mount or /run/husk folder is left.
@@ -86,7 +86,8 @@ fn containerd_runs_husk_pods() {
     check("pod_same_pid", "yes");
     check("pod_sees_first", "1");
     assert_ne!(get("pod_own_roots"), "0", "d1 sees d2's file\n{all}");
-    check("pod_second_gone", "0 vmm=1");
+    check("pod_first_killed", "STOPPED STOPPED RUNNING");
+    check("pod_survives_first", "RUNNING alive vmm=1");
     check("after_pod", nothing);
     check("snapshot", "persisted");
     check("after_snapshot", nothing);

@@ -107,12 +107,21 @@ case_ pod_sees_first "$(echo "$out" | grep -c 'sleep 1000')"
 out=$(ctr task exec --exec-id e4 d2 sh -c 'echo two > /only-in-d2; ls /only-in-d2')
 ctr task exec --exec-id e5 d1 ls /only-in-d2 >/dev/null 2>&1
 case_ pod_own_roots "$?"
-ctr task kill -s KILL d2; sleep 1
-ctr task rm d2 >/dev/null; ctr c rm d2
-case_ pod_second_gone "$(ctr task ls | grep -c d2) vmm=$(pgrep -x husk-vmm | wc -l)"
+# A third, in the pod but in no namespace of the first's: the first's end (and with
+# it the second's, in its pid namespace) leaves it running in the pod's VM.
+ctr run -d --runtime $R --annotation io.kubernetes.cri.container-type=container \
+    --annotation io.kubernetes.cri.sandbox-id=d1 $img d3 sleep 3000 >/dev/null
 ctr task kill -s KILL d1
-for _ in $(seq 30); do [ "$(ctr task ls | awk '$1 == "d1" {print $3}')" = STOPPED ] && break; sleep 1; done
+state() { ctr task ls | awk -v id="$1" '$1 == id {print $3}'; }
+for _ in $(seq 30); do [ "$(state d1)$(state d2)" = STOPPEDSTOPPED ] && break; sleep 1; done
+case_ pod_first_killed "$(state d1) $(state d2) $(state d3)"
 ctr task rm d1 >/dev/null; ctr c rm d1
+ctr task rm d2 >/dev/null; ctr c rm d2
+sleep 3
+case_ pod_survives_first "$(state d3) $(ctr task exec --exec-id e6 d3 echo alive) vmm=$(pgrep -x husk-vmm | wc -l)"
+ctr task kill -s KILL d3
+for _ in $(seq 30); do [ "$(state d3)" = STOPPED ] && break; sleep 1; done
+ctr task rm d3 >/dev/null; ctr c rm d3
 sleep 2
 case_ after_pod "$(leftovers)"
 

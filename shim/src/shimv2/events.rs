@@ -187,28 +187,55 @@ impl TaskEvent {
 #[derive(Debug, Clone)]
 pub struct Events {
     tx: mpsc::UnboundedSender<TaskEvent>,
+    /// Events queued and not yet published (or given up).
+    pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The receiving end of [`Events`]: for [`Events::publish_all`] (or a test).
+#[derive(Debug)]
+pub struct Queue {
+    pub rx: mpsc::UnboundedReceiver<TaskEvent>,
+    pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Events {
-    /// A queue and its receiving end (for [`Events::publish_all`] or a test).
-    pub fn channel() -> (Events, mpsc::UnboundedReceiver<TaskEvent>) {
+    /// A queue and its receiving end.
+    pub fn channel() -> (Events, Queue) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Events { tx }, rx)
+        let pending = std::sync::Arc::default();
+        (
+            Events {
+                tx,
+                pending: std::sync::Arc::clone(&pending),
+            },
+            Queue { rx, pending },
+        )
     }
 
     /// Queues `ev` (never waits; published in queueing order).
     pub fn send(&self, ev: TaskEvent) {
+        use std::sync::atomic::Ordering;
+        self.pending.fetch_add(1, Ordering::SeqCst);
         if self.tx.send(ev).is_err() {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
             warn!("event publisher gone");
         }
     }
 
-    /// Publishes everything from `rx` in order, to containerd in `namespace`.
-    pub async fn publish_all(
-        publisher: RemotePublisher,
-        namespace: String,
-        mut rx: mpsc::UnboundedReceiver<TaskEvent>,
-    ) {
+    /// Waits until every queued event was published, at most `bound` (the shim is
+    /// about to exit: the last TaskExit and TaskDelete must reach containerd).
+    pub async fn flushed(&self, bound: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + bound;
+        while self.pending.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Publishes everything from `queue` in order, to containerd in `namespace`.
+    pub async fn publish_all(publisher: RemotePublisher, namespace: String, queue: Queue) {
+        let Queue { mut rx, pending } = queue;
         while let Some(ev) = rx.recv().await {
             let topic = ev.topic();
             let ctx = containerd_shim::Context::default();
@@ -218,6 +245,7 @@ impl Events {
             {
                 warn!(topic, error = %e, "publish event");
             }
+            pending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 }
@@ -256,13 +284,13 @@ mod tests {
 
     #[test]
     fn queue_keeps_order() {
-        let (ev, mut rx) = Events::channel();
+        let (ev, mut q) = Events::channel();
         ev.send(TaskEvent::Start {
             id: "c".into(),
             pid: 1,
         });
         ev.send(TaskEvent::Oom { id: "c".into() });
-        assert_eq!(rx.try_recv().unwrap().topic(), "/tasks/start");
-        assert_eq!(rx.try_recv().unwrap().topic(), "/tasks/oom");
+        assert_eq!(q.rx.try_recv().unwrap().topic(), "/tasks/start");
+        assert_eq!(q.rx.try_recv().unwrap().topic(), "/tasks/oom");
     }
 }

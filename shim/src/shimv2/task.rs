@@ -159,6 +159,11 @@ impl Service {
     /// annotations, crate::shimv2::resources), later ones join it.
     async fn join(&self, id: &str, spec: &serde_json::Value, plan: &rootfs::Plan) -> Res<Pod> {
         let mut slot = self.inner.sandbox.lock().await;
+        if self.inner.vm_gone.load(Ordering::SeqCst) {
+            // One VM per shim: once it stopped, containerd's Deletes and Shutdown end
+            // the shim; a new container gets a new shim.
+            return Err(unavailable("the pod's VM stopped"));
+        }
         if slot.is_none() {
             *slot = Some(self.boot(id, spec).await?);
         }
@@ -170,6 +175,7 @@ impl Service {
             .ok_or_else(|| unavailable("the pod has no share"))?;
         for e in plan.share_exports() {
             if let Err(e) = share.add(&e) {
+                // The folder is this container's alone (its id is new in this pod).
                 remove_exports(sb, plan);
                 return Err(Error::from(crate::sandbox::SandboxError::from(e)).into());
             }
@@ -231,7 +237,9 @@ impl Service {
             }
         }
         self.inner.vm_gone.store(true, Ordering::SeqCst);
-        let live = self.table().live();
+        let mut live = self.table().live();
+        // Every exec's exit before its container's init's.
+        live.sort_by_key(|k| k.is_init());
         for key in live {
             self.exited(
                 &key,
@@ -259,6 +267,12 @@ impl Service {
                 ErrorKind::Unimplemented,
                 "checkpoint/restore is not supported".into(),
             ));
+        }
+        // A second Create of a live id is refused before anything of the first is touched.
+        if self.table().get(&ProcessKey::new(&req.id, "")).is_ok()
+            || self.containers().contains_key(&req.id)
+        {
+            return Err(super::state::StateError::Exists(req.id.clone()).into());
         }
         let bundle = PathBuf::from(&req.bundle);
         let spec = super::read_spec(&bundle)?;
@@ -562,6 +576,11 @@ impl Service {
             sb.kill();
             info!("the pod's VM stopped");
         }
+        // The last TaskExit and TaskDelete reach containerd before the shim exits.
+        self.inner
+            .events
+            .flushed(std::time::Duration::from_secs(2))
+            .await;
         self.inner.exit.signal();
         Ok(())
     }

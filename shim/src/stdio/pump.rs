@@ -211,12 +211,27 @@ async fn fifo_in(path: std::path::PathBuf, si: UnixStream, close: Arc<tokio::syn
         }
         _ = close.notified() => {
             use std::os::unix::fs::OpenOptionsExt;
-            let _ = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(&path);
+            // Unblock our own open with a writer of ours; until its thread is in
+            // open(2) there is no reader and that fails (ENXIO): try again, bounded.
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            let opened = loop {
+                let w = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&path);
+                let r = tokio::time::timeout(std::time::Duration::from_millis(10), &mut opening).await;
+                drop(w);
+                match r {
+                    Ok(opened) => break Some(opened),
+                    Err(_) if tokio::time::Instant::now() > deadline => {
+                        tracing::warn!(fifo = %path.display(), "stdin FIFO: its open could not be ended");
+                        break None;
+                    }
+                    Err(_) => {}
+                }
+            };
             // The open may have been done by a writer that already wrote: keep that.
-            if let Ok(Ok(f)) = opening.await
+            if let Some(Ok(Ok(f))) = opened
                 && let Ok(mut r) = tokio::net::unix::pipe::Receiver::from_file(f)
             {
                 drain_pending(&mut r, &mut si).await;
