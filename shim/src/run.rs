@@ -58,6 +58,8 @@ pub struct RunOptions {
     pub network: Option<String>,
     /// Published ports (`-p`).
     pub publish: Vec<crate::network::ports::PortMapping>,
+    /// Run husk-vmm without its jail (`--no-jail`; crate::jail).
+    pub no_jail: bool,
     /// `--dns`, `--dns-search`, `--dns-option`.
     pub dns: crate::network::files::DnsSettings,
     /// `--hostname` (default: the container's name).
@@ -504,6 +506,10 @@ async fn boot_and_run(
         nics,
         hostname: hostname.to_string(),
         name_files: Some(name_files),
+        jail: (config.vm.jail && !opts.no_jail).then(|| crate::jail::JailSpec {
+            settings: config.jail.clone(),
+            run_dir: config.run_dir.clone(),
+        }),
         ..SandboxSpec::new(&cdir.name, cdir.vm(), vmm_binary()?, guest)
     };
     progress("starting the microVM");
@@ -742,6 +748,7 @@ mod tests {
             dns: Default::default(),
             hostname: None,
             add_hosts: vec![],
+            no_jail: false,
         }
     }
 
