@@ -94,22 +94,36 @@ fn try_lock(path: &Path) -> Result<Option<File>, IdsError> {
 /// Claims a free uid in `[base, base + count)` for the VM whose folder is `key`.
 pub fn claim(run_dir: &Path, key: &str, base: u32, count: u32) -> Result<Claim, IdsError> {
     let dir = lock_dir(run_dir);
-    std::fs::create_dir_all(&dir).map_err(|err| IdsError::Io {
-        path: dir.clone(),
-        err,
-    })?;
-    for uid in candidates(key, base, count) {
-        let path = dir.join(format!("{uid}.lock"));
-        if let Some(lock) = try_lock(&path)? {
-            tracing::debug!(uid, vm = key, "jail uid claimed");
-            return Ok(Claim {
-                uid,
-                path,
-                _lock: lock,
-            });
+    let mut tries = 0;
+    'search: loop {
+        std::fs::create_dir_all(&dir).map_err(|err| IdsError::Io {
+            path: dir.clone(),
+            err,
+        })?;
+        for uid in candidates(key, base, count) {
+            let path = dir.join(format!("{uid}.lock"));
+            match try_lock(&path) {
+                Ok(Some(lock)) => {
+                    tracing::debug!(uid, vm = key, "jail uid claimed");
+                    return Ok(Claim {
+                        uid,
+                        path,
+                        _lock: lock,
+                    });
+                }
+                Ok(None) => {}
+                // The last holder removed the emptied folder (Drop): make it again.
+                Err(IdsError::Io { err, .. })
+                    if err.kind() == std::io::ErrorKind::NotFound && tries < 10 =>
+                {
+                    tries += 1;
+                    continue 'search;
+                }
+                Err(e) => return Err(e),
+            }
         }
+        return Err(IdsError::Exhausted { base, count });
     }
-    Err(IdsError::Exhausted { base, count })
 }
 
 impl Drop for Claim {
@@ -117,6 +131,11 @@ impl Drop for Claim {
         // Unlink while holding the lock: a waiter that opened the old file sees the
         // inode change and retries (try_lock).
         let _ = std::fs::remove_file(&self.path);
+        // The folder too once empty (nothing of the jail stays in the run folder);
+        // a claimer that loses this race makes it again.
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -137,6 +156,7 @@ pub fn reap(run_dir: &Path) -> usize {
             n += 1;
         }
     }
+    let _ = std::fs::remove_dir(lock_dir(run_dir));
     n
 }
 
@@ -179,7 +199,10 @@ mod tests {
         let c = claim(run.path(), "same", 1000, 2).unwrap();
         assert_eq!(c.uid, freed);
         drop((b, c));
-        assert_eq!(std::fs::read_dir(lock_dir(run.path())).unwrap().count(), 0);
+        assert!(
+            !lock_dir(run.path()).exists(),
+            "the emptied lock folder stays"
+        );
     }
 
     #[test]
