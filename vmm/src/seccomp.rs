@@ -308,18 +308,21 @@ mod tests {
                 assert_eq!(t.join().unwrap(), 42);
                 println!("allowed-ok");
             }
-            // SAFETY (all three): calls with integer arguments, expected to trap.
-            "socket_inet" => unsafe {
-                libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-            },
-            "prctl_other" => unsafe {
-                libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-            },
-            "fork" => unsafe {
-                if libc::fork() == 0 {
-                    libc::_exit(0);
+            "socket_inet" => {
+                // SAFETY: socket() with integer arguments; expected to trap.
+                unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            }
+            "prctl_other" => {
+                // SAFETY: prctl with integer arguments; expected to trap.
+                unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+            }
+            "fork" => {
+                // SAFETY: fork is expected to trap; a child that got through only exits.
+                if unsafe { libc::fork() } == 0 {
+                    // SAFETY: _exit in the child.
+                    unsafe { libc::_exit(0) };
                 }
-            },
+            }
             other => panic!("unknown probe case {other}"),
         }
         if case != "allowed" {
