@@ -8,7 +8,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -17,41 +16,31 @@ use husk_tests::require_lab;
 #[test]
 fn jailed_vms_in_the_lab() {
     let lab = require_lab!();
-    let guest = husk_tests::repo_root().join("build/guest");
-    assert!(
-        guest.join("initramfs.img").is_file(),
-        "no guest image: run `make guest-image` (make test does)"
-    );
-    husk_tests::ensure_husk_vmm(std::path::Path::new(env!("CARGO_BIN_EXE_husk")));
-    let scratch = husk_tests::scratch_dir();
-    let img = scratch.path().join("busybox");
-    husk_tests::busybox_oci(&img, None);
+    let f = husk_tests::cli_fixture(std::path::Path::new(env!("CARGO_BIN_EXE_husk")));
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/jail_vm.sh");
     let t0 = Instant::now();
     let r = lab
         .mem_mib(3072)
         .timeout(Duration::from_secs(1200))
-        .env("HUSK_GUEST_DIR", &guest.display().to_string())
+        .env("HUSK_GUEST_DIR", &f.guest.display().to_string())
         .run(&[
             script.display().to_string(),
             env!("CARGO_BIN_EXE_husk").to_string(),
-            img.display().to_string(),
+            f.image.display().to_string(),
         ])
         .unwrap();
     eprintln!("lab run: {:.1} s", t0.elapsed().as_secs_f64());
-    for l in r.stderr.lines() {
-        if l.contains(" run: ") || l.starts_with("jail: ") || l.starts_with("timing ") {
-            eprintln!("{l}");
-        }
+    let shown = [" run: ", "jail: ", "timing "];
+    for l in r
+        .stderr
+        .lines()
+        .filter(|l| shown.iter().any(|s| l.contains(s)))
+    {
+        eprintln!("{l}");
     }
     let all = format!("--- stdout\n{}\n--- stderr\n{}", r.stdout, r.stderr);
     assert_eq!(r.code, Some(0), "{all}");
-    let cases: HashMap<&str, &str> = r
-        .stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("CASE "))
-        .filter_map(|l| l.split_once(' '))
-        .collect();
+    let cases = r.cases();
     let get = |k: &str| {
         cases
             .get(k)
