@@ -15,7 +15,11 @@
 //!       console.log, vmm.log     the guest's console, husk-vmm's stderr
 //!       pid                      "PID START" of husk-vmm, then of its owner
 //!       virtiofsd.sock, virtiofsd.log, share/   the volumes share (crate::share)
+//!       jail                     husk-vmm's jail: its uid and cgroup (crate::jail)
+//!       root/                    the jail's root (mounted on only in husk-vmm's
+//!                                mount namespace; an empty folder on the host)
 //!   .networks/<name>.json|.ns    a container's CNI record and network namespace
+//!   .jail/<uid>.lock             the uid of a live jailed husk-vmm (crate::jail::ids)
 //! <state_dir>/scratch/<name>.img a container's writable layer (on disk)
 //! ```
 //!
@@ -28,6 +32,14 @@ use std::path::{Path, PathBuf};
 pub const NETWORKS_DIR: &str = ".networks";
 /// The folder under the state folder that holds scratch disks.
 pub const SCRATCH_DIR: &str = "scratch";
+
+/// The folder under the run folder that holds the jails' uid locks.
+pub const JAIL_LOCKS_DIR: &str = ".jail";
+
+/// `<run_dir>/.jail`.
+pub fn jail_locks_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join(JAIL_LOCKS_DIR)
+}
 
 /// `<run_dir>/.networks`.
 pub fn networks_dir(run_dir: &Path) -> PathBuf {
@@ -120,6 +132,16 @@ impl SandboxDir {
     /// The folder virtiofsd serves (a tmpfs with the volumes, in its namespace only).
     pub fn share(&self) -> PathBuf {
         self.path.join("share")
+    }
+
+    /// The record of husk-vmm's jail: its uid and cgroup (crate::jail).
+    pub fn jail_record(&self) -> PathBuf {
+        self.path.join("jail")
+    }
+
+    /// Where husk-vmm's jail root is mounted, in its own mount namespace only.
+    pub fn jail_root(&self) -> PathBuf {
+        self.path.join("root")
     }
 }
 
@@ -250,6 +272,12 @@ mod tests {
             Path::new("/run/husk/web/vm/virtiofsd.sock")
         );
         assert_eq!(vm.share(), Path::new("/run/husk/web/vm/share"));
+        assert_eq!(vm.jail_record(), Path::new("/run/husk/web/vm/jail"));
+        assert_eq!(vm.jail_root(), Path::new("/run/husk/web/vm/root"));
+        assert_eq!(
+            jail_locks_dir(Path::new("/run/husk")),
+            Path::new("/run/husk/.jail")
+        );
         assert_eq!(owner_of(&c.path), c.owner());
     }
 

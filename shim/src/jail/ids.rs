@@ -35,9 +35,9 @@ pub struct Claim {
     _lock: File,
 }
 
-/// Where the locks live.
+/// Where the locks live (crate::layout).
 pub fn lock_dir(run_dir: &Path) -> PathBuf {
-    run_dir.join(".jail")
+    crate::layout::jail_locks_dir(run_dir)
 }
 
 /// FNV-1a of `key`: where the search starts.

@@ -76,9 +76,9 @@ pub struct Jail {
     pub vmm: PathBuf,
 }
 
-/// The record of a sandbox's jail: `<vm dir>/jail` ("uid\ncgroup path\n").
+/// The record of a sandbox's jail ("uid\ncgroup path\n"; crate::layout).
 pub fn record_path(vm_dir: &Path) -> PathBuf {
-    vm_dir.join("jail")
+    crate::layout::SandboxDir::new(vm_dir).jail_record()
 }
 
 fn io_err(path: &Path, what: &'static str) -> impl FnOnce(std::io::Error) -> JailError {

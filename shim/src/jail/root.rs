@@ -151,7 +151,7 @@ pub fn plan(inputs: &Inputs) -> Result<Plan, RootError> {
         }
     }
     Ok(Plan {
-        root: inputs.vm_dir.join("root"),
+        root: crate::layout::SandboxDir::new(inputs.vm_dir).jail_root(),
         dirs,
         binds: kept,
         nodes: vec![
