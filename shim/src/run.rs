@@ -378,6 +378,9 @@ async fn run_prepared(
     // Before converting the image and booting: a host that cannot boot the guest says
     // so now.
     crate::preflight::check(config)?;
+    if config.vm.jail && !opts.no_jail {
+        crate::jail::cgroup::check()?;
+    }
     let image = prepare_with(
         &opts.image,
         &config.state_dir,

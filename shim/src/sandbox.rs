@@ -80,7 +80,11 @@ impl SandboxError {
             | SandboxError::NotReady(..)
             | SandboxError::Client(_) => ErrorKind::Unavailable,
             SandboxError::Rpc(e) => crate::error::Error::agent(e.clone()).kind(),
-            SandboxError::BadReady(..) => ErrorKind::FailedPrecondition,
+            SandboxError::BadReady(..)
+            | SandboxError::Jail(crate::jail::JailError::Cgroup(
+                crate::jail::cgroup::CgroupError::NotMounted
+                | crate::jail::cgroup::CgroupError::NoController { .. },
+            )) => ErrorKind::FailedPrecondition,
             SandboxError::Share(_)
             | SandboxError::Jail(_)
             | SandboxError::JailStart { .. }

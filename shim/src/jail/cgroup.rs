@@ -114,14 +114,8 @@ pub fn find_mount() -> Result<PathBuf, CgroupError> {
     cgroup2_mount(&text).ok_or(CgroupError::NotMounted)
 }
 
-/// Creates VM `uid`'s cgroup with `limits` (a left-over one of that uid, from a killed
-/// `husk`, is emptied and replaced). Returns its path.
-pub fn create(
-    mount: &Path,
-    parent: &str,
-    uid: u32,
-    limits: Limits,
-) -> Result<PathBuf, CgroupError> {
+/// Whether the hierarchy at `mount` offers the memory and pids controllers.
+pub fn check_controllers(mount: &Path) -> Result<(), CgroupError> {
     let available = std::fs::read_to_string(mount.join("cgroup.controllers")).unwrap_or_default();
     for c in CONTROLLERS {
         if !available.split_whitespace().any(|x| x == c) {
@@ -132,6 +126,24 @@ pub fn create(
             });
         }
     }
+    Ok(())
+}
+
+/// Whether a jail can get its cgroup on this host (run before the slow steps of a
+/// start, so that a host without it says so at once).
+pub fn check() -> Result<(), CgroupError> {
+    check_controllers(&find_mount()?)
+}
+
+/// Creates VM `uid`'s cgroup with `limits` (a left-over one of that uid, from a killed
+/// `husk`, is emptied and replaced). Returns its path.
+pub fn create(
+    mount: &Path,
+    parent: &str,
+    uid: u32,
+    limits: Limits,
+) -> Result<PathBuf, CgroupError> {
+    check_controllers(mount)?;
     let path = path_of(mount, parent, uid);
     let io = |p: &Path, what| {
         let path = p.to_path_buf();
