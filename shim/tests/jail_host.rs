@@ -189,7 +189,7 @@ fn confine() {
     let mem = std::fs::read_to_string(cg.join("memory.max")).unwrap();
     assert_eq!(
         mem.trim(),
-        ((64u64 + 256) << 20).to_string(),
+        husk::jail::memory_max(&files, 256).to_string(),
         "{}/memory.max",
         cg.display()
     );

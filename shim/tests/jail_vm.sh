@@ -53,6 +53,8 @@ case_ vmm_root "$(cd /proc/$v/root && find . -mindepth 1 -maxdepth 1 | sort | tr
 case_ vmm_dev "$(ls /proc/$v/root/dev | tr '\n' ,)"
 cg=/sys/fs/cgroup$(cut -d: -f3 /proc/$v/cgroup)
 case_ vmm_cgroup "$(basename "$(dirname "$cg")")_$(cat "$cg/memory.max")_$(cat "$cg/pids.max")"
+# The scratch disk's filesystem: a RAM-backed one counts in memory.max (crate::jail).
+case_ scratch_fs "$(stat -f -c %T /var/lib/husk/scratch)_$(stat -c %s /var/lib/husk/scratch/jv.img)"
 case_ ns "$([ "$(readlink /proc/$v/ns/mnt)" != "$(readlink /proc/self/ns/mnt)" ] && echo mnt)_$([ "$(readlink /proc/$v/ns/ipc)" != "$(readlink /proc/self/ns/ipc)" ] && echo ipc)_$([ "$(readlink /proc/$v/ns/pid)" != "$(readlink /proc/self/ns/pid)" ] && echo pid)"
 echo "jail: $(grep -E '^(Uid|CapEff|CapBnd|NoNewPrivs|Seccomp|NSpid)' /proc/$v/status | tr '\t\n' '  '); cgroup $cg" >&2
 kill -9 "$hpid"; wait "$hpid" 2>/dev/null

@@ -92,6 +92,34 @@ fn cstr(p: &Path) -> Result<CString, JailError> {
     })
 }
 
+/// Filesystems whose file data lives in RAM: tmpfs, ramfs, and overlayfs, whose upper
+/// layer may be a tmpfs (the lab's is; statfs(2) cannot tell through it).
+const RAM_BACKED: [i64; 3] = [0x0102_1994, 0x8584_58f6, 0x794c_7630];
+
+/// Whether `path`'s data is held in RAM (see [`RAM_BACKED`]).
+pub fn ram_backed(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).is_ok_and(|s| RAM_BACKED.contains(&s.filesystem_type().0))
+}
+
+/// `memory.max` of a VM: its guest memory, husk-vmm's overhead, and the size of each
+/// writable disk whose data lives in RAM. Pages the VM writes to a tmpfs-backed file
+/// are charged to its cgroup and cannot be reclaimed (no swap), so without them a guest
+/// that fills its scratch disk would get husk-vmm OOM-killed; a disk-backed file's page
+/// cache is reclaimable and not counted. Rounded up to whole pages (the kernel rounds
+/// down).
+pub fn memory_max(files: &Files, overhead_mib: u32) -> u64 {
+    let disks: u64 = files
+        .writable
+        .iter()
+        .filter(|p| ram_backed(p))
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let bytes =
+        ((u64::from(files.memory_mib) + u64::from(overhead_mib)) << 20).saturating_add(disks);
+    bytes.div_ceil(4096).saturating_mul(4096)
+}
+
 fn rdev(path: &str) -> Result<u64, JailError> {
     std::fs::metadata(path)
         .map(|m| m.rdev())
@@ -121,7 +149,7 @@ impl Jail {
         let uid = claim.uid;
         let mount = cgroup::find_mount()?;
         let limits = cgroup::Limits {
-            memory_bytes: (u64::from(files.memory_mib) + u64::from(s.memory_overhead_mib)) << 20,
+            memory_bytes: memory_max(files, s.memory_overhead_mib),
             pids: s.pids_max,
         };
         let cg = cgroup::create(&mount, &s.cgroup_parent, uid, limits)?;
@@ -284,5 +312,48 @@ pub fn reap(vm_dir: &Path) {
         {
             cgroup::remove(cg);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ram_backed_writable_disks_count_in_memory_max() {
+        let shm = Path::new("/dev/shm");
+        if !ram_backed(shm) {
+            eprintln!(
+                "SKIPPED ram_backed_writable_disks_count_in_memory_max: /dev/shm is not a tmpfs here"
+            );
+            return;
+        }
+        let d = tempfile::tempdir_in(shm).unwrap();
+        let disk = d.path().join("scratch.img");
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(10 << 20)
+            .unwrap();
+        let ro = d.path().join("image.erofs");
+        std::fs::File::create(&ro)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        let mut files = Files {
+            vm_dir: d.path(),
+            vmm: Path::new("/usr/bin/true"),
+            read_only: vec![&ro],
+            writable: vec![],
+            memory_mib: 64,
+        };
+        assert_eq!(memory_max(&files, 256), 320 << 20, "no writable disk");
+        files.writable.push(&disk);
+        assert_eq!(
+            memory_max(&files, 256),
+            (320 << 20) + (10 << 20),
+            "a tmpfs-backed writable disk counts whole, a read-only one not at all"
+        );
+        std::fs::File::create(&disk).unwrap().set_len(5).unwrap();
+        assert_eq!(memory_max(&files, 256), (320 << 20) + 4096, "whole pages");
     }
 }
