@@ -46,6 +46,36 @@ pub struct Config {
     pub image: ImageSettings,
     pub registry: RegistryConfig,
     pub network: NetworkSettings,
+    pub jail: JailSettings,
+}
+
+/// The jail husk-vmm runs in (`vm.jail`; crate::jail, docs/security.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JailSettings {
+    /// The first uid (and gid) given to a jailed husk-vmm; each live VM has its own.
+    /// `uid_base - 1` is the group all jails share for read-only inputs.
+    pub uid_base: u32,
+    /// How many uids from `uid_base` (the most VMs at once).
+    pub uid_count: u32,
+    /// The cgroup (v2) under which each VM's cgroup is made, from the hierarchy's root.
+    pub cgroup_parent: String,
+    /// husk-vmm's own memory on top of the guest's, in `memory.max`.
+    pub memory_overhead_mib: u32,
+    /// `pids.max` of a VM's cgroup (husk-vmm's threads: one per vCPU and device worker).
+    pub pids_max: u32,
+}
+
+impl Default for JailSettings {
+    fn default() -> Self {
+        JailSettings {
+            uid_base: 100_000,
+            uid_count: 65_536,
+            cgroup_parent: "husk".into(),
+            memory_overhead_mib: 256,
+            pids_max: 256,
+        }
+    }
 }
 
 /// Container networks (docs/network.md): the default CNI network husk defines, where
@@ -129,6 +159,8 @@ pub struct VmDefaults {
     /// The size of each container's scratch disk (its writable layer; sparse), as
     /// `husk run --storage-size` takes it: "10g", "512m".
     pub storage_size: String,
+    /// Run husk-vmm in its jail (crate::jail); `husk run --no-jail` turns it off once.
+    pub jail: bool,
 }
 
 impl Default for Config {
@@ -140,6 +172,7 @@ impl Default for Config {
             image: ImageSettings::default(),
             registry: RegistryConfig::default(),
             network: NetworkSettings::default(),
+            jail: JailSettings::default(),
         }
     }
 }
@@ -153,6 +186,7 @@ impl Default for VmDefaults {
             memory_mib: 1024,
             kernel: None,
             storage_size: "10g".into(),
+            jail: true,
         }
     }
 }
@@ -259,6 +293,33 @@ impl Config {
                     format!("{} is not an absolute path", p.display()),
                 ));
             }
+        }
+        let j = &self.jail;
+        if j.uid_base == 0 || j.uid_count == 0 || j.uid_base.checked_add(j.uid_count).is_none() {
+            return Err(invalid(
+                "jail.uid_base",
+                format!(
+                    "uids {}..{}+{}: the base and count must be at least 1 and fit in 32 bits",
+                    j.uid_base, j.uid_base, j.uid_count
+                ),
+            ));
+        }
+        if j.pids_max == 0 {
+            return Err(invalid("jail.pids_max", "must be at least 1".into()));
+        }
+        let parent = j.cgroup_parent.trim_matches('/');
+        if parent.is_empty()
+            || parent
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(invalid(
+                "jail.cgroup_parent",
+                format!(
+                    "{:?}: a relative cgroup path such as \"husk\"",
+                    j.cgroup_parent
+                ),
+            ));
         }
         for h in &self.registry.insecure {
             if !crate::registry::reference::valid_registry(h) {
@@ -371,6 +432,30 @@ mod tests {
             ),
             ("[network]\ndefault = \"none\"\n", "network.default"),
             ("[network]\nplugin_dir = \"cni\"\n", "network.plugin_dir"),
+        ] {
+            let e = Config::parse(Path::new("c.toml"), text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("c.toml: {field}: ")), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn jail_settings() {
+        let c = Config::default();
+        assert!(c.vm.jail);
+        assert_eq!(
+            (c.jail.uid_base, c.jail.cgroup_parent.as_str()),
+            (100_000, "husk")
+        );
+        let c = Config::parse(Path::new("c.toml"), "[vm]\njail = false\n").unwrap();
+        assert!(!c.vm.jail);
+        for (text, field) in [
+            ("[jail]\nuid_base = 0\n", "jail.uid_base"),
+            ("[jail]\nuid_base = 4294967000\n", "jail.uid_base"),
+            ("[jail]\npids_max = 0\n", "jail.pids_max"),
+            ("[jail]\ncgroup_parent = \"../x\"\n", "jail.cgroup_parent"),
+            ("[jail]\ncgroup_parent = \"/\"\n", "jail.cgroup_parent"),
         ] {
             let e = Config::parse(Path::new("c.toml"), text)
                 .unwrap_err()

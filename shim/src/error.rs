@@ -225,6 +225,13 @@ impl From<crate::preflight::PreflightError> for Error {
     }
 }
 
+impl From<crate::jail::cgroup::CgroupError> for Error {
+    fn from(e: crate::jail::cgroup::CgroupError) -> Error {
+        // The host lacks what the jail needs (cgroup v2 with memory and pids).
+        Error::new(ErrorKind::FailedPrecondition, e)
+    }
+}
+
 impl From<crate::scratch::ScratchError> for Error {
     fn from(e: crate::scratch::ScratchError) -> Error {
         Error::new(ErrorKind::Internal, e)

@@ -16,7 +16,11 @@
 //!       pid                      "PID START" of husk-vmm, then of its owner
 //!       virtiofsd.sock, virtiofsd.log, share/   the volumes share (crate::share)
 //!       share.rw/                a pod's share exports, host mounts (the shim only)
+//!       jail                     husk-vmm's jail: its uid and cgroup (crate::jail)
+//!       root/                    the jail's root (mounted on only in husk-vmm's
+//!                                mount namespace; an empty folder on the host)
 //!   .networks/<name>.json|.ns    a container's CNI record and network namespace
+//!   .jail/<uid>.lock             the uid of a live jailed husk-vmm (crate::jail::ids)
 //! <state_dir>/scratch/<name>.img a container's writable layer (on disk)
 //! ```
 //!
@@ -43,6 +47,14 @@ pub fn pod_dir(run_dir: &Path, namespace: &str, id: &str) -> SandboxDir {
 pub const NETWORKS_DIR: &str = ".networks";
 /// The folder under the state folder that holds scratch disks.
 pub const SCRATCH_DIR: &str = "scratch";
+
+/// The folder under the run folder that holds the jails' uid locks.
+pub const JAIL_LOCKS_DIR: &str = ".jail";
+
+/// `<run_dir>/.jail`.
+pub fn jail_locks_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join(JAIL_LOCKS_DIR)
+}
 
 /// `<run_dir>/.networks`.
 pub fn networks_dir(run_dir: &Path) -> PathBuf {
@@ -141,6 +153,16 @@ impl SandboxDir {
     /// A pod's share exports as host mounts (crate::share::Server::start_pod).
     pub fn share_mounts(&self) -> PathBuf {
         self.path.join("share.rw")
+    }
+
+    /// The record of husk-vmm's jail: its uid and cgroup (crate::jail).
+    pub fn jail_record(&self) -> PathBuf {
+        self.path.join("jail")
+    }
+
+    /// Where husk-vmm's jail root is mounted, in its own mount namespace only.
+    pub fn jail_root(&self) -> PathBuf {
+        self.path.join("root")
     }
 }
 
@@ -271,6 +293,12 @@ mod tests {
             Path::new("/run/husk/web/vm/virtiofsd.sock")
         );
         assert_eq!(vm.share(), Path::new("/run/husk/web/vm/share"));
+        assert_eq!(vm.jail_record(), Path::new("/run/husk/web/vm/jail"));
+        assert_eq!(vm.jail_root(), Path::new("/run/husk/web/vm/root"));
+        assert_eq!(
+            jail_locks_dir(Path::new("/run/husk")),
+            Path::new("/run/husk/.jail")
+        );
         assert_eq!(owner_of(&c.path), c.owner());
     }
 

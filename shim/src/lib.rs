@@ -37,6 +37,7 @@ pub mod containers;
 pub mod error;
 pub mod guest;
 pub mod image;
+pub mod jail;
 pub mod layout;
 pub mod network;
 pub mod pod;

@@ -58,6 +58,8 @@ pub struct RunOptions {
     pub network: Option<String>,
     /// Published ports (`-p`).
     pub publish: Vec<crate::network::ports::PortMapping>,
+    /// Run husk-vmm without its jail (`--no-jail`; crate::jail).
+    pub no_jail: bool,
     /// `--dns`, `--dns-search`, `--dns-option`.
     pub dns: crate::network::files::DnsSettings,
     /// `--hostname` (default: the container's name).
@@ -376,6 +378,9 @@ async fn run_prepared(
     // Before converting the image and booting: a host that cannot boot the guest says
     // so now.
     crate::preflight::check(config)?;
+    if config.vm.jail && !opts.no_jail {
+        crate::jail::cgroup::check()?;
+    }
     let image = prepare_with(
         &opts.image,
         &config.state_dir,
@@ -504,6 +509,10 @@ async fn boot_and_run(
         nics,
         hostname: hostname.to_string(),
         name_files: Some(name_files),
+        jail: (config.vm.jail && !opts.no_jail).then(|| crate::jail::JailSpec {
+            settings: config.jail.clone(),
+            run_dir: config.run_dir.clone(),
+        }),
         ..SandboxSpec::new(&cdir.name, cdir.vm(), vmm_binary()?, guest)
     };
     progress("starting the microVM");
@@ -743,6 +752,7 @@ mod tests {
             dns: Default::default(),
             hostname: None,
             add_hosts: vec![],
+            no_jail: false,
         }
     }
 

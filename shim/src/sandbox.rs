@@ -57,6 +57,14 @@ pub enum SandboxError {
     Rpc(#[from] ttrpc::Error),
     #[error(transparent)]
     Share(#[from] crate::share::ShareError),
+    #[error(transparent)]
+    Jail(#[from] crate::jail::JailError),
+    #[error("start {vmm} in its jail: {err}{log}")]
+    JailStart {
+        vmm: PathBuf,
+        err: std::io::Error,
+        log: String,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -72,8 +80,14 @@ impl SandboxError {
             | SandboxError::NotReady(..)
             | SandboxError::Client(_) => ErrorKind::Unavailable,
             SandboxError::Rpc(e) => crate::error::Error::agent(e.clone()).kind(),
-            SandboxError::BadReady(..) => ErrorKind::FailedPrecondition,
+            SandboxError::BadReady(..)
+            | SandboxError::Jail(crate::jail::JailError::Cgroup(
+                crate::jail::cgroup::CgroupError::NotMounted
+                | crate::jail::cgroup::CgroupError::NoController { .. },
+            )) => ErrorKind::FailedPrecondition,
             SandboxError::Share(_)
+            | SandboxError::Jail(_)
+            | SandboxError::JailStart { .. }
             | SandboxError::Dir { .. }
             | SandboxError::Spawn { .. }
             | SandboxError::Io(_) => ErrorKind::Internal,
@@ -110,6 +124,9 @@ pub struct SandboxSpec {
     pub hostname: String,
     /// /etc/hosts, resolv.conf and hostname for the containers (agent protocol 0.4).
     pub name_files: Option<crate::network::files::NameFiles>,
+    /// Run husk-vmm in a jail (crate::jail); `None` runs it as this process's user,
+    /// unconfined but for its seccomp filter (`--no-jail`).
+    pub jail: Option<crate::jail::JailSpec>,
 }
 
 /// A guest NIC on an open tap.
@@ -153,6 +170,8 @@ pub struct Sandbox {
     vmm: Option<Child>,
     /// The virtiofsd serving `exports`, while the VM runs.
     share: Option<crate::share::Server>,
+    /// husk-vmm's jail (its cgroup and uid), released once husk-vmm is gone.
+    jail: Option<crate::jail::Jail>,
 }
 
 fn now_unix_ns() -> i64 {
@@ -247,6 +266,7 @@ impl SandboxSpec {
             nics: Vec::new(),
             hostname: "husk".into(),
             name_files: None,
+            jail: None,
         }
     }
 
@@ -330,6 +350,13 @@ impl Sandbox {
         let ready_path = spec.dir.ready_socket();
         let _ = std::fs::remove_file(&ready_path);
         let ready = tokio::net::UnixListener::bind(&ready_path).map_err(dir_err)?;
+        let jail = match spec.jail.as_ref().map(|j| jail_for(spec, j)).transpose() {
+            Ok(j) => j,
+            Err(e) => {
+                remove_dir(&spec.dir);
+                return Err(e);
+            }
+        };
         // The share's server first: husk-vmm connects to it as it starts.
         let share = if spec.pod_share {
             Some(crate::share::Server::start_pod(&spec.dir).await)
@@ -341,6 +368,7 @@ impl Sandbox {
         let share = match share.transpose() {
             Ok(s) => s,
             Err(e) => {
+                drop(jail);
                 remove_dir(&spec.dir);
                 return Err(e.into());
             }
@@ -349,11 +377,15 @@ impl Sandbox {
             Ok(f) => f,
             Err(e) => {
                 drop(share);
+                drop(jail);
                 remove_dir(&spec.dir);
                 return Err(dir_err(e));
             }
         };
-        let mut cmd = Command::new(&spec.vmm);
+        let vmm_path = jail
+            .as_ref()
+            .map_or(spec.vmm.as_path(), |j| j.vmm.as_path());
+        let mut cmd = Command::new(vmm_path);
         cmd.arg("--config")
             .arg(&vm_json)
             .stdin(Stdio::null())
@@ -376,16 +408,38 @@ impl Sandbox {
                 Ok(())
             });
         }
+        if let Some(j) = &jail {
+            // husk-vmm (its uid) reaches the sockets the runtime and virtiofsd listen on.
+            let granted = j.grant(&ready_path).and_then(|()| match &share {
+                Some(s) => j.grant(&s.socket),
+                None => Ok(()),
+            });
+            if let Err(e) = granted.and_then(|()| j.apply(&mut cmd)) {
+                drop((share, jail));
+                let _ = std::fs::remove_dir_all(&spec.dir);
+                return Err(e.into());
+            }
+        }
         // From the process-long spawner thread: PDEATHSIG follows the forking thread.
         let child = match crate::spawner::spawn(cmd) {
             Ok(c) => c,
             Err(err) => {
-                drop(share);
+                let e = if jail.is_some() {
+                    // The failed step is in vmm.log (crate::jail::child).
+                    SandboxError::JailStart {
+                        vmm: spec.vmm.clone(),
+                        err,
+                        log: console_tail(&spec.dir),
+                    }
+                } else {
+                    SandboxError::Spawn {
+                        vmm: spec.vmm.clone(),
+                        err,
+                    }
+                };
+                drop((share, jail));
                 remove_dir(&spec.dir);
-                return Err(SandboxError::Spawn {
-                    vmm: spec.vmm.clone(),
-                    err,
-                });
+                return Err(e);
             }
         };
         // husk-vmm and its owner, each as "PID START" (crate::procid).
@@ -417,11 +471,12 @@ impl Sandbox {
                     agent_protocol,
                     vmm: Some(child),
                     share,
+                    jail,
                 })
             }
             Err(e) => {
                 kill_and_reap(&mut child);
-                drop(share);
+                drop((share, jail));
                 remove_dir(&spec.dir);
                 Err(e)
             }
@@ -455,7 +510,8 @@ impl Sandbox {
         Ok(())
     }
 
-    /// husk-vmm's pid while it runs.
+    /// husk-vmm's pid while it runs; in a jail, its keeper's (`husk-jail`, which
+    /// husk-vmm dies with and whose exit status is husk-vmm's; crate::jail::child).
     pub fn vmm_pid(&self) -> Option<u32> {
         self.vmm.as_ref().map(Child::id)
     }
@@ -479,6 +535,7 @@ impl Sandbox {
         if let Some(mut s) = self.share.take() {
             s.stop();
         }
+        self.jail.take();
         remove_dir(&self.dir);
         code
     }
@@ -501,6 +558,7 @@ impl Sandbox {
         if let Some(mut s) = self.share.take() {
             s.stop();
         }
+        self.jail.take();
         remove_dir(&self.dir);
     }
 }
@@ -661,6 +719,7 @@ pub fn reap_stale(run_dir: &Path) -> usize {
             n += 1;
         }
     }
+    crate::jail::ids::reap(run_dir);
     n
 }
 
@@ -686,6 +745,7 @@ pub fn reap_dir(vm: &SandboxDir) -> bool {
     {
         let _ = vmm.signal(nix::sys::signal::Signal::SIGKILL);
     }
+    crate::jail::reap(vm.path());
     vm.path().exists() && remove_dir(vm)
 }
 
@@ -710,8 +770,47 @@ pub(crate) fn alive(pid: i32) -> bool {
         )
 }
 
+/// husk-vmm, or the keeper of a jailed one (crate::jail::child).
 fn is_vmm(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "husk-vmm")
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| matches!(c.trim(), "husk-vmm" | "husk-jail"))
+}
+
+/// Prepares `spec`'s jail: the files vm.json names, the console log made for
+/// husk-vmm's uid.
+fn jail_for(
+    spec: &SandboxSpec,
+    j: &crate::jail::JailSpec,
+) -> Result<crate::jail::Jail, SandboxError> {
+    let files = crate::jail::Files {
+        vm_dir: spec.dir.path(),
+        vmm: &spec.vmm,
+        read_only: [&spec.kernel, &spec.initramfs]
+            .into_iter()
+            .map(PathBuf::as_path)
+            .chain(
+                spec.disks
+                    .iter()
+                    .filter(|d| d.read_only)
+                    .map(|d| d.path.as_path()),
+            )
+            .collect(),
+        writable: spec
+            .disks
+            .iter()
+            .filter(|d| !d.read_only)
+            .map(|d| d.path.as_path())
+            .collect(),
+        memory_mib: spec.memory_mib,
+    };
+    let jail = crate::jail::Jail::prepare(j, &files)?;
+    let console = spec.dir.console_log();
+    std::fs::File::create(&console).map_err(|err| SandboxError::Dir {
+        path: console.clone(),
+        err,
+    })?;
+    jail.grant(&console)?;
+    Ok(jail)
 }
 
 /// Writes a line to stderr when `enabled` (progress for long steps).

@@ -153,7 +153,9 @@ case_ after_detached "$(leftovers)"
 # under its peak (VmHWM).
 "$husk" run -d -q --name mem "oci:$img" sh -c 'dd if=/dev/zero of=/dev/null bs=300M count=1 2>/dev/null; echo freed; exec sleep 600' >/dev/null
 for _ in $(seq 300); do "$husk" logs mem 2>/dev/null | grep -q freed && break; sleep 1; done
-vpid=$(head -1 /run/husk/mem/vm/pid | cut -d' ' -f1)
+# The recorded pid is the jail's keeper (husk-jail) when jailed: husk-vmm is its child.
+kpid=$(head -1 /run/husk/mem/vm/pid | cut -d' ' -f1)
+vpid=$(pgrep -x husk-vmm -P "$kpid" || echo "$kpid")
 hwm=$(awk '/VmHWM/ {print $2}' "/proc/$vpid/status")
 for _ in $(seq 60); do
     rss=$(awk '/VmRSS/ {print $2}' "/proc/$vpid/status")

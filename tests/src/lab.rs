@@ -44,6 +44,16 @@ impl LabOutput {
         );
         self
     }
+
+    /// The `CASE name value` lines of stdout (the CLI system tests' scripts print
+    /// them), by name.
+    pub fn cases(&self) -> std::collections::HashMap<&str, &str> {
+        self.stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("CASE "))
+            .map(|l| l.split_once(' ').unwrap_or((l, "")))
+            .collect()
+    }
 }
 
 /// A lab run's settings; `run` or `run_script` starts it.

@@ -85,3 +85,33 @@ pub fn busybox_oci(layout: &std::path::Path, archive: Option<&std::path::Path>) 
         other => panic!("tests/images/busybox-oci {}: {other:?}", layout.display()),
     }
 }
+
+/// What a `husk run` system test starts from: the guest image (`build/guest`, checked),
+/// husk-vmm next to the test's `husk` (built when missing), and a scratch folder with a
+/// busybox OCI layout in it.
+#[derive(Debug)]
+pub struct CliFixture {
+    pub guest: PathBuf,
+    pub scratch: tempfile::TempDir,
+    /// The busybox OCI layout (`oci:<image>`).
+    pub image: PathBuf,
+}
+
+/// Prepares a [`CliFixture`] for the `husk` binary at `husk`.
+pub fn cli_fixture(husk: &std::path::Path) -> CliFixture {
+    let guest = repo_root().join("build/guest");
+    assert!(
+        guest.join("initramfs.img").is_file(),
+        "no guest image in {}: run `make guest-image` (make test does)",
+        guest.display()
+    );
+    ensure_husk_vmm(husk);
+    let scratch = scratch_dir();
+    let image = scratch.path().join("busybox");
+    busybox_oci(&image, None);
+    CliFixture {
+        guest,
+        scratch,
+        image,
+    }
+}

@@ -151,6 +151,10 @@ struct RunArgs {
     /// Memory of the microVM, e.g. 512m or 1g (default: vm.memory_mib).
     #[arg(short, long, value_name = "SIZE")]
     memory: Option<String>,
+    /// Run husk-vmm without its jail (own namespaces and root, an unprivileged uid, no
+    /// capabilities, a cgroup): for debugging only (default: vm.jail of the configuration).
+    #[arg(long)]
+    no_jail: bool,
     /// Where the container's writes go: disk (a sparse ext4 scratch disk on the host,
     /// removed with the container) or tmpfs (guest RAM, for throwaway runs).
     #[arg(long, value_name = "disk|tmpfs", default_value = "disk")]
@@ -321,6 +325,7 @@ fn run_options(a: RunArgs, insecure: &[String]) -> Result<husk::run::RunOptions,
         dns,
         hostname: a.hostname,
         add_hosts,
+        no_jail: a.no_jail,
     })
 }
 
