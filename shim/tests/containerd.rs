@@ -62,7 +62,7 @@ fn containerd_runs_husk_pods() {
         .collect();
     let get = |k: &str| cases.get(k).copied().unwrap_or("<missing>");
     let check = |k: &str, want: &str| assert_eq!(get(k), want, "case {k}\n{all}");
-    let nothing = "vmm=0 virtiofsd=0 shims=0 mounts=0 dirs=0";
+    let nothing = "vmm=0 virtiofsd=0 shims=0 mounts=0 cgroups=0 dirs=0";
     check("before", nothing);
     check("exit_code", "3");
     check("after_rc", nothing);
@@ -72,7 +72,7 @@ fn containerd_runs_husk_pods() {
     check("binary_logger", "0 out-line err-line default/lg");
     check("tty", "1 size=40_100");
     check("detached", "0 RUNNING");
-    check("task_pid_is_vmm", "husk-vmm");
+    check("task_pid_is_vmm", "husk-jail husk-vmm uid=unprivileged");
     check("exec", "4 exec-out");
     check("exec_tty", "1");
     assert!(get("ps").parse::<u32>().unwrap() >= 1, "ps\n{all}");

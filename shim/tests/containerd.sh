@@ -37,6 +37,7 @@ leftovers() {
     echo "vmm=$(pgrep -x husk-vmm | wc -l) virtiofsd=$(pgrep -x virtiofsd | wc -l)" \
         "shims=$(pgrep -f containerd-shim-husk-v2 | wc -l)" \
         "mounts=$(grep -c ' /run/husk' /proc/self/mountinfo)" \
+        "cgroups=$(ls -d "$(awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts)"/husk/vm-* 2>/dev/null | wc -l)" \
         "dirs=$(ls /run/husk/.containerd 2>/dev/null | wc -l)"
 }
 case_ before "$(leftovers)"
@@ -85,7 +86,9 @@ case_ tty "$(echo "$out" | grep -c '/dev/pts/') $(echo "$out" | grep -o 'size=[0
 ctr run -d --runtime $R $img d1 sh -c 'echo started; exec sleep 1000' >/dev/null
 case_ detached "$? $(ctr task ls | awk '$1 == "d1" {print $3}')"
 vmm=$(ctr task ls | awk '$1 == "d1" {print $2}')
-case_ task_pid_is_vmm "$(cat /proc/$vmm/comm 2>/dev/null)"
+# The task's pid is husk-vmm's jail keeper (husk-jail, crate::jail), husk-vmm its child
+# under an unprivileged uid.
+case_ task_pid_is_vmm "$(cat /proc/$vmm/comm 2>/dev/null) $(cat /proc/$(pgrep -P $vmm | head -1)/comm 2>/dev/null) uid=$(awk '/^Uid:/ {print ($2 >= 100000) ? "unprivileged" : $2}' /proc/$(pgrep -x husk-vmm | head -1)/status)"
 out=$(ctr task exec --exec-id e1 d1 sh -c 'echo exec-out; exit 4')
 case_ exec "$? $out"
 out=$(SHELL=/bin/sh script -qec "stty rows 40 cols 100; timeout --foreground -s KILL 300 /usr/bin/ctr --address $work/c.sock task exec -t --exec-id e2 d1 tty" /dev/null </dev/null | tr -d '\r')

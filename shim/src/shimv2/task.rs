@@ -203,10 +203,18 @@ impl Service {
             .and_then(serde_json::Value::as_str)
             .filter(|h| !h.is_empty())
             .unwrap_or("husk");
+        // husk-vmm's jail (crate::jail), unless the configuration turns it off.
+        if config.vm.jail {
+            crate::jail::cgroup::check().map_err(Error::from)?;
+        }
         let sb_spec = SandboxSpec {
             vcpus: size.vcpus,
             memory_mib: size.memory_mib,
             pod_share: true,
+            jail: config.vm.jail.then(|| crate::jail::JailSpec {
+                settings: config.jail.clone(),
+                run_dir: config.run_dir.clone(),
+            }),
             hostname: hostname.to_string(),
             ..SandboxSpec::new(id, dir, vmm, &guest)
         };
