@@ -4,7 +4,9 @@
 //! terminal, 10 MiB of stdout (md5 equal); a detached task with exec (also `-t`),
 //! ps, pause/resume, metrics; a second container joining the first's pod by CRI's
 //! annotations (one VM, the first's pid namespace, its own root); a third that outlives the first's delete; a file written into
-//! the snapshot; kill -9 of husk-vmm (the exit seen, `--rm` frees everything) and of
+//! the snapshot; the pod's network (a namespace the test made, joined to the VM's tap:
+//! the guest gets its address and route and reaches the L1); the host's network
+//! refused by name; kill -9 of husk-vmm (the exit seen, `--rm` frees everything) and of
 //! the shim (containerd's delete cleans up). After each case no husk-vmm, virtiofsd,
 //! shim, mount or /run/husk folder is left.
 
@@ -91,6 +93,13 @@ fn containerd_runs_husk_pods() {
     check("after_pod", nothing);
     check("snapshot", "persisted");
     check("after_snapshot", nothing);
+    check(
+        "pod_net",
+        "0 ADDR=inet_10.123.0.2/24 ROUTE=default_via_10.123.0.1 GET=hello-pod",
+    );
+    check("pod_net_after", "ingress=0 taps=0");
+    check("host_network", "1 1");
+    check("after_net", nothing);
     check("vmm_killed", "255");
     check("after_vmm_kill", nothing);
     check("shim_found", "yes");

@@ -137,6 +137,29 @@ umount "$work/m"
 ctr c rm w1
 case_ after_snapshot "$(leftovers)"
 
+# The pod's network: a namespace the test made (a veth to the L1, as CNI's bridge
+# plugin would make), named by the spec; the VM's NIC takes its address and routes.
+pn=husk-ctrd-pod
+ip netns add $pn
+ip link add hpod0 type veth peer name eth0 netns $pn
+ip addr add 10.123.0.1/24 dev hpod0 && ip link set hpod0 up
+ip -n $pn addr add 10.123.0.2/24 dev eth0 && ip -n $pn link set eth0 up && ip -n $pn link set lo up
+ip -n $pn route add default via 10.123.0.1
+mkdir -p "$work/www" && echo hello-pod >"$work/www/hello.txt"
+busybox httpd -f -p 10.123.0.1:8081 -h "$work/www" &
+hpid=$!
+out=$(ctr run --rm --runtime $R --with-ns "network:/var/run/netns/$pn" $img net1 sh -c '
+echo ADDR=$(ip -4 addr show eth0 | grep -o "inet [0-9./]*" | tr " " _)
+echo ROUTE=$(ip route | grep default | cut -d" " -f1-3 | tr " " _)
+echo GET=$(timeout 30 wget -q -O - http://10.123.0.1:8081/hello.txt 2>&1)' 2>&1)
+case_ pod_net "$? $out"
+case_ pod_net_after "ingress=$(tc -n $pn qdisc show | grep -c ingress) taps=$(ip -n $pn -o link show type tun | wc -l)"
+kill $hpid; ip netns del $pn; ip link del hpod0 2>/dev/null
+# The host's network (hostNetwork, ctr --net-host) cannot be a VM's: refused by name.
+out=$(ctr run --rm --runtime $R --net-host $img hostnet true 2>&1)
+case_ host_network "$? $(echo "$out" | grep -c "host's network namespace")"
+case_ after_net "$(leftovers)"
+
 # kill -9 of husk-vmm mid-run: ctr sees the exit (255), --rm frees everything.
 ctr run --rm --runtime $R $img k1 sleep 1000 &
 rpid=$!

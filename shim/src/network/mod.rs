@@ -16,6 +16,7 @@
 pub mod cni;
 pub mod files;
 pub mod netns;
+pub mod pod;
 pub mod ports;
 pub mod tap;
 

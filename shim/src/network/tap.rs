@@ -87,7 +87,7 @@ pub struct Joined {
     pub link: LinkInfo,
 }
 
-fn run(ns: &Netns, program: &str, args: &[&str]) -> Result<Output, TapError> {
+pub(crate) fn run(ns: &Netns, program: &str, args: &[&str]) -> Result<Output, TapError> {
     let out = ns
         .command(program)?
         .args(args)

@@ -17,6 +17,7 @@
 pub mod check;
 pub mod events;
 pub mod namespaces;
+pub mod podnet;
 pub mod resources;
 pub mod rootfs;
 pub mod state;

@@ -61,6 +61,8 @@ struct Inner {
     pod: Mutex<Option<Pod>>,
     /// husk-vmm's pid: every task's pid.
     vmm_pid: Mutex<u32>,
+    /// The pod's network namespace joined to the VM's tap, while the VM runs.
+    pod_network: Mutex<Option<crate::network::pod::PodNetwork>>,
     /// The guest pid of the pod's first container's init (its namespaces are the pod's).
     sandbox_pid: Mutex<Option<u32>>,
     sandbox: tokio::sync::Mutex<Option<Sandbox>>,
@@ -107,6 +109,7 @@ impl Service {
                 pod: Mutex::default(),
                 vmm_pid: Mutex::new(0),
                 sandbox_pid: Mutex::new(None),
+                pod_network: Mutex::new(None),
                 sandbox: tokio::sync::Mutex::new(None),
                 vm_gone: AtomicBool::new(false),
             }),
@@ -126,6 +129,19 @@ impl Service {
 
     fn vmm_pid(&self) -> u32 {
         *self.inner.vmm_pid.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the pod network's redirect out (the namespace is its owner's).
+    fn detach_network(&self) {
+        let net = self
+            .inner
+            .pod_network
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(n) = net {
+            n.detach();
+        }
     }
 
     /// A process's stdio from containerd's strings.
@@ -207,10 +223,24 @@ impl Service {
         if config.vm.jail {
             crate::jail::cgroup::check().map_err(Error::from)?;
         }
+        // The pod's network: the namespace its first container names, joined to a tap.
+        let net = match super::podnet::netns_path(spec) {
+            Some(p) => Some(crate::network::pod::attach(&p).map_err(Error::from)?),
+            None => None,
+        };
+        let nics = net
+            .iter()
+            .map(|n| crate::sandbox::Nic {
+                fd: n.tap_fd(),
+                mac: n.guest.mac.clone(),
+                mtu: n.guest.mtu,
+            })
+            .collect();
         let sb_spec = SandboxSpec {
             vcpus: size.vcpus,
             memory_mib: size.memory_mib,
             pod_share: true,
+            nics,
             jail: config.vm.jail.then(|| crate::jail::JailSpec {
                 settings: config.jail.clone(),
                 run_dir: config.run_dir.clone(),
@@ -219,7 +249,30 @@ impl Service {
             ..SandboxSpec::new(id, dir, vmm, &guest)
         };
         info!(cid = %id, vcpus = size.vcpus, memory_mib = size.memory_mib, "booting the pod's VM");
-        let sb = Sandbox::boot(&sb_spec).await.map_err(Error::from)?;
+        let sb = match Sandbox::boot(&sb_spec).await {
+            Ok(sb) => sb,
+            Err(e) => {
+                if let Some(n) = net {
+                    n.detach();
+                }
+                return Err(Error::from(e).into());
+            }
+        };
+        if let Some(n) = &net
+            && let Err(e) = sb.configure_network(&n.guest).await
+        {
+            let mut sb = sb;
+            sb.kill();
+            if let Some(n) = net {
+                n.detach();
+            }
+            return Err(Error::from(e).into());
+        }
+        *self
+            .inner
+            .pod_network
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = net;
         let pod = Pod::of(&sb);
         *self.inner.vmm_pid.lock().unwrap_or_else(|p| p.into_inner()) = sb.vmm_pid().unwrap_or(0);
         let rx = pod.events();
@@ -284,6 +337,7 @@ impl Service {
         }
         let bundle = PathBuf::from(&req.bundle);
         let spec = super::read_spec(&bundle)?;
+        super::podnet::refuse_host_namespaces(&spec)?;
         let stdio = self.stdio(&req.stdin, &req.stdout, &req.stderr, req.terminal)?;
         let root = rootfs::host_root(&bundle, &spec)?;
         let mounted = rootfs::mount_all(&req.rootfs, &root).await?;
@@ -318,6 +372,7 @@ impl Service {
                     if let Some(sb) = slot.take() {
                         sb.shutdown().await;
                     }
+                    self.detach_network();
                     self.inner.vm_gone.store(true, Ordering::SeqCst);
                 } else if let Some(sb) = slot.as_ref() {
                     remove_exports(sb, &plan);
@@ -584,6 +639,7 @@ impl Service {
             sb.kill();
             info!("the pod's VM stopped");
         }
+        self.detach_network();
         // The last TaskExit and TaskDelete reach containerd before the shim exits.
         self.inner
             .events
