@@ -376,3 +376,72 @@ fn docker_schema2_images_are_pulled_and_converted() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(names(&state.join("blobs/sha256")), Vec::<String>::new());
 }
+
+/// A full disk under the state folder (a 256 KiB tmpfs, smaller than the image): `husk
+/// pull` fails with the reason and the path, exit 125, and leaves no partial blob or
+/// temporary file; the same pull succeeds once there is room.
+#[test]
+fn pull_onto_a_full_disk_fails_cleanly() {
+    let test = "pull_onto_a_full_disk_fails_cleanly";
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED {test}: needs root (mounts a small tmpfs as the state folder)");
+        return;
+    }
+    let Some(s) = setup(test, Registry::push, "busybox:latest") else {
+        return;
+    };
+    let dir = s.scratch.path();
+    let (cfg, state) = state_config(dir, "small", "small", Some(&s.host));
+    std::fs::create_dir_all(&state).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "husk-full"])
+        .arg(&state)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a tmpfs on {}", state.display());
+    let reference = format!("{}/busybox:latest", s.host);
+    let o = husk(&cfg, &["pull", "-q", &reference]);
+    let all = text(&o);
+    // What is left on the full tmpfs, before it goes: no temporary file, and every
+    // blob whole (its sha256 is its name).
+    let walk = Command::new("find")
+        .arg(&state)
+        .args(["-type", "f"])
+        .output()
+        .unwrap();
+    let left: Vec<PathBuf> = String::from_utf8_lossy(&walk.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .collect();
+    let partial: Vec<&PathBuf> = left
+        .iter()
+        .filter(|f| {
+            let name = f.file_name().unwrap().to_string_lossy();
+            if name.starts_with(".tmp") {
+                return true;
+            }
+            f.parent().is_some_and(|p| p.ends_with("blobs/sha256")) && {
+                use sha2::Digest;
+                let sum = sha2::Sha256::digest(std::fs::read(f).unwrap());
+                let hex: String = sum.iter().map(|b| format!("{b:02x}")).collect();
+                hex != name
+            }
+        })
+        .collect();
+    let _ = Command::new("umount").arg("-l").arg(&state).status();
+    assert_eq!(o.status.code(), Some(125), "{all}");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("No space left on device"), "{all}");
+    assert!(
+        stderr.contains(&state.display().to_string()),
+        "the path: {all}"
+    );
+    assert!(
+        partial.is_empty(),
+        "partial or temporary files left: {partial:?}\n{all}"
+    );
+    assert!(stderr.contains("nothing of it was kept"), "{all}");
+    // With room, the same pull works.
+    let (cfg2, _) = state_config(dir, "roomy", "roomy", Some(&s.host));
+    pull(&cfg2, &["-q"], &reference);
+}
