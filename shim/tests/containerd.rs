@@ -12,7 +12,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -56,12 +55,7 @@ fn containerd_runs_husk_pods() {
     }
     let all = format!("--- stdout\n{}\n--- stderr\n{}", r.stdout, r.stderr);
     assert_eq!(r.code, Some(0), "{all}");
-    let cases: HashMap<&str, &str> = r
-        .stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("CASE "))
-        .map(|l| l.split_once(' ').unwrap_or((l, "")))
-        .collect();
+    let cases = r.cases();
     let get = |k: &str| cases.get(k).copied().unwrap_or("<missing>");
     let check = |k: &str, want: &str| assert_eq!(get(k), want, "case {k}\n{all}");
     let nothing = "vmm=0 virtiofsd=0 shims=0 mounts=0 cgroups=0 dirs=0";
