@@ -323,7 +323,7 @@ impl Server {
     pub fn remove(&self, name: &str) {
         if let Some(dir) = &self.pod {
             let target = dir.share_mounts().join(name);
-            detach_all(&target);
+            let _ = detach_all(&target);
             let _ = std::fs::remove_dir(&target).or_else(|_| std::fs::remove_file(&target));
         }
     }
@@ -408,15 +408,22 @@ fn attach(source: &Path, target: &Path, read_only: bool) -> std::io::Result<()> 
 }
 
 /// Lazily unmounts whatever is mounted on `target` (stacked mounts too).
-fn detach_all(target: &Path) {
-    while nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+/// Nothing (left) mounted there is no error; any other failure is returned.
+pub fn detach_all(target: &Path) -> Result<(), nix::errno::Errno> {
+    loop {
+        match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
+            Ok(()) => continue,
+            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Removes a pod's share mounts from the host (the exports, the tmpfs and its
 /// read-only view). Idempotent; a folder never set up is left as it is.
 pub fn unmount_pod(dir: &crate::layout::SandboxDir) {
-    detach_all(&dir.share());
-    detach_all(&dir.share_mounts());
+    let _ = detach_all(&dir.share());
+    let _ = detach_all(&dir.share_mounts());
 }
 
 /// Whether anything is mounted at or under `dir` in this process's namespace.

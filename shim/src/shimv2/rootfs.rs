@@ -171,15 +171,8 @@ pub async fn mount_all(mounts: &[Mount], target: &Path) -> Result<bool, RootfsEr
 
 /// Unmounts whatever is mounted on `target` (lazily; nothing mounted: nothing done).
 pub fn unmount(target: &Path) {
-    loop {
-        match nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
-            Ok(()) => continue,
-            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => break,
-            Err(e) => {
-                warn!(target = %target.display(), error = %e, "unmount rootfs");
-                break;
-            }
-        }
+    if let Err(e) = crate::share::detach_all(target) {
+        warn!(target = %target.display(), error = %e, "unmount rootfs");
     }
 }
 
