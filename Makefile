@@ -9,7 +9,7 @@ CARGO ?= cargo
 # Debian packages the project needs (build, lab, system tests, images).
 APT_PACKAGES := qemu-system-x86 containerd runc busybox-static cpio umoci erofs-utils \
 	libseccomp-dev libcap-ng-dev pkg-config kmod xz-utils zstd iproute2 e2fsprogs procps socat lz4 \
-	docker-registry skopeo containernetworking-plugins iptables
+	docker-registry skopeo containernetworking-plugins iptables protobuf-compiler
 # Tools from crates.io, installed into $(TOOLS) (not ~/.cargo): name@version.
 VIRTIOFSD_VERSION := 1.14.0
 

@@ -7,6 +7,7 @@
 //! fails instead. A test never passes without having run.
 
 pub mod agent;
+pub mod cri;
 pub mod guest;
 pub mod lab;
 pub mod registry;
@@ -59,16 +60,26 @@ pub fn tools_present(test: &str, tools: &[&str]) -> bool {
 /// Builds `husk-vmm` (debug) unless it is already beside `bin`, a binary of the same
 /// build (`husk` finds its VMM there). Panics with cargo's failure.
 pub fn ensure_husk_vmm(bin: &std::path::Path) {
-    if bin.with_file_name("husk-vmm").is_file() {
+    ensure_bin(
+        bin.parent().unwrap_or(std::path::Path::new(".")),
+        "husk-vmm",
+        "husk-vmm",
+    );
+}
+
+/// Builds binary `bin` of package `package` (into cargo's target folder) when `dir`
+/// has no such file: a test of one package that runs another's binary.
+pub fn ensure_bin(dir: &std::path::Path, package: &str, bin: &str) {
+    if dir.join(bin).is_file() {
         return;
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     match std::process::Command::new(cargo)
-        .args(["build", "-q", "-p", "husk-vmm", "--bin", "husk-vmm"])
+        .args(["build", "-q", "-p", package, "--bin", bin])
         .status()
     {
         Ok(st) if st.success() => {}
-        other => panic!("cargo build -p husk-vmm failed: {other:?}"),
+        other => panic!("cargo build -p {package} --bin {bin} failed: {other:?}"),
     }
 }
 
