@@ -227,3 +227,52 @@ async fn a_namespace_that_is_not_there_is_an_error_and_leaves_nothing() {
     .unwrap_err();
     assert!(e.to_string().contains("husk-pf-test-none"), "{e}");
 }
+
+/// The pod network's wiring: a namespace with an `eth0` (one end of a veth whose other
+/// end stays in the namespace too, so the host's own links are untouched) and an
+/// address, joined as the shim joins a CRI pod's; the forward started on it, then
+/// `detach` takes out the forward's rule and the tc redirect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pod_network_starts_and_stops_the_forward() {
+    let name = "the_pod_network_starts_and_stops_the_forward";
+    let ns = match make_netns("b") {
+        Ok(ns) => ns,
+        Err(reason) => return skip(name, &reason),
+    };
+    let ip = |args: &[&str]| {
+        let mut a = vec!["-n", ns.name.as_str()];
+        a.extend_from_slice(args);
+        run(Command::new("ip").args(&a)).unwrap()
+    };
+    ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+    ]);
+    ip(&["addr", "add", "10.211.0.2/24", "dev", "eth0"]);
+    ip(&["link", "set", "eth0", "up"]);
+    ip(&["link", "set", "peer0", "up"]);
+    ip(&["route", "add", "default", "via", "10.211.0.1"]);
+
+    let mut net = husk::network::pod::attach(&ns.path()).unwrap();
+    assert_eq!(net.guest.addresses, ["10.211.0.2/24"]);
+    assert!(net.port_forward().is_none());
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    net.start_port_forward(fake_opener(asked.clone(), &[]));
+    let lport = net.port_forward().expect("started").listener_port();
+    assert!(nat_rules(&ns).contains(&format!("--to-ports {lport}")));
+    let (first, rest) = dial(&ns, 9090, b"via the pod network".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(first, "port 9090\n");
+    assert_eq!(rest, b"via the pod network");
+
+    net.detach();
+    let rules = nat_rules(&ns);
+    assert!(!rules.contains(portfwd::COMMENT), "{rules}");
+    let qdiscs = ip(&["-d", "link", "show", "dev", "eth0"]);
+    let tc = run(Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .args(["tc", "qdisc", "show", "dev", "eth0"]))
+    .unwrap();
+    assert!(!tc.contains("ingress"), "{tc}\n{qdiscs}");
+    assert_eq!(*asked.lock().unwrap(), [9090]);
+}
