@@ -276,3 +276,102 @@ async fn the_pod_network_starts_and_stops_the_forward() {
     assert!(!tc.contains("ingress"), "{tc}\n{qdiscs}");
     assert_eq!(*asked.lock().unwrap(), [9090]);
 }
+
+/// The whole host side with a real agent (husk-agent on this host, `--listen unix:`,
+/// its forwards dialing 127.0.0.1 in the host's namespace, where the test's echo
+/// server is): namespace → REDIRECT → the shim's listener → the agent's forward stream
+/// → the server. Only the VM's vsock is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_host_agent() {
+    let name = "through_a_host_agent";
+    let bin = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| husk_tests::repo_root().join("target"))
+        .join("debug/husk-agent");
+    if !bin.is_file() {
+        return skip(
+            name,
+            &format!(
+                "no husk-agent at {} (cargo build -p husk-agent)",
+                bin.display()
+            ),
+        );
+    }
+    let ns = match make_netns("c") {
+        Ok(ns) => ns,
+        Err(reason) => return skip(name, &reason),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("husk-pf-agent-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let sock = dir.path().join("agent.sock");
+    let mut child = Command::new(&bin)
+        .arg("--listen")
+        .arg(format!("unix:{}", sock.display()))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("HUSK_AGENT_LOG", "warn")
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let fwd_sock = husk_agent_protocol::forward::unix_path(&sock);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !fwd_sock.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline,
+            "no {} from {} (an agent older than port forwards? cargo build -p husk-agent)",
+            fwd_sock.display(),
+            bin.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _agent = Kill(child);
+
+    // An echo server in the host's namespace (the "guest's" here).
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (t, _) = echo.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = t.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    let endpoint = husk_agent_protocol::client::Endpoint::Unix(sock.clone());
+    let mut fwd = PortForward::start(&ns.path(), portfwd::agent_opener(endpoint)).unwrap();
+    let mut data = b"first line\n".to_vec();
+    data.extend((0..256u32 << 10).map(|i| (i % 241) as u8));
+    let (first, rest) = dial(&ns, port, data.clone()).await.unwrap();
+    assert_eq!(first, "first line\n");
+    assert!(rest == data[11..], "{} bytes back", rest.len());
+
+    // Nothing listens on the port in the "guest": the agent refuses, the connection
+    // closes.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    match dial(&ns, closed, b"x".to_vec()).await {
+        Ok((first, rest)) => assert!(first.is_empty() && rest.is_empty(), "{first:?}"),
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ),
+            "{e}"
+        ),
+    }
+    fwd.stop();
+    assert!(!nat_rules(&ns).contains(portfwd::COMMENT));
+}
