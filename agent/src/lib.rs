@@ -3,6 +3,7 @@
 //!
 //! - [`server`]: the main loop; [`rpc`]: the service; [`container`]: the runtime.
 //! - [`reaper`]: every child's exit; [`stdio`]: the host's stdio streams;
+//!   [`forward`]: the host's port forwards to the guest's TCP ports;
 //!   [`events`]: exits and OOM kills for the NextEvent long poll.
 //! - [`net`]: the guest's network interfaces and routes (rtnetlink);
 //! - [`init`]: PID 1 duties; [`ready`]: the readiness announcement; [`listen`]:
@@ -10,6 +11,7 @@
 
 pub mod container;
 pub mod events;
+pub mod forward;
 pub mod init;
 pub mod listen;
 pub mod net;

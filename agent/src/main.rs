@@ -13,7 +13,8 @@ husk-agent: husk's guest agent (PID 1 of the microVM); creates the containers.
 Usage: husk-agent [--listen ADDR] [--state-dir DIR]
 
   --listen ADDR     vsock:PORT (default vsock:1024) or unix:PATH (a plain host, for
-                    tests). stdio streams: vsock port 1026, or PATH.stdio.
+                    tests). stdio streams: vsock port 1026, or PATH.stdio;
+                    port forwards: vsock port 1027, or PATH.forward.
   --state-dir DIR   where bundles and runtime state live (default /run/husk-agent)
   --help, --version
 

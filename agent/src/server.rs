@@ -1,14 +1,16 @@
-//! The agent's main loop: the reaper, the ttrpc server, the stdio listener, the
-//! readiness announcement, and an orderly stop.
+//! The agent's main loop: the reaper, the ttrpc server, the stdio and forward
+//! listeners, the readiness announcement, and an orderly stop.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use husk_agent_protocol::agent_ttrpc::create_agent;
+use husk_agent_protocol::forward::{self as forward_wire, FORWARD_PORT};
 use husk_agent_protocol::stdio::{self as stdio_wire, STDIO_PORT};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::container::Runtime;
+use crate::forward::Forwards;
 use crate::listen::ListenAddr;
 use crate::reaper::Reaper;
 use crate::rpc::{Service, Shutdown};
@@ -42,6 +44,14 @@ pub fn stdio_addr(listen: &ListenAddr) -> ListenAddr {
     }
 }
 
+/// The forward listener's address for a given API address.
+pub fn forward_addr(listen: &ListenAddr) -> ListenAddr {
+    match listen {
+        ListenAddr::Vsock(_) => ListenAddr::Vsock(FORWARD_PORT),
+        ListenAddr::Unix(p) => ListenAddr::Unix(forward_wire::unix_path(p)),
+    }
+}
+
 fn prepare_unix_path(p: &Path) -> Result<(), ServeError> {
     if std::os::unix::net::UnixStream::connect(p).is_ok() {
         return Err(ServeError::Listen {
@@ -53,31 +63,38 @@ fn prepare_unix_path(p: &Path) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// One accepted (or failed) stdio connection: park it, or back off a little.
-async fn on_accept<S: stdio::Stream + 'static>(r: std::io::Result<S>, pending: &Pending) {
+/// One accepted (or failed) connection: hand it over, or back off a little.
+async fn on_accept<S: stdio::Stream + 'static>(
+    what: &'static str,
+    r: std::io::Result<S>,
+    handle: &(impl Fn(stdio::BoxStream) + Send + Sync),
+) {
     match r {
-        Ok(s) => {
-            tokio::spawn(stdio::accept(s, pending.clone()));
-        }
+        Ok(s) => handle(Box::new(s)),
         Err(e) => {
-            tracing::warn!(error = %e, "stdio accept failed");
+            tracing::warn!(listener = what, error = %e, "accept failed");
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
 }
 
-async fn serve_stdio(addr: ListenAddr, pending: Pending) -> Result<(), ServeError> {
+/// Binds `addr` and hands every connection to `handle` (which spawns its work).
+fn serve_streams(
+    what: &'static str,
+    addr: &ListenAddr,
+    handle: impl Fn(stdio::BoxStream) + Send + Sync + 'static,
+) -> Result<(), ServeError> {
     let listen_err = |e: std::io::Error| ServeError::Listen {
         addr: addr.to_string(),
         err: e.to_string(),
     };
-    match &addr {
+    match addr {
         ListenAddr::Unix(p) => {
             prepare_unix_path(p)?;
             let l = tokio::net::UnixListener::bind(p).map_err(listen_err)?;
             tokio::spawn(async move {
                 loop {
-                    on_accept(l.accept().await.map(|(s, _)| s), &pending).await;
+                    on_accept(what, l.accept().await.map(|(s, _)| s), &handle).await;
                 }
             });
         }
@@ -86,12 +103,26 @@ async fn serve_stdio(addr: ListenAddr, pending: Pending) -> Result<(), ServeErro
             let l = tokio_vsock::VsockListener::bind(any).map_err(listen_err)?;
             tokio::spawn(async move {
                 loop {
-                    on_accept(l.accept().await.map(|(s, _)| s), &pending).await;
+                    on_accept(what, l.accept().await.map(|(s, _)| s), &handle).await;
                 }
             });
         }
     }
     Ok(())
+}
+
+/// The stdio listener: every stream is parked for its process (crate::stdio).
+fn serve_stdio(addr: &ListenAddr, pending: Pending) -> Result<(), ServeError> {
+    serve_streams("stdio", addr, move |s| {
+        tokio::spawn(stdio::accept(s, pending.clone()));
+    })
+}
+
+/// The forward listener: every stream is a port forward (crate::forward).
+fn serve_forward(addr: &ListenAddr, forwards: Forwards) -> Result<(), ServeError> {
+    serve_streams("forward", addr, move |s| {
+        tokio::spawn(forwards.clone().accept(s));
+    })
 }
 
 /// Serves until DestroySandbox (or, off PID 1, SIGTERM/SIGINT); then every container
@@ -129,8 +160,10 @@ pub async fn serve(opts: Options) -> Result<(), ServeError> {
         .register_service(create_agent(Arc::new(svc)));
     server.start().await.map_err(listen_err)?;
     let stdio_at = stdio_addr(&opts.listen);
-    serve_stdio(stdio_at.clone(), rt.pending.clone()).await?;
-    tracing::info!(api = %opts.listen, stdio = %stdio_at, "husk-agent serving");
+    serve_stdio(&stdio_at, rt.pending.clone())?;
+    let forward_at = forward_addr(&opts.listen);
+    serve_forward(&forward_at, Forwards::default())?;
+    tracing::info!(api = %opts.listen, stdio = %stdio_at, forward = %forward_at, "husk-agent serving");
 
     if opts.pid1
         && let Err(e) = crate::ready::announce().await
@@ -147,7 +180,7 @@ pub async fn serve(opts: Options) -> Result<(), ServeError> {
     }
     rt.delete_all().await;
     let _ = server.shutdown().await;
-    for a in [&opts.listen, &stdio_at] {
+    for a in [&opts.listen, &stdio_at, &forward_at] {
         if let ListenAddr::Unix(p) = a {
             let _ = std::fs::remove_file(p);
         }

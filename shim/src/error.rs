@@ -257,7 +257,9 @@ impl From<husk_agent_protocol::client::ClientError> for Error {
         use husk_agent_protocol::client::ClientError;
         let kind = match &e {
             ClientError::Invalid(_) => ErrorKind::InvalidArgument,
-            ClientError::Refused { .. } => ErrorKind::FailedPrecondition,
+            ClientError::Refused { .. } | ClientError::ForwardRefused { .. } => {
+                ErrorKind::FailedPrecondition
+            }
             _ => ErrorKind::Unavailable,
         };
         Error::new(kind, e)

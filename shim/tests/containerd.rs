@@ -5,7 +5,9 @@
 //! ps, pause/resume, metrics; a second container joining the first's pod by CRI's
 //! annotations (one VM, the first's pid namespace, its own root); a third that outlives the first's delete; a file written into
 //! the snapshot; the pod's network (a namespace the test made, joined to the VM's tap:
-//! the guest gets its address and route and reaches the L1); the host's network
+//! the guest gets its address and route and reaches the L1; Kubernetes' port-forward:
+//! localhost in that namespace reaches an httpd in the VM, no rule left after); the
+//! host's network
 //! refused by name; kill -9 of husk-vmm (the exit seen, `--rm` frees everything) and of
 //! the shim (containerd's delete cleans up). After each case no husk-vmm, virtiofsd,
 //! shim, mount or /run/husk folder is left.
@@ -92,6 +94,8 @@ fn containerd_runs_husk_pods() {
         "0 ADDR=inet_10.123.0.2/24 ROUTE=default_via_10.123.0.1 GET=hello-pod",
     );
     check("pod_net_after", "ingress=0 taps=0");
+    check("port_forward", "hello-forward rules=1 refused=yes");
+    check("port_forward_after", "rules=0 ingress=0");
     check("host_network", "1 1");
     check("after_net", nothing);
     check("vmm_killed", "255");

@@ -154,6 +154,24 @@ echo ROUTE=$(ip route | grep default | cut -d" " -f1-3 | tr " " _)
 echo GET=$(timeout 30 wget -q -O - http://10.123.0.1:8081/hello.txt 2>&1)' 2>&1)
 case_ pod_net "$? $out"
 case_ pod_net_after "ingress=$(tc -n $pn qdisc show | grep -c ingress) taps=$(ip -n $pn -o link show type tun | wc -l)"
+# Kubernetes' port-forward: containerd's CRI dials localhost:PORT inside the pod's
+# namespace on the host; the shim's REDIRECT sends it to the same port in the VM.
+ctr run -d --runtime $R --with-ns "network:/var/run/netns/$pn" $img pf1 sh -c '
+mkdir -p /www && echo hello-forward >/www/f.txt && exec httpd -f -p 8080 -h /www' >/dev/null
+got=""
+for _ in $(seq 60); do
+    got=$(ip netns exec $pn timeout 20 busybox wget -q -O - http://127.0.0.1:8080/f.txt 2>/dev/null) &&
+        [ -n "$got" ] && break
+    sleep 1
+done
+# A port nothing in the VM listens on: the connection closes, no hang.
+refused=$(ip netns exec $pn timeout 20 busybox wget -q -O - http://127.0.0.1:8081/ >/dev/null 2>&1; echo $?)
+case_ port_forward "$got rules=$(ip netns exec $pn iptables -w -t nat -S OUTPUT | grep -c husk-portforward) refused=$([ "$refused" != 0 ] && [ "$refused" != 124 ] && echo yes || echo "no($refused)")"
+ctr task kill -s KILL pf1
+for _ in $(seq 30); do [ "$(ctr task ls | awk '$1 == "pf1" {print $3}')" = STOPPED ] && break; sleep 1; done
+ctr task rm pf1 >/dev/null; ctr c rm pf1
+sleep 2
+case_ port_forward_after "rules=$(ip netns exec $pn iptables -w -t nat -S OUTPUT | grep -c husk-portforward) ingress=$(tc -n $pn qdisc show | grep -c ingress)"
 kill $hpid; ip netns del $pn; ip link del hpod0 2>/dev/null
 # The host's network (hostNetwork, ctr --net-host) cannot be a VM's: refused by name.
 out=$(ctr run --rm --runtime $R --net-host $img hostnet true 2>&1)

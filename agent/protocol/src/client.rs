@@ -1,4 +1,5 @@
-//! The host's side of the agent: one connection for the API, one per stdio stream.
+//! The host's side of the agent: one connection for the API, one per stdio stream, one
+//! per port forward.
 //!
 //! Two transports: a plain unix socket (an agent on this host, `--listen unix:PATH`),
 //! or husk-vmm's hybrid vsock (a unix socket on which `CONNECT <port>\n` is answered
@@ -11,6 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 use crate::agent_ttrpc::AgentClient;
+use crate::forward::FORWARD_PORT;
 pub use crate::stdio::StdioKind;
 use crate::stdio::{LineError, STDIO_PORT, header, unix_path};
 use crate::{AGENT_PORT, validate};
@@ -18,7 +20,8 @@ use crate::{AGENT_PORT, validate};
 /// Where the agent is.
 #[derive(Debug, Clone)]
 pub enum Endpoint {
-    /// An agent serving `unix:PATH`; its stdio listener is `PATH.stdio`.
+    /// An agent serving `unix:PATH`; its stdio listener is `PATH.stdio`, its forward
+    /// listener `PATH.forward`.
     Unix(PathBuf),
     /// A VM's hybrid vsock socket.
     HybridVsock(PathBuf),
@@ -37,6 +40,8 @@ pub enum ClientError {
     },
     #[error("stdio stream {what}: the agent refused it: {msg}")]
     Refused { what: String, msg: String },
+    #[error("forward to guest port {port}: {msg}")]
+    ForwardRefused { port: u16, msg: String },
     #[error("{0}")]
     Invalid(#[from] validate::ValidateError),
     #[error("{0}")]
@@ -46,9 +51,12 @@ pub enum ClientError {
 /// Reads one line of an answer (at most 256 bytes) within `timeout`.
 async fn read_line(s: &mut UnixStream, timeout: Duration) -> std::io::Result<String> {
     use std::io::{Error, ErrorKind};
-    let line = tokio::time::timeout(timeout, crate::stdio::read_line(s, 256))
-        .await
-        .map_err(|_| Error::new(ErrorKind::TimedOut, "no answer in time"))?;
+    let line = tokio::time::timeout(
+        timeout,
+        crate::stdio::read_line(s, crate::forward::MAX_ANSWER),
+    )
+    .await
+    .map_err(|_| Error::new(ErrorKind::TimedOut, "no answer in time"))?;
     match line {
         Ok(l) => Ok(String::from_utf8_lossy(&l).into_owned()),
         Err(LineError::Closed(_)) => Err(Error::new(ErrorKind::UnexpectedEof, "closed")),
@@ -87,10 +95,10 @@ impl Endpoint {
     async fn connect(&self, port: u32) -> Result<UnixStream, ClientError> {
         match self {
             Endpoint::Unix(p) => {
-                let path = if port == AGENT_PORT {
-                    p.clone()
-                } else {
-                    unix_path(p)
+                let path = match port {
+                    AGENT_PORT => p.clone(),
+                    FORWARD_PORT => crate::forward::unix_path(p),
+                    _ => unix_path(p),
                 };
                 UnixStream::connect(&path)
                     .await
@@ -134,6 +142,31 @@ impl Endpoint {
             })?;
         if line != "OK" {
             return Err(ClientError::Refused { what, msg: line });
+        }
+        Ok(s)
+    }
+
+    /// Opens a forward to TCP port `port` of the guest (its `127.0.0.1`, in the pod's
+    /// network namespace): once the agent answers OK the stream is the connection.
+    /// Refused (the agent's error line, or no answer within 10 s): [`ClientError::ForwardRefused`].
+    pub async fn forward(&self, port: u16) -> Result<UnixStream, ClientError> {
+        if port == 0 {
+            return Err(ClientError::ForwardRefused {
+                port,
+                msg: "port 0 is not a TCP port".into(),
+            });
+        }
+        let mut s = self.connect(FORWARD_PORT).await?;
+        s.write_all(crate::forward::header(port).as_bytes()).await?;
+        let line = read_line(&mut s, Duration::from_secs(10))
+            .await
+            .map_err(|e| ClientError::ForwardRefused {
+                port,
+                msg: e.to_string(),
+            })?;
+        if line != "OK" {
+            let msg = line.strip_prefix("error ").unwrap_or(&line).to_string();
+            return Err(ClientError::ForwardRefused { port, msg });
         }
         Ok(s)
     }

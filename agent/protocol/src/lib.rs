@@ -3,9 +3,11 @@
 //! The protocol version, the validation every request goes through ([`validate`]),
 //! the ttrpc service generated from `proto/agent.proto` ([`agent`] messages,
 //! [`agent_ttrpc`] client and server), and the host's connection to an agent
-//! ([`client`]: the API and the stdio streams, over a unix socket or hybrid vsock).
+//! ([`client`]: the API, the stdio streams and port forwards ([`forward`]), over a unix
+//! socket or hybrid vsock).
 
 pub mod client;
+pub mod forward;
 pub mod spec;
 pub mod stdio;
 pub mod validate;

@@ -11,12 +11,14 @@
 //! call undo the network of a `husk` that was killed ([`reap_orphans`]).
 //!
 //! [`tap::join`] works on any namespace, so the containerd shim can reuse it for CRI
-//! pods, whose namespace containerd made and ran CNI in.
+//! pods, whose namespace containerd made and ran CNI in ([`pod`]); [`portfwd`] makes
+//! Kubernetes' port-forward (localhost in that namespace) reach the pod's VM.
 
 pub mod cni;
 pub mod files;
 pub mod netns;
 pub mod pod;
+pub mod portfwd;
 pub mod ports;
 pub mod tap;
 

@@ -2,8 +2,10 @@
 //! a CRI pod (or any namespace a container's spec names). Its interface is joined to a
 //! tap for the VM's NIC (the tc redirect of `husk run`'s networks, crate::network::tap)
 //! and its addresses and routes are read back for the agent to give the guest NIC.
+//! Once the VM runs, [`PodNetwork::start_port_forward`] makes localhost TCP in the
+//! namespace (Kubernetes' port-forward) reach the guest (crate::network::portfwd).
 //! The namespace stays as its owner made it; [`PodNetwork::detach`] takes only the
-//! redirect out (the tap goes with its last fd).
+//! redirect and the port-forward out (the tap goes with its last fd).
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
@@ -11,6 +13,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::netns::Netns;
+use super::portfwd::{Opener, PortForward};
 use super::tap::{self, Joined, TapError};
 use super::{GuestNetwork, NetworkError, TAP_NAME};
 
@@ -20,6 +23,8 @@ pub struct PodNetwork {
     ns: Netns,
     ifname: String,
     joined: Joined,
+    /// Kubernetes' port-forward into the VM, once started.
+    forward: Option<PortForward>,
     /// What the agent is to configure in the guest.
     pub guest: GuestNetwork,
 }
@@ -148,6 +153,7 @@ pub fn attach(path: &Path) -> Result<PodNetwork, NetworkError> {
         ns,
         ifname,
         joined,
+        forward: None,
         guest,
     })
 }
@@ -158,8 +164,34 @@ impl PodNetwork {
         self.joined.tap.as_raw_fd()
     }
 
-    /// Takes the redirect out (the namespace stays for its owner to remove).
-    pub fn detach(self) {
+    /// Makes TCP connections to 127.0.0.1 in the namespace (what containerd's CRI
+    /// PortForward dials) reach the same port in the guest, through `open` (the pod's
+    /// agent: crate::network::portfwd::agent_opener). Where that cannot be set up (no
+    /// iptables, no nat or REDIRECT in the kernel) a warning is logged and the pod runs
+    /// without it. Needs a tokio runtime.
+    pub fn start_port_forward(&mut self, open: Opener) {
+        if self.forward.is_some() {
+            return;
+        }
+        match PortForward::start(self.ns.path(), open) {
+            Ok(f) => self.forward = Some(f),
+            Err(e) => {
+                tracing::warn!(netns = %self.ns.path().display(), error = %e, "port-forward into the VM is not available for this pod");
+            }
+        }
+    }
+
+    /// Whether port-forward into the VM is set up.
+    pub fn port_forward(&self) -> Option<&PortForward> {
+        self.forward.as_ref()
+    }
+
+    /// Takes the port-forward and the redirect out (the namespace stays for its owner
+    /// to remove).
+    pub fn detach(mut self) {
+        if let Some(mut f) = self.forward.take() {
+            f.stop();
+        }
         tap::unjoin(&self.ns, &self.ifname, &self.joined.tap_name);
     }
 }

@@ -76,7 +76,7 @@ impl Service {
             crate::jail::cgroup::check().map_err(Error::from)?;
         }
         // The pod's network: the namespace its first container names, joined to a tap.
-        let net = match crate::shimv2::podnet::netns_path(spec) {
+        let mut net = match crate::shimv2::podnet::netns_path(spec) {
             Some(p) => Some(crate::network::pod::attach(&p).map_err(Error::from)?),
             None => None,
         };
@@ -119,6 +119,11 @@ impl Service {
                 n.detach();
             }
             return Err(Error::from(e).into());
+        }
+        // Kubernetes' port-forward (localhost in the pod's namespace) into the VM; a
+        // host that cannot have it logs why and the pod runs without it.
+        if let Some(n) = net.as_mut() {
+            n.start_port_forward(crate::network::portfwd::agent_opener(sb.endpoint.clone()));
         }
         *self
             .inner
