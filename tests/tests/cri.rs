@@ -88,6 +88,7 @@ fn cri_runs_husk_pods() {
     check("pod_ip", "yes");
     check("from_host", "hello-from-web");
     check("logs", "stderr:err-line stdout:out-line");
+    check("port_forward", "hello-from-web");
     check("stats", "cpu=nonzero mem=nonzero");
     assert!(
         get("list_stats").parse::<u32>().unwrap_or(0) >= 2,
@@ -95,7 +96,11 @@ fn cri_runs_husk_pods() {
     );
     check("update_resources", "0 67108864");
     // containerd 1.6 has no task for a created container to ask: husk answers as runc.
-    assert_eq!(get("created_stats"), get("created_stats_runc"), "created_stats\n{all}");
+    assert_eq!(
+        get("created_stats"),
+        get("created_stats_runc"),
+        "created_stats\n{all}"
+    );
     check("stop_container", "137");
     check("pod_b", "ready");
     check("pod_to_pod", "0 hello-from-web");

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod bench;
+mod portforward;
 
 use husk_tests::cri::{Cri, PodSpec, container_config, ns_mode, v1 as cri};
 
@@ -417,6 +418,37 @@ async fn scenario(d: &mut Driver) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     case("logs", show(&logs));
+    // PortForward: containerd dials 127.0.0.1:8080 in the pod's namespace on the host;
+    // the shim forwards that into the VM.
+    let pf = match d
+        .cri
+        .runtime
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: a.clone(),
+            port: vec![8080],
+        })
+        .await
+    {
+        Ok(r) => {
+            let url = r.into_inner().url;
+            tokio::task::spawn_blocking(move || {
+                portforward::exchange(&url, 8080, b"GET / HTTP/1.0\r\n\r\n")
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
+            .map(|reply| {
+                reply
+                    .split("\r\n\r\n")
+                    .nth(1)
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            })
+        }
+        Err(e) => Err(st(e)),
+    };
+    case("port_forward", show(&pf));
     case("stats", show(&d.stats(&web).await));
     let listed = d
         .cri
