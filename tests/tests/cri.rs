@@ -1,7 +1,7 @@
 //! System test of the `husk` runtime handler under containerd's CRI plugin, in the lab
 //! (tests/tests/cri.sh sets containerd up with CNI; the Rust CRI driver,
 //! `husk-cri-driver`, plays the kubelet): a pod of two containers (ExecSync in each,
-//! localhost between them, the pod IP from the host and from a pod in another VM, CRI
+//! localhost and /dev/shm between them, the pod IP from the host and from a pod in another VM, CRI
 //! logs with both streams, container stats, DNS config, UpdateContainerResources,
 //! stats of a created container as runc's, StopContainer's SIGKILL), a pod sharing one pid
 //! namespace (the pause process its PID 1), an OOM-killed container reported
@@ -85,6 +85,7 @@ fn cri_runs_husk_pods() {
     check("resolv_conf", "0 3");
     check("exec_exit", "7 x");
     check("localhost", "0 hello-from-web");
+    check("pod_shm", "0 pod-wide");
     check("pod_ip", "yes");
     check("from_host", "hello-from-web");
     check("logs", "stderr:err-line stdout:out-line");

@@ -5,8 +5,9 @@
 //! given as `Create.rootfs` mounts that the shim mounts there itself (as runc's shim
 //! does, containerd's runtime v2 "Create"). The spec's bind mounts (CRI's hosts,
 //! hostname, resolv.conf, volumes) are exported one by one and their sources rewritten
-//! to the share's folder in the guest; a bind onto /dev/shm becomes a tmpfs in the
-//! guest (the host's shm is no use to a VM). The agent mounts the root from
+//! to the share's folder in the guest; a bind onto /dev/shm (CRI's sandbox shm, the
+//! pod's IPC) becomes a bind of the guest's own /dev/shm, one tmpfs per VM and so per
+//! pod (the host's shm is no use to a VM). The agent mounts the root from
 //! `Rootfs.path` without an overlay: writes land in the snapshot.
 
 use std::path::{Path, PathBuf};
@@ -101,6 +102,9 @@ fn options(m: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The guest's /dev/shm: the pod's shared memory.
+const GUEST_SHM: &str = "/dev/shm";
+
 /// Plans the guest's view of `spec`'s root (at `root` on the host) and bind mounts,
 /// exported under `folder` (one path component, unique in the pod).
 pub fn plan(spec: &Value, root: &Path, folder: &str) -> Plan {
@@ -119,11 +123,13 @@ pub fn plan(spec: &Value, root: &Path, folder: &str) -> Plan {
                 .unwrap_or("")
                 .to_string();
             if dest == "/dev/shm" {
+                // The pod's shared memory: the guest's /dev/shm (a tmpfs the agent
+                // mounts at boot), shared by every container of the pod that binds it.
                 *m = serde_json::json!({
                     "destination": "/dev/shm",
-                    "type": "tmpfs",
-                    "source": "shm",
-                    "options": ["nosuid", "noexec", "nodev", "mode=1777"],
+                    "type": "bind",
+                    "source": GUEST_SHM,
+                    "options": ["rbind", "nosuid", "noexec", "nodev"],
                 });
                 continue;
             }
@@ -210,7 +216,8 @@ mod tests {
         assert_eq!(m[0]["source"], "proc");
         assert_eq!(m[1]["source"], "/run/husk-shares/husk-vol/c1/m0");
         assert_eq!(m[2]["source"], "/run/husk-shares/husk-vol/c1/m1");
-        assert_eq!(m[3]["type"], "tmpfs");
+        assert_eq!(m[3]["type"], "bind");
+        assert_eq!(m[3]["source"], "/dev/shm", "the guest's, one per pod");
         assert_eq!(p.share_exports().len(), 3);
     }
 

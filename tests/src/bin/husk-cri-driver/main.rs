@@ -394,6 +394,15 @@ async fn scenario(d: &mut Driver) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     case("localhost", show(&local));
+    // One /dev/shm per pod (CRI's sandbox shm): what one container writes there, the
+    // other reads.
+    let _ = d
+        .exec(&web, &["sh", "-c", "echo pod-wide >/dev/shm/husk-shm-test"])
+        .await;
+    case(
+        "pod_shm",
+        show(&d.exec(&client, &["cat", "/dev/shm/husk-shm-test"]).await),
+    );
     let ip = d.pod_ip(&a).await;
     case(
         "pod_ip",
