@@ -195,3 +195,22 @@ pub fn busybox_rootfs(dir: &std::path::Path) {
         .expect("busybox-rootfs");
     assert!(st.success(), "busybox-rootfs failed");
 }
+
+/// Stops a husk-agent a test started on this host: SIGTERM (it deletes its containers
+/// and removes its sockets), then SIGKILL after 20 s; reaped either way.
+pub fn stop(child: &mut std::process::Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        // SAFETY: kill(2) on a pid this test spawned and has not reaped yet (so it
+        // cannot have been reused); no memory is involved.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
