@@ -2,7 +2,8 @@
 //! (tests/tests/cri.sh sets containerd up with CNI; the Rust CRI driver,
 //! `husk-cri-driver`, plays the kubelet): a pod of two containers (ExecSync in each,
 //! localhost and /dev/shm between them, the pod IP from the host and from a pod in another VM, CRI
-//! logs with both streams, container stats, DNS config, UpdateContainerResources,
+//! logs with both streams, CRI PortForward and Attach over containerd's websocket
+//! streams, container stats, DNS config, UpdateContainerResources,
 //! stats of a created container as runc's, StopContainer's SIGKILL), a pod sharing one pid
 //! namespace (the pause process its PID 1), an OOM-killed container reported
 //! `OOMKilled`, a hostNetwork pod refused by name, and nothing left after
@@ -90,6 +91,7 @@ fn cri_runs_husk_pods() {
     check("from_host", "hello-from-web");
     check("logs", "stderr:err-line stdout:out-line");
     check("port_forward", "hello-from-web");
+    check("attach", "hello-attach");
     check("stats", "cpu=nonzero mem=nonzero");
     assert!(
         get("list_stats").parse::<u32>().unwrap_or(0) >= 2,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod bench;
-mod portforward;
+mod stream;
 
 use husk_tests::cri::{Cri, PodSpec, container_config, ns_mode, v1 as cri};
 
@@ -441,7 +441,7 @@ async fn scenario(d: &mut Driver) {
         Ok(r) => {
             let url = r.into_inner().url;
             tokio::task::spawn_blocking(move || {
-                portforward::exchange(&url, 8080, b"GET / HTTP/1.0\r\n\r\n")
+                stream::port_forward(&url, 8080, b"GET / HTTP/1.0\r\n\r\n")
             })
             .await
             .map_err(|e| e.to_string())
@@ -458,6 +458,36 @@ async fn scenario(d: &mut Driver) {
         Err(e) => Err(st(e)),
     };
     case("port_forward", show(&pf));
+    // Attach to a container reading its stdin: what goes in comes back on stdout.
+    let mut cat = container_config(&pod_a, "cat", &d.image, &["cat"]);
+    cat.stdin = true;
+    let att = match d.start_container(&a, &pod_a, cat).await {
+        Ok(id) => match d
+            .cri
+            .runtime
+            .attach(cri::AttachRequest {
+                container_id: id,
+                stdin: true,
+                stdout: true,
+                stderr: false,
+                tty: false,
+            })
+            .await
+        {
+            Ok(r) => {
+                let url = r.into_inner().url;
+                tokio::task::spawn_blocking(move || {
+                    stream::attach(&url, b"hello-attach\n", "hello-attach")
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+            }
+            Err(e) => Err(st(e)),
+        },
+        Err(e) => Err(e),
+    };
+    case("attach", show(&att));
     case("stats", show(&d.stats(&web).await));
     let listed = d
         .cri

@@ -1,19 +1,17 @@
-//! CRI PortForward as a kubelet client uses it: the PortForward RPC hands out a URL on
-//! containerd's streaming server; a websocket to it (`?port=P`, subprotocol
-//! `v4.channel.k8s.io`) carries binary messages whose first byte is the channel (0 data,
-//! 1 error), and each channel's first message is the port, 2 bytes little-endian.
+//! CRI's streaming calls as a kubelet client uses them: PortForward and Attach hand out
+//! a URL on containerd's streaming server; a websocket to it (subprotocol
+//! `v4.channel.k8s.io`) carries binary messages whose first byte is the channel.
+//! PortForward: channel 0 data, 1 error, and each channel's first message is the port,
+//! 2 bytes little-endian. Attach: 0 stdin, 1 stdout, 2 stderr, 3 error.
 
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use tungstenite::Message;
 use tungstenite::client::IntoClientRequest;
+use tungstenite::{Message, WebSocket};
 
-/// Sends `request` through a port-forward stream at `url` (from the PortForward RPC)
-/// to `port` and returns what came back on the data channel (the port prefix removed),
-/// or the error channel's text.
-pub fn exchange(url: &str, port: u16, request: &[u8]) -> Result<String, String> {
-    let url = format!("{url}?port={port}");
+/// Opens the websocket at `url` (`http://HOST:PORT/...` from the RPC).
+fn connect(url: &str) -> Result<WebSocket<TcpStream>, String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| format!("{url}: expected an http:// URL"))?;
@@ -28,8 +26,48 @@ pub fn exchange(url: &str, port: u16, request: &[u8]) -> Result<String, String> 
         "Sec-WebSocket-Protocol",
         "v4.channel.k8s.io".parse().map_err(|e| format!("{e}"))?,
     );
-    let (mut ws, _) =
+    let (ws, _) =
         tungstenite::client::client(req, tcp).map_err(|e| format!("handshake {url}: {e}"))?;
+    Ok(ws)
+}
+
+/// Whether a read error is the 5 s read timeout (nothing came).
+fn quiet(e: &tungstenite::Error) -> bool {
+    matches!(e, tungstenite::Error::Io(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+}
+
+/// Attach: writes `input` on stdin and reads stdout until it holds `want` (≤ 60 s).
+pub fn attach(url: &str, input: &[u8], want: &str) -> Result<String, String> {
+    let mut ws = connect(url)?;
+    let mut m = vec![0u8];
+    m.extend_from_slice(input);
+    ws.send(Message::Binary(m.into()))
+        .map_err(|e| format!("send: {e}"))?;
+    let mut out = Vec::new();
+    let end = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < end && !String::from_utf8_lossy(&out).contains(want) {
+        match ws.read() {
+            Ok(Message::Binary(b)) if b.first() == Some(&1) => out.extend_from_slice(&b[1..]),
+            Ok(Message::Binary(b)) if b.first() == Some(&3) && b.len() > 1 => {
+                return Err(format!(
+                    "error channel: {}",
+                    String::from_utf8_lossy(&b[1..])
+                ));
+            }
+            Ok(Message::Close(_)) => break,
+            Ok(_) => {}
+            Err(e) if quiet(&e) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+    let _ = ws.close(None);
+    Ok(String::from_utf8_lossy(&out).trim().to_string())
+}
+
+/// PortForward: sends `request` to `port` and returns what came back on the data
+/// channel (the port prefix removed), or the error channel's text.
+pub fn port_forward(url: &str, port: u16, request: &[u8]) -> Result<String, String> {
+    let mut ws = connect(&format!("{url}?port={port}"))?;
     let mut data = Vec::new();
     let mut error = Vec::new();
     let mut seen = [false; 2];
@@ -62,12 +100,7 @@ pub fn exchange(url: &str, port: u16, request: &[u8]) -> Result<String, String> 
             }
             Ok(Message::Close(_)) => break,
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if quiet(&e) => {
                 // Nothing for 5 s after the reply: the exchange is over.
                 if sent && !data.is_empty() {
                     break;
