@@ -13,18 +13,19 @@ APT_PACKAGES := qemu-system-x86 containerd runc busybox-static cpio umoci erofs-
 # Tools from crates.io, installed into $(TOOLS) (not ~/.cargo): name@version.
 VIRTIOFSD_VERSION := 1.14.0
 
-.PHONY: help setup setup-apt setup-tools build install test lint unit-test lab-shell bench conformance fuzz demo clean guest-image
+.PHONY: help setup setup-apt setup-tools build install test lint unit-test lab-shell bench conformance soak fuzz demo clean guest-image
 
 help:
 	@echo "make demo       run a container in a microVM (through the lab where the host has no hardware KVM)"
 	@echo "make test       set up, then fmt check, clippy, unit, integration and system tests"
 	@echo "make setup      install the Debian packages and tools the project needs (idempotent)"
 	@echo "make build      build the workspace"
-	@echo "make install    husk, husk-vmm, containerd-shim-husk-v2 and virtiofsd to $$(PREFIX)/bin, the guest image to /var/lib/husk/guest"
+	@echo "make install    husk, husk-vmm, containerd-shim-husk-v2 and virtiofsd to $(PREFIX)/bin, the guest image to $(GUEST_INSTALL)"
 	@echo "make guest-image  the guest kernel and initramfs (static husk-agent as /init) in build/guest"
 	@echo "make lab-shell  an interactive shell inside the lab (a Linux with hardware-style KVM)"
 	@echo "make bench      benchmarks in the lab: boot time, memory, virtio-net/fs I/O against QEMU, husk run against runc"
 	@echo "make conformance  real programs' own test suites (CPython's) inside husk and under runc, in the lab (long)"
+	@echo "make soak       SOAK_KEEP VMs (20) kept alive while SOAK_CYCLES (200) more start and stop, in the lab; fails on any leak (long)"
 	@echo "make fuzz       coverage-guided fuzzing (cargo-fuzz, nightly), FUZZ_SECONDS per target (default 60)"
 	@echo "make clean      remove build outputs (keeps the downloaded kernel in build/cache)"
 
@@ -85,6 +86,10 @@ bench: setup guest-image
 # Not in `make test` (tens of minutes): see docs/conformance.md.
 conformance: setup guest-image
 	tests/conformance/run
+
+# Not in `make test` (hours in the emulated lab): see docs/testing.md, "Soak".
+soak: setup guest-image
+	tests/soak/run
 
 # Coverage-guided fuzzing (cargo-fuzz, libFuzzer, nightly; see docs/testing.md): each
 # target for FUZZ_SECONDS. New inputs go to fuzz/target/corpus/<target>; the committed
