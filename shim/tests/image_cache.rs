@@ -1,7 +1,8 @@
 //! The image cache on this host (no VM): a busybox OCI layout converted to erofs once
 //! while four runs ask for it at the same time; later runs take it from the cache; a
 //! leftover temporary file or scratch folder from a killed conversion does not get in
-//! the way or stay behind.
+//! the way or stay behind; a full disk under the state folder at each step of a
+//! conversion fails with the reason and leaves nothing (root: tmpfs mounts).
 //! Needs umoci, mkfs.erofs and busybox-static (`make setup` installs them).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
@@ -192,5 +193,87 @@ fn image_indexes_pick_this_hosts_platform() {
         err.contains(&format!("no image for linux/{arch}"))
             && err.contains("linux/s390x, linux/riscv64"),
         "{err}"
+    );
+}
+
+/// A full disk under the state folder, at every step of a conversion: the state folder
+/// is a tmpfs of growing sizes (64 KiB up) until a conversion fits. Each failure names
+/// the problem ("no space left on device", from umoci or mkfs.erofs) and leaves no scratch folder, temporary file
+/// or cache entry behind; failures happen both while unpacking and while mkfs.erofs
+/// writes the image; once there is room the same conversion works.
+#[test]
+fn conversion_onto_a_full_disk_fails_cleanly() {
+    let test = "conversion_onto_a_full_disk_fails_cleanly";
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("HUSK_REQUIRE_LAB").is_none(),
+            "{test} needs root (it mounts tmpfs state folders)"
+        );
+        eprintln!("SKIPPED {test}: needs root (mounts a small tmpfs as the state folder)");
+        return;
+    }
+    let Some((scratch, layout)) = busybox_layout(test) else {
+        return;
+    };
+    let image = ImageRef::parse(&format!("oci:{}", layout.display())).unwrap();
+    let state = scratch.path().join("state");
+    let work = scratch.path().join("work");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let mut phases = std::collections::BTreeSet::new();
+    let mut fitted = None;
+    for kib in (0..40).map(|i| 64 + i * 128) {
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "husk-full"])
+            .arg(&state)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount a tmpfs on {}", state.display());
+        let r = prepare(&image, &state, &work, &|_| {});
+        let left: Vec<String> = Command::new("find")
+            .arg(&state)
+            .args(["-mindepth", "2"])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap();
+        let _ = Command::new("umount").arg(&state).status();
+        match r {
+            Ok(p) => {
+                assert!(p.converted);
+                fitted = Some(kib);
+                break;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.to_lowercase().contains("no space left on device"),
+                    "{kib} KiB: the reason is not named: {msg}"
+                );
+                // Only the (empty) folders and the cache entry's lock may stay.
+                let partial: Vec<&String> = left
+                    .iter()
+                    .filter(|f| !f.ends_with(".lock") && !Path::new(f).is_dir())
+                    .collect();
+                assert!(partial.is_empty(), "{kib} KiB: {msg}: left {partial:?}");
+                phases.insert(if msg.contains("mkfs.erofs") {
+                    "convert"
+                } else {
+                    "unpack"
+                });
+                eprintln!("{kib} KiB: {msg}");
+            }
+        }
+    }
+    let kib = fitted.expect("the conversion never fitted in 5 MiB");
+    eprintln!("the conversion fitted in {kib} KiB");
+    assert!(phases.contains("unpack"), "no failure while unpacking");
+    assert!(
+        phases.contains("convert"),
+        "no failure in mkfs.erofs: {phases:?}"
     );
 }
