@@ -96,6 +96,11 @@ fn containerd_runs_husk_pods() {
     check("pod_net_after", "ingress=0 taps=0");
     check("port_forward", "hello-forward rules=1 refused=yes");
     check("port_forward_after", "rules=0 ingress=0");
+    let hostns = get("host_netns_path");
+    assert!(
+        hostns.starts_with("1 1 "),
+        "the host's own netns named as the pod's: {hostns}\n{all}"
+    );
     check("host_network", "1 1");
     check("after_net", nothing);
     check("vmm_killed", "255");

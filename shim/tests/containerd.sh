@@ -156,7 +156,9 @@ case_ pod_net "$? $out"
 case_ pod_net_after "ingress=$(tc -n $pn qdisc show | grep -c ingress) taps=$(ip -n $pn -o link show type tun | wc -l)"
 # Kubernetes' port-forward: containerd's CRI dials localhost:PORT inside the pod's
 # namespace on the host; the shim's REDIRECT sends it to the same port in the VM.
-ctr run -d --runtime $R --with-ns "network:/var/run/netns/$pn" $img pf1 sh -c '
+# (Outside CRI's sandboxes only when asked: io.husk.port-forward=true.)
+ctr run -d --runtime $R --annotation io.husk.port-forward=true \
+    --with-ns "network:/var/run/netns/$pn" $img pf1 sh -c '
 mkdir -p /www && echo hello-forward >/www/f.txt && exec httpd -f -p 8080 -h /www' >/dev/null
 got=""
 for _ in $(seq 60); do
@@ -173,6 +175,9 @@ ctr task rm pf1 >/dev/null; ctr c rm pf1
 sleep 2
 case_ port_forward_after "rules=$(ip netns exec $pn iptables -w -t nat -S OUTPUT | grep -c husk-portforward) ingress=$(tc -n $pn qdisc show | grep -c ingress)"
 kill $hpid; ip netns del $pn; ip link del hpod0 2>/dev/null
+# The host's own namespace named as the pod's: refused (its interface would go to the VM).
+out=$(ctr run --rm --runtime $R --with-ns "network:/proc/1/ns/net" $img hostns true 2>&1)
+case_ host_netns_path "$? $(echo "$out" | grep -c "host's own network namespace") $(ip -o link show | grep -c 'state UP')"
 # The host's network (hostNetwork, ctr --net-host) cannot be a VM's: refused by name.
 out=$(ctr run --rm --runtime $R --net-host $img hostnet true 2>&1)
 case_ host_network "$? $(echo "$out" | grep -c "host's network namespace")"

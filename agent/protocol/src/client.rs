@@ -141,7 +141,10 @@ impl Endpoint {
                 msg: e.to_string(),
             })?;
         if line != "OK" {
-            return Err(ClientError::Refused { what, msg: line });
+            return Err(ClientError::Refused {
+                what,
+                msg: printable(&line),
+            });
         }
         Ok(s)
     }
@@ -165,9 +168,30 @@ impl Endpoint {
                 msg: e.to_string(),
             })?;
         if line != "OK" {
-            let msg = line.strip_prefix("error ").unwrap_or(&line).to_string();
+            let msg = printable(line.strip_prefix("error ").unwrap_or(&line));
             return Err(ClientError::ForwardRefused { port, msg });
         }
         Ok(s)
+    }
+}
+
+/// The guest's text made safe for the host's logs and terminals: control characters
+/// (escape sequences, carriage returns) become U+FFFD.
+fn printable(guest_text: &str) -> String {
+    guest_text
+        .chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod printable_tests {
+    #[test]
+    fn control_characters_are_replaced() {
+        assert_eq!(
+            super::printable("no\x1b[31m such\rport"),
+            "no\u{fffd}[31m such\u{fffd}port"
+        );
+        assert_eq!(super::printable("plain text"), "plain text");
     }
 }

@@ -132,8 +132,31 @@ pub fn guest_view(
     g
 }
 
+/// Refuses the shim's own network namespace (the host's): joining it would redirect
+/// the host's interface into the VM.
+fn refuse_own_namespace(path: &Path) -> Result<(), NetworkError> {
+    use std::os::unix::fs::MetadataExt;
+    let stat = |p: &Path| {
+        std::fs::metadata(p).map_err(|source| NetworkError::State {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let (own, target) = (stat(Path::new("/proc/self/ns/net"))?, stat(path)?);
+    if own.dev() == target.dev() && own.ino() == target.ino() {
+        return Err(NetworkError::Result {
+            network: path.display().to_string(),
+            message:
+                "this is the host's own network namespace; a pod's VM cannot take its interface"
+                    .into(),
+        });
+    }
+    Ok(())
+}
+
 /// Joins the pod's namespace at `path` to a tap and reads what the guest NIC gets.
 pub fn attach(path: &Path) -> Result<PodNetwork, NetworkError> {
+    refuse_own_namespace(path)?;
     let ns = Netns::at(path);
     let ifname = pick_interface(&ns)?;
     let addrs = ip_json(&ns, &["addr", "show", "dev", &ifname])?;

@@ -106,9 +106,10 @@ fn rule_args(port: u16) -> Vec<String> {
     .collect()
 }
 
-/// `iptables -w -t nat OP ARGS` inside the namespace.
+/// `iptables -w 5 -t nat OP ARGS` inside the namespace: waits at most 5 s for the
+/// xtables lock (shared by every namespace; kube-proxy may hold it), never forever.
 fn iptables(ns: &Netns, op: &str, args: &[String]) -> Result<std::process::Output, TapError> {
-    let mut a = vec!["-w", "-t", "nat", op];
+    let mut a = vec!["-w", "5", "-t", "nat", op];
     a.extend(args.iter().map(String::as_str));
     tap::run(ns, "iptables", &a)
 }

@@ -32,6 +32,20 @@ pub fn netns_path(spec: &Value) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// The annotation that asks for port-forward into the VM outside CRI (`true`).
+pub const PORT_FORWARD_ANNOTATION: &str = "io.husk.port-forward";
+
+/// Whether the pod's namespace gets port-forward into the VM: a CRI sandbox (its
+/// namespace is CNI's, made for this pod alone), or a spec annotated
+/// `io.husk.port-forward=true`. The forward redirects every local TCP connection to
+/// 127.0.0.1 in that namespace into the VM, so a namespace shared with host processes
+/// (`ctr run --with-ns network:PATH`) does not get it unasked.
+pub fn wants_port_forward(spec: &Value) -> bool {
+    let a = &spec["annotations"];
+    a["io.kubernetes.cri.container-type"].as_str() == Some("sandbox")
+        || a[PORT_FORWARD_ANNOTATION].as_str() == Some("true")
+}
+
 /// Refuses a spec that asks for the host's network, pid or ipc namespace.
 pub fn refuse_host_namespaces(spec: &Value) -> Result<(), ShimError> {
     let (types, k8s): (Vec<&str>, Vec<&str>) = [
@@ -60,6 +74,20 @@ pub fn refuse_host_namespaces(spec: &Value) -> Result<(), ShimError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn port_forward_for_cri_sandboxes_or_when_asked() {
+        let sandbox = json!({"annotations": {"io.kubernetes.cri.container-type": "sandbox"}});
+        assert!(wants_port_forward(&sandbox));
+        assert!(wants_port_forward(
+            &json!({"annotations": {PORT_FORWARD_ANNOTATION: "true"}})
+        ));
+        assert!(!wants_port_forward(&json!({"annotations": {}})));
+        assert!(!wants_port_forward(&json!({})));
+        assert!(!wants_port_forward(
+            &json!({"annotations": {"io.kubernetes.cri.container-type": "container"}})
+        ));
+    }
 
     #[test]
     fn network_path_and_host_namespaces() {

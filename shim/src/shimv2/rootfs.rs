@@ -122,7 +122,10 @@ pub fn plan(spec: &Value, root: &Path, folder: &str) -> Plan {
                 .and_then(Value::as_str)
                 .unwrap_or("")
                 .to_string();
-            if dest == "/dev/shm" {
+            if Path::new(&dest)
+                .components()
+                .eq(Path::new(GUEST_SHM).components())
+            {
                 // The pod's shared memory: the guest's /dev/shm (a tmpfs the agent
                 // mounts at boot), shared by every container of the pod that binds it.
                 *m = serde_json::json!({

@@ -120,9 +120,14 @@ impl Service {
             }
             return Err(Error::from(e).into());
         }
-        // Kubernetes' port-forward (localhost in the pod's namespace) into the VM; a
-        // host that cannot have it logs why and the pod runs without it.
-        if let Some(n) = net.as_mut() {
+        // Kubernetes' port-forward (localhost in the pod's namespace) into the VM, for
+        // a CRI sandbox or a spec that asks (crate::shimv2::podnet::wants_port_forward:
+        // the redirect takes every local connection to 127.0.0.1 in the namespace, so
+        // never for a namespace others may share unasked); a host that cannot have it
+        // logs why and the pod runs without it.
+        if let Some(n) = net.as_mut()
+            && crate::shimv2::podnet::wants_port_forward(spec)
+        {
             n.start_port_forward(crate::network::portfwd::agent_opener(sb.endpoint.clone()));
         }
         *self

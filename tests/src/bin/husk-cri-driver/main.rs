@@ -666,7 +666,9 @@ async fn scenario(d: &mut Driver) {
         "host_network",
         match &r {
             Ok(_) => "accepted".to_string(),
-            Err(e) if e.contains("hostNetwork") => "refused by name".to_string(),
+            Err(e) if e.starts_with("InvalidArgument") && e.contains("hostNetwork") => {
+                "refused by name".to_string()
+            }
             Err(e) => format!("refused: {e}"),
         },
     );
