@@ -15,6 +15,7 @@ pub mod fs;
 pub mod net;
 pub mod queue_worker;
 pub mod rng;
+pub mod state;
 #[cfg(test)]
 pub mod test_utils;
 pub mod transport;
@@ -83,6 +84,17 @@ impl Interrupt {
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
+
+    /// Sets the status bits a snapshot saved, raising the line again when any is set
+    /// (the driver reads the status and finds the work; a spurious interrupt is
+    /// harmless, a lost one is not).
+    pub fn restore(&self, bits: u32) {
+        let bits = bits & (INT_VRING | INT_CONFIG);
+        self.status.store(bits, Ordering::SeqCst);
+        if bits != 0 {
+            self.raise(bits);
+        }
+    }
 }
 
 /// What a device gets when the driver is ready.
@@ -132,6 +144,39 @@ pub trait VirtioDevice: Send {
     fn reset(&mut self);
     /// Counters for the metrics API.
     fn metrics(&self) -> serde_json::Value;
+
+    /// Stops serving the queues (the worker is joined) and keeps what the worker
+    /// reached, for a snapshot. Returns each served queue's progress, by queue index:
+    /// the device's own copy of the queue, whose `next_avail`/`next_used` are final
+    /// once the worker is stopped. A device that cannot be saved says why.
+    fn pause(&mut self) -> Result<Vec<(usize, state::QueueSnapshot)>, state::DeviceStateError> {
+        Err(state::DeviceStateError::NotSupported(
+            self.name(),
+            "it has no pause/save support",
+        ))
+    }
+
+    /// Serves again after [`pause`](VirtioDevice::pause).
+    fn resume(&mut self) -> Result<(), ActivateError> {
+        Ok(())
+    }
+
+    /// The device's own state for a snapshot, beyond its transport and queues (most
+    /// devices have none).
+    fn save(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+
+    /// Starts serving restored queues in a VM restored from a snapshot, with the state
+    /// [`save`](VirtioDevice::save) returned (guest-made: check it). By default, an
+    /// activation.
+    fn restore(
+        &mut self,
+        _state: &serde_json::Value,
+        ctx: ActivateContext,
+    ) -> Result<(), ActivateError> {
+        self.activate(ctx)
+    }
 }
 
 /// Copies `config` (a device's configuration space) into `data` from `offset`, zero past

@@ -63,7 +63,7 @@ impl<S: ServeChain> QueueWorker<S> {
     }
 
     /// Runs on a worker thread of its own.
-    pub fn spawn(self, name: &str) -> Result<Worker, ActivateError>
+    pub fn spawn(self, name: &str) -> Result<Worker<Self>, ActivateError>
     where
         S: 'static,
     {

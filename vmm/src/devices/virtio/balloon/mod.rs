@@ -22,7 +22,8 @@ use virtio_queue::QueueT;
 use vmm_sys_util::epoll::{Epoll, EventSet};
 
 use super::queue_worker::QueueWorker;
-use super::worker::{EventHandler, Worker, add_fd};
+use super::state::{DeviceStateError, QueueSnapshot};
+use super::worker::{EventHandler, WorkerSlot, add_fd};
 use super::{
     ActivateContext, ActivateError, TYPE_BALLOON, VIRTIO_F_VERSION_1, VirtioDevice,
     read_config_bytes,
@@ -62,7 +63,7 @@ pub struct Balloon {
     /// `actual` as the driver last wrote it (pages in the balloon; 0 with husk).
     actual: u32,
     metrics: Arc<Metrics>,
-    worker: Option<Worker>,
+    worker: WorkerSlot<Queues>,
 }
 
 impl Balloon {
@@ -71,7 +72,7 @@ impl Balloon {
             free_page_reporting,
             actual: 0,
             metrics: Arc::default(),
-            worker: None,
+            worker: WorkerSlot::new("virtio-balloon"),
         }
     }
 
@@ -93,19 +94,21 @@ impl Balloon {
     }
 }
 
-/// The balloon's queues, served on one worker thread; each queue's token is its index.
-struct Queues(Vec<QueueWorker<Server>>);
+/// The balloon's served queues with their index in the device, on one worker thread;
+/// each queue's token is its position here.
+#[derive(Debug)]
+pub struct Queues(Vec<(usize, QueueWorker<Server>)>);
 
 impl EventHandler for Queues {
     fn init(&mut self, epoll: &Epoll) -> io::Result<()> {
-        for (i, q) in self.0.iter().enumerate() {
+        for (i, (_, q)) in self.0.iter().enumerate() {
             add_fd(epoll, &q.evt, EventSet::IN, i as u64)?;
         }
         Ok(())
     }
 
     fn handle(&mut self, _: &Epoll, token: u64, _: EventSet) {
-        let Some(q) = usize::try_from(token).ok().and_then(|i| self.0.get_mut(i)) else {
+        let Some((_, q)) = usize::try_from(token).ok().and_then(|i| self.0.get_mut(i)) else {
             return;
         };
         let _ = q.evt.read();
@@ -118,7 +121,7 @@ impl EventHandler for Queues {
 fn queue_workers(
     ctx: ActivateContext,
     metrics: &Arc<Metrics>,
-) -> Result<Vec<QueueWorker<Server>>, ActivateError> {
+) -> Result<Vec<(usize, QueueWorker<Server>)>, ActivateError> {
     let roles = queue_roles(ctx.acked_features);
     let got = ctx.queues.len().min(ctx.queue_evts.len());
     if got < roles.len() {
@@ -130,16 +133,22 @@ fn queue_workers(
     Ok(roles
         .into_iter()
         .zip(ctx.queues.into_iter().zip(ctx.queue_evts))
-        .filter(|(_, (queue, _))| queue.ready())
-        .map(|(role, (queue, evt))| QueueWorker {
-            mem: ctx.mem.clone(),
-            queue,
-            evt,
-            interrupt: ctx.interrupt.clone(),
-            server: Server {
-                role,
-                metrics: metrics.clone(),
-            },
+        .enumerate()
+        .filter(|(_, (_, (queue, _)))| queue.ready())
+        .map(|(index, (role, (queue, evt)))| {
+            (
+                index,
+                QueueWorker {
+                    mem: ctx.mem.clone(),
+                    queue,
+                    evt,
+                    interrupt: ctx.interrupt.clone(),
+                    server: Server {
+                        role,
+                        metrics: metrics.clone(),
+                    },
+                },
+            )
         })
         .collect())
 }
@@ -187,14 +196,48 @@ impl VirtioDevice for Balloon {
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         let queues = queue_workers(ctx, &self.metrics)?;
-        let worker =
-            Worker::spawn("virtio-balloon", Queues(queues)).map_err(ActivateError::Worker)?;
-        self.worker = Some(worker);
-        Ok(())
+        self.worker
+            .start(Queues(queues))
+            .map_err(ActivateError::Worker)
     }
 
     fn reset(&mut self) {
-        self.worker = None;
+        self.worker.stop();
+    }
+
+    fn pause(&mut self) -> Result<Vec<(usize, QueueSnapshot)>, DeviceStateError> {
+        let w = self.worker.pause(self.name())?;
+        Ok(w.0
+            .iter()
+            .map(|(i, q)| (*i, QueueSnapshot::of(&q.queue)))
+            .collect())
+    }
+
+    fn resume(&mut self) -> Result<(), ActivateError> {
+        self.worker.resume().map_err(ActivateError::Worker)
+    }
+
+    /// `actual`, the one value the driver wrote.
+    fn save(&self) -> serde_json::Value {
+        serde_json::json!({ "actual": self.actual })
+    }
+
+    fn restore(
+        &mut self,
+        state: &serde_json::Value,
+        ctx: ActivateContext,
+    ) -> Result<(), ActivateError> {
+        let actual = state
+            .get("actual")
+            .and_then(|a| a.as_u64())
+            .and_then(|a| u32::try_from(a).ok())
+            .ok_or_else(|| {
+                ActivateError::Backend(
+                    format!("balloon: bad saved state {state}: want {{\"actual\": u32}}").into(),
+                )
+            })?;
+        self.actual = actual;
+        self.activate(ctx)
     }
 
     fn metrics(&self) -> serde_json::Value {

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::queue_worker::QueueWorker;
-use super::worker::Worker;
+use super::state::{DeviceStateError, QueueSnapshot};
+use super::worker::WorkerSlot;
 use super::{
     ActivateContext, ActivateError, TYPE_BLOCK, VIRTIO_F_VERSION_1, VirtioDevice, read_config_bytes,
 };
@@ -51,7 +52,7 @@ pub struct Block {
     read_only: bool,
     id: [u8; ID_BYTES],
     metrics: Arc<Metrics>,
-    worker: Option<Worker>,
+    worker: WorkerSlot<QueueWorker<Server>>,
 }
 
 impl Block {
@@ -77,7 +78,7 @@ impl Block {
             read_only,
             id,
             metrics: Arc::default(),
-            worker: None,
+            worker: WorkerSlot::new("virtio-blk"),
         })
     }
 
@@ -121,12 +122,21 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        self.worker = Some(QueueWorker::new(ctx, self.server())?.spawn("virtio-blk")?);
-        Ok(())
+        let w = QueueWorker::new(ctx, self.server())?;
+        self.worker.start(w).map_err(ActivateError::Worker)
     }
 
     fn reset(&mut self) {
-        self.worker = None;
+        self.worker.stop();
+    }
+
+    fn pause(&mut self) -> Result<Vec<(usize, QueueSnapshot)>, DeviceStateError> {
+        let w = self.worker.pause(self.name())?;
+        Ok(vec![(0, QueueSnapshot::of(&w.queue))])
+    }
+
+    fn resume(&mut self) -> Result<(), ActivateError> {
+        self.worker.resume().map_err(ActivateError::Worker)
     }
 
     fn metrics(&self) -> serde_json::Value {

@@ -79,7 +79,7 @@ pub struct Fs {
     avail_features: u64,
     /// Eventfds the backend signals, one per queue; ours for the device's life.
     calls: Vec<EventFd>,
-    worker: Option<Worker>,
+    worker: Option<Worker<CallForwarder>>,
     /// Set at the first vhost-user error: the connection may be out of step.
     failed: bool,
     /// The backend holds the rings (between a successful activation and reset).
@@ -198,6 +198,17 @@ impl VirtioDevice for Fs {
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
+    }
+
+    /// No pause/save: the vhost-user backend (virtiofsd) owns the queues and its own
+    /// state (open files, inodes), which it cannot hand over (docs/snapshots.md).
+    fn pause(
+        &mut self,
+    ) -> Result<Vec<(usize, super::state::QueueSnapshot)>, super::state::DeviceStateError> {
+        Err(super::state::DeviceStateError::NotSupported(
+            "virtio-fs",
+            "its vhost-user backend (virtiofsd) owns the queues and the open files",
+        ))
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {

@@ -16,7 +16,8 @@ use std::sync::Arc;
 
 use virtio_queue::QueueT;
 
-use super::worker::Worker;
+use super::state::{DeviceStateError, QueueSnapshot};
+use super::worker::WorkerSlot;
 use super::{
     ActivateContext, ActivateError, TYPE_NET, VIRTIO_F_VERSION_1, VirtioDevice, read_config_bytes,
 };
@@ -70,7 +71,7 @@ pub struct Net {
     mac: [u8; 6],
     mtu: Option<u16>,
     metrics: Arc<NetMetrics>,
-    worker: Option<Worker>,
+    worker: WorkerSlot<NetWorker>,
 }
 
 /// A random locally administered unicast MAC address (IEEE 802: bit 1 of the first octet
@@ -108,7 +109,7 @@ impl Net {
             mac,
             mtu,
             metrics: Arc::default(),
-            worker: None,
+            worker: WorkerSlot::new("virtio-net"),
         }
     }
 
@@ -210,12 +211,22 @@ impl VirtioDevice for Net {
             self.metrics.clone(),
             mergeable,
         );
-        self.worker = Some(Worker::spawn("virtio-net", w).map_err(ActivateError::Worker)?);
-        Ok(())
+        self.worker.start(w).map_err(ActivateError::Worker)
     }
 
     fn reset(&mut self) {
-        self.worker = None;
+        self.worker.stop();
+    }
+
+    fn pause(&mut self) -> Result<Vec<(usize, QueueSnapshot)>, DeviceStateError> {
+        let w = self.worker.pause(self.name())?;
+        w.quiesce();
+        let [rx, tx] = w.queues();
+        Ok(vec![(0, QueueSnapshot::of(rx)), (1, QueueSnapshot::of(tx))])
+    }
+
+    fn resume(&mut self) -> Result<(), ActivateError> {
+        self.worker.resume().map_err(ActivateError::Worker)
     }
 
     fn metrics(&self) -> serde_json::Value {

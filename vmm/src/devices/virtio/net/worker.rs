@@ -467,6 +467,28 @@ impl NetWorker {
         }
     }
 
+    /// Before a pause: the RX buffers popped and kept for a frame go back to the guest
+    /// as used with no data (Linux counts them as length errors and refills), and a held
+    /// frame is dropped, so that no chain is left half-way and both queues' progress is
+    /// final.
+    pub fn quiesce(&mut self) {
+        let mut used_any = false;
+        while let Some(b) = self.take_rx_buffer() {
+            self.used_rx(b.head, 0, &mut used_any);
+        }
+        if self.rx_held.take().is_some() {
+            self.metrics.rx_dropped.inc();
+        }
+        if used_any && self.rxq.needs_notification(&self.mem).unwrap_or(true) {
+            self.interrupt.signal_used_queue();
+        }
+    }
+
+    /// The RX and TX queues (for a snapshot).
+    pub fn queues(&self) -> [&Queue; 2] {
+        [&self.rxq, &self.txq]
+    }
+
     /// Whether a frame waits for guest buffers (tests).
     #[cfg(test)]
     pub fn holds_frame(&self) -> bool {

@@ -10,7 +10,8 @@ use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemoryMmap;
 
 use super::queue_worker::{QueueWorker, ServeChain};
-use super::worker::Worker;
+use super::state::{DeviceStateError, QueueSnapshot};
+use super::worker::WorkerSlot;
 use super::{ActivateContext, ActivateError, Counter, TYPE_RNG, VIRTIO_F_VERSION_1, VirtioDevice};
 
 /// Most bytes handed out per request.
@@ -29,20 +30,20 @@ struct Metrics {
 #[derive(Debug)]
 pub struct Rng {
     metrics: Arc<Metrics>,
-    worker: Option<Worker>,
+    worker: WorkerSlot<QueueWorker<Server>>,
 }
 
 impl Rng {
     pub fn new() -> Rng {
         Rng {
             metrics: Arc::default(),
-            worker: None,
+            worker: WorkerSlot::new("virtio-rng"),
         }
     }
 
     /// What serves the device's queue (its worker's and the fuzz targets').
     #[doc(hidden)]
-    pub fn server(&self) -> std::io::Result<impl ServeChain + use<>> {
+    pub fn server(&self) -> std::io::Result<Server> {
         Ok(Server {
             source: File::open("/dev/urandom")?,
             metrics: self.metrics.clone(),
@@ -57,7 +58,9 @@ impl Default for Rng {
 }
 
 /// Serves a request from the host's /dev/urandom.
-struct Server {
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Server {
     source: File,
     metrics: Arc<Metrics>,
 }
@@ -107,12 +110,21 @@ impl VirtioDevice for Rng {
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         let server = self.server().map_err(ActivateError::Worker)?;
-        self.worker = Some(QueueWorker::new(ctx, server)?.spawn("virtio-rng")?);
-        Ok(())
+        let w = QueueWorker::new(ctx, server)?;
+        self.worker.start(w).map_err(ActivateError::Worker)
     }
 
     fn reset(&mut self) {
-        self.worker = None;
+        self.worker.stop();
+    }
+
+    fn pause(&mut self) -> Result<Vec<(usize, QueueSnapshot)>, DeviceStateError> {
+        let w = self.worker.pause(self.name())?;
+        Ok(vec![(0, QueueSnapshot::of(&w.queue))])
+    }
+
+    fn resume(&mut self) -> Result<(), ActivateError> {
+        self.worker.resume().map_err(ActivateError::Worker)
     }
 
     fn metrics(&self) -> serde_json::Value {

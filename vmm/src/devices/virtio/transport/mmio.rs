@@ -14,6 +14,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::ExitReason;
 use crate::devices::bus::BusDevice;
+use crate::devices::virtio::state::{DeviceStateError, QueueSnapshot};
 use crate::devices::virtio::{ActivateContext, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice};
 
 const MAGIC: u32 = 0x7472_6976; // "virt"
@@ -71,6 +72,26 @@ pub struct MmioTransport {
     queue_sel: u32,
     config_generation: u32,
     activated: bool,
+    /// Set while paused for a snapshot: the device's queue progress, by queue index.
+    paused: Option<Vec<(usize, QueueSnapshot)>>,
+}
+
+/// A transport in a snapshot: its registers, its queues (with the device's progress)
+/// and the device's own state.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TransportSnapshot {
+    pub device_type: u32,
+    pub device: String,
+    pub status: u32,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub driver_features: u64,
+    pub queue_sel: u32,
+    pub config_generation: u32,
+    pub interrupt_status: u32,
+    pub activated: bool,
+    pub queues: Vec<QueueSnapshot>,
+    pub device_state: serde_json::Value,
 }
 
 impl std::fmt::Debug for MmioTransport {
@@ -140,7 +161,139 @@ impl MmioTransport {
             queue_sel: 0,
             config_generation: 0,
             activated: false,
+            paused: None,
         })
+    }
+
+    /// Pauses the device (its worker joined, its queue progress kept) for a snapshot.
+    pub fn pause(&mut self) -> Result<(), DeviceStateError> {
+        if self.paused.is_some() {
+            return Ok(());
+        }
+        let progress = if self.activated {
+            self.device.pause()?
+        } else {
+            Vec::new()
+        };
+        self.paused = Some(progress);
+        Ok(())
+    }
+
+    /// Lets a paused device serve again.
+    pub fn resume(&mut self) -> Result<(), crate::devices::virtio::ActivateError> {
+        if self.paused.take().is_some() && self.activated {
+            self.device.resume()?;
+        }
+        Ok(())
+    }
+
+    /// The transport's state; `None` unless paused (the queues' progress is only final
+    /// then).
+    pub fn save(&self) -> Option<TransportSnapshot> {
+        let progress = self.paused.as_ref()?;
+        let queues = self
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let saved = QueueSnapshot::of(q);
+                match progress.iter().find(|(k, _)| *k == i) {
+                    Some((_, p)) => QueueSnapshot {
+                        next_avail: p.next_avail,
+                        next_used: p.next_used,
+                        event_idx_enabled: p.event_idx_enabled,
+                        ..saved
+                    },
+                    None => saved,
+                }
+            })
+            .collect();
+        Some(TransportSnapshot {
+            device_type: self.device.device_type(),
+            device: self.device.name().to_string(),
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+            activated: self.activated,
+            queues,
+            device_state: self.device.save(),
+        })
+    }
+
+    /// Puts a fresh transport (nothing activated yet) in the state `s` saved, and starts
+    /// the device on the restored queues when it was active. Every value is checked:
+    /// the device kind and queue count against this VM's, the queues by virtio-queue
+    /// and against guest memory.
+    pub fn restore(&mut self, s: &TransportSnapshot) -> Result<(), DeviceStateError> {
+        let name = self.device.name();
+        if s.device_type != self.device.device_type() {
+            return Err(DeviceStateError::BadState {
+                device: name,
+                why: format!(
+                    "the snapshot has a {} device (type {}) here",
+                    s.device, s.device_type
+                ),
+            });
+        }
+        if s.queues.len() != self.queues.len() {
+            return Err(DeviceStateError::QueueCount {
+                device: name,
+                saved: s.queues.len(),
+                have: self.queues.len(),
+            });
+        }
+        let queues = s
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                if q.max_size != self.queues[i].max_size() {
+                    return Err(DeviceStateError::BadState {
+                        device: name,
+                        why: format!(
+                            "queue {i} has max size {}, this device's is {}",
+                            q.max_size,
+                            self.queues[i].max_size()
+                        ),
+                    });
+                }
+                q.to_queue(name, i)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(i) = queues
+            .iter()
+            .position(|q| q.ready() && !q.is_valid(&self.mem))
+        {
+            return Err(DeviceStateError::BadState {
+                device: name,
+                why: format!("queue {i} lies outside guest memory"),
+            });
+        }
+        self.queues = queues;
+        self.status = s.status;
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.driver_features = s.driver_features;
+        self.queue_sel = s.queue_sel;
+        self.config_generation = s.config_generation;
+        if s.activated {
+            let ctx = self
+                .context()
+                .map_err(|why| DeviceStateError::BadState { device: name, why })?;
+            self.device
+                .restore(&s.device_state, ctx)
+                .map_err(|e| DeviceStateError::BadState {
+                    device: name,
+                    why: format!("cannot start it again: {e}"),
+                })?;
+            self.activated = true;
+        }
+        self.interrupt.restore(s.interrupt_status);
+        Ok(())
     }
 
     /// The device's metrics.
@@ -228,40 +381,13 @@ impl MmioTransport {
             self.status |= STATUS_NEEDS_RESET;
             return;
         }
-        // The device gets its own copies of the queues (the transport keeps answering
-        // register reads from these).
-        let queues = match self
-            .queues
-            .iter()
-            .map(|q| Queue::try_from(q.state()))
-            .collect::<Result<Vec<_>, _>>()
-        {
-            Ok(q) => q,
-            Err(e) => {
-                tracing::warn!(device = self.device.name(), error = %e, "invalid queue state");
+        let ctx = match self.context() {
+            Ok(c) => c,
+            Err(why) => {
+                tracing::warn!(device = self.device.name(), why, "cannot activate");
                 self.status |= STATUS_NEEDS_RESET;
                 return;
             }
-        };
-        let queue_evts = match self
-            .queue_evts
-            .iter()
-            .map(|e| e.try_clone())
-            .collect::<Result<Vec<_>, _>>()
-        {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(device = self.device.name(), error = %e, "cannot clone eventfds");
-                self.status |= STATUS_NEEDS_RESET;
-                return;
-            }
-        };
-        let ctx = ActivateContext {
-            mem: self.mem.clone(),
-            queues,
-            queue_evts,
-            interrupt: self.interrupt.clone(),
-            acked_features: self.driver_features,
         };
         match self.device.activate(ctx) {
             Ok(()) => {
@@ -273,6 +399,31 @@ impl MmioTransport {
                 self.status |= STATUS_NEEDS_RESET;
             }
         }
+    }
+
+    /// What the device gets to serve its queues: its own copies of them (the transport
+    /// keeps answering register reads from these), the notification eventfds, the
+    /// interrupt and the accepted features.
+    fn context(&self) -> Result<ActivateContext, String> {
+        let queues = self
+            .queues
+            .iter()
+            .map(|q| Queue::try_from(q.state()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("invalid queue state: {e}"))?;
+        let queue_evts = self
+            .queue_evts
+            .iter()
+            .map(|e| e.try_clone())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("cannot clone eventfds: {e}"))?;
+        Ok(ActivateContext {
+            mem: self.mem.clone(),
+            queues,
+            queue_evts,
+            interrupt: self.interrupt.clone(),
+            acked_features: self.driver_features,
+        })
     }
 
     fn read_u32(&mut self, offset: u64) -> u32 {
@@ -409,6 +560,9 @@ mod tests {
         activations: Arc<AtomicUsize>,
         resets: Arc<AtomicUsize>,
         last_features: Arc<Mutex<u64>>,
+        /// next_avail of queue 0 as the device last got it.
+        last_next_avail: Arc<Mutex<u16>>,
+        restored_state: Arc<Mutex<serde_json::Value>>,
     }
 
     struct Dummy(Probe);
@@ -431,8 +585,29 @@ mod tests {
         }
         fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
             *self.0.last_features.lock().unwrap() = ctx.acked_features;
+            *self.0.last_next_avail.lock().unwrap() = ctx.queues[0].next_avail();
             self.0.activations.fetch_add(1, Ordering::SeqCst);
             Ok(())
+        }
+        fn pause(&mut self) -> Result<Vec<(usize, QueueSnapshot)>, DeviceStateError> {
+            // As if the worker had served 5 chains on queue 0.
+            let q = QueueSnapshot {
+                next_avail: 5,
+                next_used: 5,
+                ..Default::default()
+            };
+            Ok(vec![(0, q)])
+        }
+        fn save(&self) -> serde_json::Value {
+            serde_json::json!({"dummy": 1})
+        }
+        fn restore(
+            &mut self,
+            state: &serde_json::Value,
+            ctx: ActivateContext,
+        ) -> Result<(), ActivateError> {
+            *self.0.restored_state.lock().unwrap() = state.clone();
+            self.activate(ctx)
         }
         fn reset(&mut self) {
             self.0.resets.fetch_add(1, Ordering::SeqCst);
@@ -515,6 +690,107 @@ mod tests {
         assert_eq!(p.resets.load(Ordering::SeqCst), 1);
         assert_eq!(r(&mut t, REG_STATUS), 0);
         assert!(!t.queues[0].ready());
+    }
+
+    fn activated() -> (MmioTransport, Probe) {
+        let (mut t, p) = transport();
+        let s = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
+        w(&mut t, REG_STATUS, s);
+        w(&mut t, REG_DRIVER_FEATURES_SEL, 1);
+        w(&mut t, REG_DRIVER_FEATURES, 1);
+        w(&mut t, REG_STATUS, s | STATUS_FEATURES_OK);
+        setup_queue(&mut t, 0, 0x1000);
+        setup_queue(&mut t, 1, 0x2000);
+        w(
+            &mut t,
+            REG_STATUS,
+            s | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+        );
+        (t, p)
+    }
+
+    #[test]
+    fn pause_save_restore_round_trips() {
+        let (mut t, _) = activated();
+        assert!(t.save().is_none(), "saved only while paused");
+        t.pause().unwrap();
+        let snap = t.save().unwrap();
+        assert!(snap.activated);
+        assert_eq!(snap.queues[0].next_avail, 5);
+        assert_eq!(snap.queues[0].desc_table, 0x1000);
+        assert_eq!(snap.queues[1].next_avail, 0);
+        assert_eq!(snap.device_state, serde_json::json!({"dummy": 1}));
+        let json = serde_json::to_string(&snap).unwrap();
+        let back: TransportSnapshot = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, snap);
+
+        let (mut t2, p2) = transport();
+        t2.restore(&back).unwrap();
+        assert_eq!(p2.activations.load(Ordering::SeqCst), 1);
+        assert_eq!(*p2.last_next_avail.lock().unwrap(), 5);
+        assert_eq!(
+            *p2.restored_state.lock().unwrap(),
+            serde_json::json!({"dummy": 1})
+        );
+        assert_eq!(r(&mut t2, REG_STATUS), snap.status);
+        t2.pause().unwrap();
+        assert_eq!(t2.save().unwrap(), snap);
+        t.resume().unwrap();
+    }
+
+    #[test]
+    fn bad_saved_transport_is_refused() {
+        let (mut t, _) = activated();
+        t.pause().unwrap();
+        let snap = t.save().unwrap();
+        let cases: Vec<(TransportSnapshot, &str)> = vec![
+            (
+                TransportSnapshot {
+                    device_type: 2,
+                    ..snap.clone()
+                },
+                "type 2",
+            ),
+            (
+                TransportSnapshot {
+                    queues: vec![snap.queues[0]],
+                    ..snap.clone()
+                },
+                "1 queues",
+            ),
+            (
+                TransportSnapshot {
+                    queues: vec![
+                        QueueSnapshot {
+                            desc_table: 0x7fff_0000,
+                            ..snap.queues[0]
+                        },
+                        snap.queues[1],
+                    ],
+                    ..snap.clone()
+                },
+                "outside guest memory",
+            ),
+            (
+                TransportSnapshot {
+                    queues: vec![
+                        QueueSnapshot {
+                            max_size: 1024,
+                            ..snap.queues[0]
+                        },
+                        snap.queues[1],
+                    ],
+                    ..snap.clone()
+                },
+                "max size",
+            ),
+        ];
+        for (bad, want) in cases {
+            let (mut t2, p2) = transport();
+            let e = t2.restore(&bad).unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+            assert_eq!(p2.activations.load(Ordering::SeqCst), 0);
+        }
     }
 
     #[test]

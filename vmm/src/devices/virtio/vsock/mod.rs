@@ -1,7 +1,9 @@
 //! virtio-vsock (virtio 1.2, 5.10), "hybrid": the guest's AF_VSOCK streams meet host
 //! AF_UNIX sockets, as in Firecracker (see [`muxer`] for the two directions).
 //!
-//! Three queues: RX (device → guest), TX (guest → device), event (unused). Both packet
+//! Three queues: RX (device → guest), TX (guest → device), event (only a transport reset,
+//! sent when the device serves again after a snapshot's pause, or in a restored VM:
+//! connections are not saved, and the guest drops its own). Both packet
 //! layouts are accepted: header and data in one descriptor (Linux ≥ 6.2) or split
 //! (virtio-vsock's `VsockPacket` parses either).
 
@@ -14,7 +16,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::worker::Worker;
+use super::state::{DeviceStateError, QueueSnapshot};
+use super::worker::WorkerSlot;
 use super::{
     ActivateContext, ActivateError, Counter, TYPE_VSOCK, VIRTIO_F_VERSION_1, VirtioDevice,
     read_config_bytes,
@@ -64,7 +67,7 @@ pub struct Vsock {
     metrics: Arc<Metrics>,
     /// Most connections at once, within this process's file limit.
     max_conns: usize,
-    worker: Option<Worker>,
+    worker: WorkerSlot<Muxer>,
 }
 
 impl Vsock {
@@ -89,14 +92,14 @@ impl Vsock {
             listener,
             metrics: Arc::default(),
             max_conns: host::connection_limit(muxer::MAX_CONNS),
-            worker: None,
+            worker: WorkerSlot::new("virtio-vsock"),
         })
     }
 }
 
 impl Drop for Vsock {
     fn drop(&mut self) {
-        self.worker = None;
+        self.worker.stop();
         let _ = std::fs::remove_file(&self.uds);
     }
 }
@@ -120,9 +123,51 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        let m = self.muxer(ctx)?;
+        self.worker.start(m).map_err(ActivateError::Worker)
+    }
+
+    fn reset(&mut self) {
+        // Dropping the muxer closes every connection.
+        self.worker.stop();
+    }
+
+    fn metrics(&self) -> serde_json::Value {
+        serde_json::to_value(&*self.metrics).unwrap_or_default()
+    }
+
+    fn pause(&mut self) -> Result<Vec<(usize, QueueSnapshot)>, DeviceStateError> {
+        let m = self.worker.pause(self.name())?;
+        m.forget_connections();
+        Ok(m.queues()
+            .into_iter()
+            .map(|(i, q)| (i, QueueSnapshot::of(q)))
+            .collect())
+    }
+
+    fn resume(&mut self) -> Result<(), ActivateError> {
+        if let Some(m) = self.worker.paused() {
+            m.send_transport_reset();
+        }
+        self.worker.resume().map_err(ActivateError::Worker)
+    }
+
+    fn restore(
+        &mut self,
+        _state: &serde_json::Value,
+        ctx: ActivateContext,
+    ) -> Result<(), ActivateError> {
+        let mut m = self.muxer(ctx)?;
+        m.send_transport_reset();
+        self.worker.start(m).map_err(ActivateError::Worker)
+    }
+}
+
+impl Vsock {
+    fn muxer(&mut self, ctx: ActivateContext) -> Result<Muxer, ActivateError> {
         let got = ctx.queues.len();
         let mut queues = ctx.queues.into_iter();
-        let (Some(rxq), Some(txq), Some(_evq)) = (queues.next(), queues.next(), queues.next())
+        let (Some(rxq), Some(txq), Some(evq)) = (queues.next(), queues.next(), queues.next())
         else {
             return Err(ActivateError::QueueCount { need: 3, got });
         };
@@ -133,7 +178,7 @@ impl VirtioDevice for Vsock {
             });
         }
         let listener = self.listener.try_clone().map_err(ActivateError::Worker)?;
-        let m = Muxer::new(
+        let mut m = Muxer::new(
             ctx.mem,
             rxq,
             txq,
@@ -145,16 +190,7 @@ impl VirtioDevice for Vsock {
             self.metrics.clone(),
             self.max_conns,
         );
-        self.worker = Some(Worker::spawn("virtio-vsock", m).map_err(ActivateError::Worker)?);
-        Ok(())
-    }
-
-    fn reset(&mut self) {
-        // Dropping the muxer closes every connection.
-        self.worker = None;
-    }
-
-    fn metrics(&self) -> serde_json::Value {
-        serde_json::to_value(&*self.metrics).unwrap_or_default()
+        m.evq = Some(evq);
+        Ok(m)
     }
 }

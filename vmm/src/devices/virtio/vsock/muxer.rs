@@ -97,6 +97,9 @@ pub struct Muxer {
     pub(super) mem: GuestMemoryMmap,
     pub(super) rxq: Queue,
     pub(super) txq: Queue,
+    /// The event queue: only a transport reset is ever sent, after a snapshot's pause
+    /// or restore.
+    pub(super) evq: Option<Queue>,
     pub(super) evts: Vec<EventFd>,
     pub(super) interrupt: Arc<Interrupt>,
     pub(super) cid: u64,
@@ -148,6 +151,7 @@ impl Muxer {
             mem,
             rxq,
             txq,
+            evq: None,
             evts,
             interrupt,
             cid,
@@ -166,6 +170,62 @@ impl Muxer {
             next_token: FIRST_DYNAMIC_TOKEN,
             next_local_port: FIRST_LOCAL_PORT,
         }
+    }
+
+    /// Forgets every connection, host client still in its handshake, and reply owed;
+    /// their sockets close. For a pause before a snapshot: connections are not saved,
+    /// and the guest learns they are gone from [`send_transport_reset`](Muxer::send_transport_reset).
+    pub fn forget_connections(&mut self) {
+        let n = self.conns.len() + self.pending.len();
+        self.metrics.conns_closed.add(self.conns.len() as u64);
+        self.conns.clear();
+        self.tokens.clear();
+        self.pending.clear();
+        self.replies.clear();
+        self.rx_ready.clear();
+        self.accept_paused_until = None;
+        self.timer = None;
+        self.timer_armed = false;
+        tracing::debug!(connections = n, "vsock: connections forgotten");
+    }
+
+    /// Sends VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: the guest resets every connection it
+    /// has (its listening sockets stay). False when the driver gave no event buffer.
+    pub fn send_transport_reset(&mut self) -> bool {
+        const VIRTIO_VSOCK_EVENT_TRANSPORT_RESET: u32 = 0;
+        let Some(evq) = self.evq.as_mut() else {
+            return false;
+        };
+        let Some(chain) = evq.pop_descriptor_chain(&self.mem) else {
+            tracing::warn!("vsock: no event buffer for the transport reset");
+            return false;
+        };
+        let head = chain.head_index();
+        let mut written = 0u32;
+        if let Some(d) = chain.writable().next()
+            && d.len() >= 4
+            && self
+                .mem
+                .write_obj(VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.to_le(), d.addr())
+                .is_ok()
+        {
+            written = 4;
+        }
+        if let Err(e) = evq.add_used(&self.mem, head, written) {
+            tracing::warn!(error = %e, "vsock: cannot return the event buffer");
+            return false;
+        }
+        self.interrupt.signal_used_queue();
+        written == 4
+    }
+
+    /// The queues with their index in the device (for a snapshot).
+    pub fn queues(&self) -> Vec<(usize, &Queue)> {
+        let mut q = vec![(0, &self.rxq), (1, &self.txq)];
+        if let Some(evq) = &self.evq {
+            q.push((2, evq));
+        }
+        q
     }
 
     fn new_token(&mut self) -> u64 {
