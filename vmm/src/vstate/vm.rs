@@ -2,14 +2,16 @@
 //! irqfds.
 
 use kvm_bindings::{
-    CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config,
-    kvm_userspace_memory_region,
+    CpuId, KVM_CLOCK_HOST_TSC, KVM_CLOCK_TSC_STABLE, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_irqchip,
+    kvm_pit_config, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::boot::cpuid;
+use crate::vstate::state::{self, StateError, VmState};
 
 /// Where KVM puts the three pages of the TSS it needs on Intel (just below the BIOS).
 const TSS_ADDRESS: usize = 0xfffb_d000;
@@ -27,6 +29,8 @@ pub enum VmError {
     },
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
+    #[error("cannot list the MSRs to save")]
+    State(#[source] StateError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -114,5 +118,73 @@ impl Vm {
         vcpu.set_cpuid2(&c)
             .map_err(kvm_err("set the vCPU's CPUID"))?;
         Ok(vcpu)
+    }
+
+    /// The MSRs a vCPU snapshot saves on this host (see [`state::msrs_to_save`]): once per
+    /// VMM, handed to every `VcpuState::save`.
+    pub fn msrs_to_save() -> Result<Vec<u32>, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        state::msrs_to_save(&kvm).map_err(VmError::State)
+    }
+
+    /// Reads the irqchip (both PICs, the IOAPIC), the PIT and kvmclock. The vCPUs must not
+    /// be running.
+    pub fn save_state(&self) -> Result<VmState, VmError> {
+        let chip = |chip_id, what| {
+            let mut c = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            self.fd.get_irqchip(&mut c).map_err(kvm_err(what))?;
+            Ok::<_, VmError>(c)
+        };
+        let pic_master = chip(KVM_IRQCHIP_PIC_MASTER, "get the master PIC's state")?;
+        let pic_slave = chip(KVM_IRQCHIP_PIC_SLAVE, "get the slave PIC's state")?;
+        let ioapic = chip(KVM_IRQCHIP_IOAPIC, "get the IOAPIC's state")?;
+        let pit = self.fd.get_pit2().map_err(kvm_err("get the PIT's state"))?;
+        let clock = self
+            .fd
+            .get_clock()
+            .map_err(kvm_err("get the VM's clock (kvmclock)"))?;
+        tracing::debug!(
+            clock_ns = clock.clock,
+            clock_flags = clock.flags,
+            "VM state saved"
+        );
+        Ok(VmState {
+            pic_master,
+            pic_slave,
+            ioapic,
+            pit,
+            clock,
+        })
+    }
+
+    /// Writes `s` into this VM (its irqchip and PIT exist since `Vm::new`): before the
+    /// vCPUs' states, and before any vCPU runs.
+    pub fn restore_state(&self, s: &VmState) -> Result<(), VmError> {
+        self.fd
+            .set_pit2(&s.pit)
+            .map_err(kvm_err("set the PIT's state"))?;
+        let mut clock = s.clock;
+        // KVM_GET_CLOCK reports TSC_STABLE and HOST_TSC about the host, and KVM_SET_CLOCK
+        // refuses TSC_STABLE (and, before Linux 5.16, any flag). REALTIME stays: with it
+        // KVM moves the clock on by the wall-clock time that passed since the save, so
+        // the guest's time does not stand still across a snapshot.
+        clock.flags &= !(KVM_CLOCK_TSC_STABLE | KVM_CLOCK_HOST_TSC);
+        self.fd
+            .set_clock(&clock)
+            .map_err(kvm_err("set the VM's clock (kvmclock)"))?;
+        self.fd
+            .set_irqchip(&s.pic_master)
+            .map_err(kvm_err("set the master PIC's state"))?;
+        self.fd
+            .set_irqchip(&s.pic_slave)
+            .map_err(kvm_err("set the slave PIC's state"))?;
+        self.fd
+            .set_irqchip(&s.ioapic)
+            .map_err(kvm_err("set the IOAPIC's state"))?;
+        tracing::debug!(clock_ns = clock.clock, "VM state restored");
+        Ok(())
     }
 }
