@@ -10,7 +10,8 @@
 //! - [`host`]: what this host offers (`husk-vmm check`);
 //! - [`report`]: the exit report (exit reason, memory overhead);
 //! - [`exit_status`]: husk-vmm's exit codes, shared with the runtime;
-//! - [`seccomp`]: the system call filter the VMM runs under.
+//! - [`seccomp`]: the system call filter the VMM runs under;
+//! - [`snapshot`]: VM snapshots (pause and save, restore; docs/snapshots.md).
 
 pub mod api;
 pub mod boot;
@@ -23,4 +24,5 @@ pub mod memory;
 pub mod report;
 pub mod seccomp;
 pub mod signals;
+pub mod snapshot;
 pub mod vstate;

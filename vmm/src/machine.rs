@@ -5,7 +5,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::VcpuFd;
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::api::server::{ApiSocket, Handles};
 use crate::boot::acpi::MmioDeviceInfo;
@@ -73,6 +73,12 @@ pub enum MachineError {
     Signals(#[source] std::io::Error),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error("cannot restore the snapshot in {dir}")]
+    Restore {
+        dir: std::path::PathBuf,
+        #[source]
+        source: crate::snapshot::SnapshotError,
+    },
 }
 
 /// How [`Machine::run_with`] runs.
@@ -110,6 +116,8 @@ impl MachineError {
                 | MachineError::Fs(_)
                 | MachineError::ApiSocket(_)
                 | MachineError::TooManyDevices
+                // A snapshot that is damaged, foreign or does not fit the configuration.
+                | MachineError::Restore { .. }
                 | MachineError::Kernel(
                     kernel::KernelError::NotAKernel { .. }
                         | kernel::KernelError::Open { .. }
@@ -123,7 +131,7 @@ impl MachineError {
 /// A built VM, ready to run.
 pub struct Machine {
     mem: GuestMemoryMmap,
-    vm: Vm,
+    vm: Arc<Vm>,
     pio: Bus,
     mmio: Bus,
     serial: Arc<Mutex<SerialDevice>>,
@@ -150,7 +158,16 @@ impl Machine {
         serial_out: SerialOut,
     ) -> Result<Machine, MachineError> {
         let mem = create_guest_memory(memory_mib, shared_memory)?;
-        let vm = Vm::new(&mem)?;
+        Machine::with_memory(mem, vcpus, serial_out)
+    }
+
+    /// As [`bare`](Machine::bare), on guest memory made by the caller.
+    fn with_memory(
+        mem: GuestMemoryMmap,
+        vcpus: u8,
+        serial_out: SerialOut,
+    ) -> Result<Machine, MachineError> {
+        let vm = Arc::new(Vm::new(&mem)?);
         let serial = Arc::new(Mutex::new(SerialDevice::new(
             vm.irqfd(SERIAL_IRQ)?,
             serial_out,
@@ -213,6 +230,113 @@ impl Machine {
         let vcpus = u8::try_from(config.vcpus).unwrap_or(u8::MAX);
         let out = SerialOut::open(&config.serial.0)?;
         let mut m = Machine::bare(config.memory_mib, config.shared_memory(), vcpus, out)?;
+        m.add_devices(config)?;
+        let infos: Vec<MmioDeviceInfo> = m.virtio.iter().map(|(i, _)| *i).collect();
+        let mut cmdline = config.cmdline.clone();
+        if config.virtio_mmio_cmdline {
+            for d in &infos {
+                cmdline += &format!(
+                    " virtio_mmio.device={}K@{:#x}:{}",
+                    d.size / 1024,
+                    d.base,
+                    d.irq
+                );
+            }
+        }
+        let loaded = kernel::load(
+            &m.mem,
+            &config.kernel,
+            config.initramfs.as_deref(),
+            &cmdline,
+        )?;
+        acpi::write(&m.mem, vcpus, &infos)?;
+        for vcpu in &m.vcpus {
+            regs::setup_vcpu(vcpu, &m.mem, loaded.entry.0)?;
+        }
+        Ok(m)
+    }
+
+    /// Restores the VM saved in the snapshot folder `dir`, with the devices `config`
+    /// describes: its host-side paths (disks, sockets, taps, console) are this VM's
+    /// own; its shape (vCPUs, memory, devices in order) must be the snapshot's. No
+    /// kernel is loaded: memory, vCPUs, irqchip and devices continue where they were.
+    pub fn restore(
+        config: &VmConfig,
+        dir: &std::path::Path,
+        mode: crate::snapshot::memory::MemoryMode,
+    ) -> Result<Machine, MachineError> {
+        use crate::snapshot::{self, SnapshotError};
+        let err = |source: SnapshotError| MachineError::Restore {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        config.validate(Vm::host_max_vcpus()?)?;
+        let state = snapshot::read_state(dir).map_err(err)?;
+        let vcpus = u8::try_from(config.vcpus).unwrap_or(u8::MAX);
+        let memory_bytes = config.memory_mib.saturating_mul(1 << 20);
+        if vcpus != state.shape.vcpus || memory_bytes != state.shape.memory_bytes {
+            return Err(err(SnapshotError::Mismatch(format!(
+                "the configuration has {vcpus} vCPUs and {} MiB; the snapshot {} vCPUs and {} MiB",
+                config.memory_mib,
+                state.shape.vcpus,
+                state.shape.memory_bytes >> 20
+            ))));
+        }
+        if config.shared_memory() {
+            return Err(err(SnapshotError::Mismatch(
+                "virtio-fs devices cannot be restored (they need shared guest memory)".into(),
+            )));
+        }
+        let mem = snapshot::memory::restore(&dir.join(snapshot::MEMORY_FILE), memory_bytes, mode)
+            .map_err(|e| err(e.into()))?;
+        let out = SerialOut::open(&config.serial.0)?;
+        let mut m = Machine::with_memory(mem, vcpus, out)?;
+        snapshot::check_host(&state, dir, &m.vm.cpuid_fingerprint()).map_err(err)?;
+        m.add_devices(config)?;
+        let shape = m.shape();
+        if shape.devices != state.shape.devices {
+            return Err(err(SnapshotError::Mismatch(format!(
+                "the configuration's devices are [{}]; the snapshot's [{}]",
+                shape.devices.join(", "),
+                state.shape.devices.join(", ")
+            ))));
+        }
+        m.vm.restore_state(&state.vm).map_err(|e| err(e.into()))?;
+        for (vcpu, s) in m.vcpus.iter().zip(&state.vcpus) {
+            s.restore(vcpu).map_err(|e| err(e.into()))?;
+        }
+        for ((_, t), s) in m.virtio.iter().zip(&state.devices) {
+            t.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .restore(s)
+                .map_err(|e| err(e.into()))?;
+        }
+        tracing::info!(dir = %dir.display(), ?mode, "VM restored from a snapshot");
+        Ok(m)
+    }
+
+    /// vCPUs, memory and devices in bus order: what a snapshot of this VM fits.
+    pub fn shape(&self) -> crate::snapshot::Shape {
+        crate::snapshot::Shape {
+            vcpus: u8::try_from(self.vcpus.len()).unwrap_or(u8::MAX),
+            memory_bytes: self.mem.iter().map(|r| r.len()).sum(),
+            devices: self
+                .virtio
+                .iter()
+                .map(|(_, t)| {
+                    t.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .device_name()
+                        .to_string()
+                })
+                .collect(),
+        }
+    }
+
+    /// Everything `config` lists on the MMIO bus, in a fixed order (disks, rng,
+    /// balloon, nets, vsock, file systems).
+    fn add_devices(&mut self, config: &VmConfig) -> Result<(), MachineError> {
+        let m = self;
         for (i, b) in config.block.iter().enumerate() {
             m.add_virtio(Box::new(Block::open(&b.path, b.read_only, i)?))?;
         }
@@ -240,29 +364,7 @@ impl Machine {
         for (i, f) in config.fs.iter().enumerate() {
             m.add_virtio(Box::new(Fs::connect(&f.tag, &f.socket, i)?))?;
         }
-        let infos: Vec<MmioDeviceInfo> = m.virtio.iter().map(|(i, _)| *i).collect();
-        let mut cmdline = config.cmdline.clone();
-        if config.virtio_mmio_cmdline {
-            for d in &infos {
-                cmdline += &format!(
-                    " virtio_mmio.device={}K@{:#x}:{}",
-                    d.size / 1024,
-                    d.base,
-                    d.irq
-                );
-            }
-        }
-        let loaded = kernel::load(
-            &m.mem,
-            &config.kernel,
-            config.initramfs.as_deref(),
-            &cmdline,
-        )?;
-        acpi::write(&m.mem, vcpus, &infos)?;
-        for vcpu in &m.vcpus {
-            regs::setup_vcpu(vcpu, &m.mem, loaded.entry.0)?;
-        }
-        Ok(m)
+        Ok(())
     }
 
     /// Guest memory (tests write tiny guests into it).
@@ -299,10 +401,13 @@ impl Machine {
             // the signal thread receives them.
             crate::signals::stop_on_signals(tx.clone()).map_err(MachineError::Signals)?;
         }
+        // Asked of /dev/kvm before the seccomp filter allows no such request.
+        let msrs = Vm::msrs_to_save()?;
         if opts.seccomp {
             crate::seccomp::install()?;
         }
         let mut m = self;
+        let shape = m.shape();
         let buses = Buses {
             pio: Arc::new(std::mem::take(&mut m.pio)),
             mmio: Arc::new(std::mem::take(&mut m.mmio)),
@@ -316,8 +421,17 @@ impl Machine {
             // Weak: the API thread outlives the VM, and devices must still be dropped
             // (closing their sockets) when it stops.
             let transports: Vec<_> = m.virtio.iter().map(|(_, t)| Arc::downgrade(t)).collect();
+            let snapshotter = crate::snapshot::take::Snapshotter {
+                vm: m.vm.clone(),
+                vcpus: set.clone(),
+                transports: transports.clone(),
+                mem: m.mem.clone(),
+                shape,
+                msrs,
+            };
             let handles = Handles {
                 vcpus: set.clone(),
+                snapshotter,
                 exits: tx.clone(),
                 metrics: Box::new(move || {
                     let live: Vec<_> = transports.iter().filter_map(|w| w.upgrade()).collect();

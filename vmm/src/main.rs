@@ -15,6 +15,7 @@ use husk_vmm::exit_status::VmmExit;
 use husk_vmm::host::HostReport;
 use husk_vmm::machine::{Machine, MachineError, RunOptions};
 use husk_vmm::report::Report;
+use husk_vmm::snapshot::memory::MemoryMode;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -41,6 +42,16 @@ struct Cli {
     /// guest RSS and the VMM's own overhead, device counters.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
+    /// Restore the VM saved in this snapshot folder (the API's `snapshot`) instead of
+    /// booting: --config gives this VM's host-side paths (disks, sockets, console) and
+    /// must have the snapshot's shape (vCPUs, memory, devices). See docs/snapshots.md.
+    #[arg(long, value_name = "DIR")]
+    restore: Option<PathBuf>,
+    /// How a restore gets guest memory: `map` (copy-on-write from the snapshot's memory
+    /// file, shared with other VMs restored from it) or `copy` (read into private
+    /// memory first).
+    #[arg(long, value_name = "MODE", default_value = "map", requires = "restore")]
+    restore_memory: husk_vmm::snapshot::memory::MemoryMode,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -80,11 +91,13 @@ fn main() -> ExitCode {
     let Some(path) = cli.config else {
         return ExitCode::from(VmmExit::BadConfig.code());
     };
+    let restore = cli.restore.as_deref().map(|d| (d, cli.restore_memory));
     let status = match run(
         &path,
         cli.api_sock.as_deref(),
         cli.report.as_deref(),
         !cli.no_seccomp,
+        restore,
     ) {
         Ok(reason) => {
             match &reason {
@@ -113,11 +126,22 @@ fn run(
     api_sock: Option<&Path>,
     report: Option<&Path>,
     seccomp: bool,
+    restore: Option<(&Path, MemoryMode)>,
 ) -> Result<ExitReason, MachineError> {
     let started = std::time::Instant::now();
     let config = VmConfig::from_file(path)?;
     let api = api_sock.map(ApiSocket::bind).transpose()?;
-    let machine = Machine::from_config(&config)?;
+    let machine = match restore {
+        Some((dir, mode)) => {
+            let m = Machine::restore(&config, dir, mode)?;
+            tracing::info!(
+                restore_ms = started.elapsed().as_millis() as u64,
+                "restored"
+            );
+            m
+        }
+        None => Machine::from_config(&config)?,
+    };
     let opts = RunOptions {
         api: api.as_ref(),
         handle_signals: true,
@@ -181,5 +205,24 @@ mod tests {
         assert!(Cli::try_parse_from(["husk-vmm"]).is_err());
         assert!(Cli::try_parse_from(["husk-vmm", "check"]).is_ok());
         assert!(Cli::try_parse_from(["husk-vmm", "--config", "vm.json"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["husk-vmm", "--config", "vm.json", "--restore", "/s"]).is_ok()
+        );
+        assert!(
+            Cli::try_parse_from(["husk-vmm", "--config", "c", "--restore-memory", "copy"]).is_err(),
+            "--restore-memory needs --restore"
+        );
+        assert!(
+            Cli::try_parse_from([
+                "husk-vmm",
+                "--config",
+                "c",
+                "--restore",
+                "/s",
+                "--restore-memory",
+                "x"
+            ])
+            .is_err()
+        );
     }
 }

@@ -123,7 +123,14 @@ const ALLOWED: &[i64] = &[
 fn filter() -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|nr| (*nr, Vec::new())).collect();
-    let ioctl_rules = [KVM_RUN, FIONBIO, TCGETS, TIOCGWINSZ, TUNSETOFFLOAD]
+    // A snapshot reads (and a resume writes back nothing but) vCPU and VM state on
+    // running threads: those KVM requests too.
+    let mut requests = vec![KVM_RUN, FIONBIO, TCGETS, TIOCGWINSZ, TUNSETOFFLOAD];
+    requests.extend(crate::vstate::state::vcpu_ioctls());
+    requests.extend(crate::vstate::state::vm_ioctls());
+    requests.sort_unstable();
+    requests.dedup();
+    let ioctl_rules = requests
         .iter()
         .map(|req| {
             let c = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, *req)

@@ -1,7 +1,8 @@
 //! The control API: a unix socket (`--api-sock PATH`) speaking one JSON object per line.
 //!
 //! Requests: `{"op": "pause"}`, `{"op": "resume"}`, `{"op": "shutdown"}`,
-//! `{"op": "metrics"}`, `{"op": "status"}`. Responses: `{"ok": true, ...}` or
+//! `{"op": "metrics"}`, `{"op": "status"}`, `{"op": "snapshot", "dir": "/path"}` (pause
+//! and save the VM into an existing empty folder; docs/snapshots.md). Responses: `{"ok": true, ...}` or
 //! `{"ok": false, "error": "..."}`. `shutdown` stops the VM from the host side (the VMM
 //! then exits with status 4); a clean guest shutdown is the agent's job. See
 //! docs/vmm-config.md.
@@ -31,17 +32,32 @@ pub enum Request {
     Metrics,
     /// Whether the VM runs or is paused.
     Status,
+    /// Pause the VM and save it into `dir`; it stays paused (`resume` runs it on).
+    Snapshot,
 }
 
-/// A request line: `{"op": ...}` and nothing else. (A struct, because serde does not
-/// refuse unknown fields beside the tag of an internally tagged enum's unit variants.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// A request line: `{"op": ...}`, with `dir` for `snapshot`, and nothing else. (A
+/// struct, because serde does not refuse unknown fields beside the tag of an
+/// internally tagged enum's unit variants.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
     pub op: Request,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<std::path::PathBuf>,
 }
 
-/// Parses one request line.
+/// Parses one request line; `dir` is given exactly for `snapshot`.
+pub fn parse_envelope(line: &[u8]) -> Result<Envelope, String> {
+    let e = serde_json::from_slice::<Envelope>(line).map_err(|e| e.to_string())?;
+    match (e.op, &e.dir) {
+        (Request::Snapshot, None) => Err("snapshot needs \"dir\": an existing empty folder".into()),
+        (Request::Snapshot, Some(_)) | (_, None) => Ok(e),
+        (_, Some(_)) => Err("only snapshot takes \"dir\"".into()),
+    }
+}
+
+/// Parses one request line without a folder.
 pub fn parse_request(line: &[u8]) -> Result<Request, serde_json::Error> {
     serde_json::from_slice::<Envelope>(line).map(|e| e.op)
 }
@@ -65,12 +81,26 @@ pub enum ApiError {
 
 /// Sends one request and returns the response object (`ok` was true).
 pub fn call(socket: &Path, req: Request) -> Result<serde_json::Value, ApiError> {
+    call_envelope(socket, &Envelope { op: req, dir: None })
+}
+
+/// Asks the VM to pause and save itself into `dir` (an existing empty folder).
+pub fn snapshot(socket: &Path, dir: &Path) -> Result<serde_json::Value, ApiError> {
+    call_envelope(
+        socket,
+        &Envelope {
+            op: Request::Snapshot,
+            dir: Some(dir.to_path_buf()),
+        },
+    )
+}
+
+fn call_envelope(socket: &Path, env: &Envelope) -> Result<serde_json::Value, ApiError> {
     let mut s = UnixStream::connect(socket).map_err(|source| ApiError::Connect {
         path: socket.display().to_string(),
         source,
     })?;
-    let mut line = serde_json::to_string(&Envelope { op: req })
-        .map_err(|e| ApiError::BadResponse(e.to_string()))?;
+    let mut line = serde_json::to_string(env).map_err(|e| ApiError::BadResponse(e.to_string()))?;
     line.push('\n');
     s.write_all(line.as_bytes())?;
     let mut resp = String::new();
@@ -103,8 +133,13 @@ mod tests {
         assert!(parse_request(b"{}").is_err());
         let line = serde_json::to_string(&Envelope {
             op: Request::Metrics,
+            dir: None,
         })
         .unwrap();
         assert_eq!(line, r#"{"op":"metrics"}"#);
+        let e = parse_envelope(br#"{"op": "snapshot", "dir": "/x"}"#).unwrap();
+        assert_eq!(e.dir.as_deref(), Some(Path::new("/x")));
+        assert!(parse_envelope(br#"{"op": "snapshot"}"#).is_err());
+        assert!(parse_envelope(br#"{"op": "pause", "dir": "/x"}"#).is_err());
     }
 }

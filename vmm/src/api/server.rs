@@ -10,7 +10,7 @@ use std::sync::mpsc::Sender;
 
 use serde_json::json;
 
-use super::{MAX_REQUEST_BYTES, Request, parse_request};
+use super::{Envelope, MAX_REQUEST_BYTES, Request, parse_envelope};
 use crate::devices::ExitReason;
 use crate::vstate::vcpu::VcpuSet;
 
@@ -32,6 +32,9 @@ pub enum ServerError {
 /// What requests act on, once the VM runs.
 pub struct Handles {
     pub vcpus: Arc<VcpuSet>,
+    /// Takes snapshots; pause and resume go through it too, so that devices pause and
+    /// resume with the vCPUs after a snapshot.
+    pub snapshotter: crate::snapshot::take::Snapshotter,
     pub exits: Sender<ExitReason>,
     pub metrics: Box<dyn Fn() -> serde_json::Value + Send>,
 }
@@ -115,8 +118,8 @@ fn serve_conn(s: UnixStream, h: &Handles) {
         let resp = if too_long {
             json!({"ok": false, "error": format!("request longer than {MAX_REQUEST_BYTES} bytes")})
         } else {
-            match parse_request(&line) {
-                Ok(req) => handle(req, h),
+            match parse_envelope(&line) {
+                Ok(env) => handle(env, h),
                 Err(e) => json!({"ok": false, "error": format!("bad request: {e}")}),
             }
         };
@@ -128,16 +131,37 @@ fn serve_conn(s: UnixStream, h: &Handles) {
     }
 }
 
-fn handle(req: Request, h: &Handles) -> serde_json::Value {
-    tracing::info!(?req, "api request");
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s += &format!(": {c}");
+        src = c.source();
+    }
+    s
+}
+
+fn handle(env: Envelope, h: &Handles) -> serde_json::Value {
+    let req = env.op;
+    tracing::info!(?req, dir = ?env.dir, "api request");
     match req {
         Request::Pause => match h.vcpus.pause() {
             Ok(()) => json!({"ok": true}),
             Err(e) => json!({"ok": false, "error": e.to_string()}),
         },
-        Request::Resume => {
-            h.vcpus.resume();
-            json!({"ok": true})
+        Request::Resume => match h.snapshotter.resume() {
+            Ok(()) => json!({"ok": true}),
+            Err(e) => json!({"ok": false, "error": e}),
+        },
+        Request::Snapshot => {
+            let Some(dir) = env.dir else {
+                return json!({"ok": false, "error": "snapshot needs \"dir\""});
+            };
+            match h.snapshotter.take(&dir) {
+                Ok(summary) => json!({"ok": true, "snapshot": summary}),
+                Err(e) => json!({"ok": false, "error": chain(&e)}),
+            }
         }
         Request::Shutdown => {
             let _ = h.exits.send(ExitReason::Stopped(

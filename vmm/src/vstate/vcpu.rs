@@ -1,6 +1,8 @@
 //! vCPU threads: each runs KVM_RUN in a loop, hands I/O exits to the buses, and reports
 //! why it stopped. Stopping and pausing raise a flag and kick every thread out of
-//! KVM_RUN with a signal (KVM_RUN returns EINTR) until each has seen it.
+//! KVM_RUN with a signal (KVM_RUN returns EINTR) until each has seen it. A paused thread
+//! saves its vCPU's state when asked (for a snapshot): a vCPU is only touched by the
+//! thread that owns it.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
@@ -14,6 +16,7 @@ use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::devices::ExitReason;
 use crate::devices::bus::Bus;
+use crate::vstate::state::{VcpuState, complete_pending_io};
 
 /// The signal that kicks a vCPU thread out of KVM_RUN.
 fn kick_signal() -> i32 {
@@ -26,24 +29,57 @@ extern "C" fn noop_handler(_: i32, _: *mut libc::siginfo_t, _: *mut libc::c_void
 #[derive(Debug, Default)]
 struct Control {
     stop: AtomicBool,
-    paused: Mutex<bool>,
+    paused: Mutex<Paused>,
+    /// Signalled on resume, stop, a save request and each save done.
     resumed: Condvar,
     parked: AtomicUsize,
 }
 
+#[derive(Debug, Default)]
+struct Paused {
+    on: bool,
+    /// A save was asked for: each parked thread fills its slot.
+    save: Option<SaveRequest>,
+}
+
+#[derive(Debug)]
+struct SaveRequest {
+    msrs: Arc<Vec<u32>>,
+    saved: Vec<Option<Result<VcpuState, String>>>,
+}
+
 impl Control {
-    /// Parks the calling vCPU thread while the VM is paused.
-    fn park_while_paused(&self) {
-        let mut paused = self.paused.lock().unwrap_or_else(|e| e.into_inner());
-        if !*paused {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Paused> {
+        self.paused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Parks the calling vCPU thread while the VM is paused, saving its state when asked.
+    fn park_while_paused(&self, index: usize, vcpu: &mut VcpuFd) {
+        let mut p = self.lock();
+        if !p.on {
             return;
         }
         self.parked.fetch_add(1, Ordering::SeqCst);
-        while *paused && !self.stop.load(Ordering::SeqCst) {
-            paused = self.resumed.wait(paused).unwrap_or_else(|e| e.into_inner());
+        while p.on && !self.stop.load(Ordering::SeqCst) {
+            if let Some(req) = p.save.as_mut()
+                && req.saved.get(index).is_some_and(Option::is_none)
+            {
+                let r = save_vcpu(vcpu, &req.msrs);
+                req.saved[index] = Some(r);
+                self.resumed.notify_all();
+                continue;
+            }
+            p = self.resumed.wait(p).unwrap_or_else(|e| e.into_inner());
         }
         self.parked.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// Finishes an exit KVM is still waiting on (an I/O read's result is applied on the
+/// next KVM_RUN), then reads the vCPU's state.
+fn save_vcpu(vcpu: &mut VcpuFd, msrs: &[u32]) -> Result<VcpuState, String> {
+    complete_pending_io(vcpu).map_err(|e| e.to_string())?;
+    VcpuState::save(vcpu, msrs).map_err(|e| e.to_string())
 }
 
 /// Running vCPU threads.
@@ -63,6 +99,12 @@ pub enum VcpuError {
     Spawn(#[source] std::io::Error),
     #[error("the vCPUs did not stop within {0:?}")]
     PauseTimeout(Duration),
+    #[error("the vCPUs must be paused to save their state")]
+    NotPaused,
+    #[error("the vCPU threads did not save their state within {0:?}")]
+    SaveTimeout(Duration),
+    #[error("cannot save vCPU {index}: {why}")]
+    Save { index: usize, why: String },
 }
 
 impl VcpuSet {
@@ -85,7 +127,7 @@ impl VcpuSet {
             let t = std::thread::Builder::new()
                 .name(format!("vcpu{i}"))
                 .spawn(move || {
-                    let reason = run_loop(vcpu, &buses, &ctl);
+                    let reason = run_loop(i, vcpu, &buses, &ctl);
                     if let Some(r) = reason {
                         tracing::debug!(vcpu = i, reason = ?r, "vcpu stopped");
                         let _ = exits.send(r);
@@ -110,7 +152,7 @@ impl VcpuSet {
 
     /// Pauses the guest: returns once every vCPU thread is parked outside KVM_RUN.
     pub fn pause(&self) -> Result<(), VcpuError> {
-        *self.ctl.paused.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.ctl.lock().on = true;
         let limit = Duration::from_secs(5);
         let start = Instant::now();
         // A thread may be between two KVM_RUNs when the signal lands: kick until parked.
@@ -126,12 +168,60 @@ impl VcpuSet {
 
     /// Lets paused vCPUs run again.
     pub fn resume(&self) {
-        *self.ctl.paused.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.ctl.lock().on = false;
         self.ctl.resumed.notify_all();
     }
 
     pub fn is_paused(&self) -> bool {
-        *self.ctl.paused.lock().unwrap_or_else(|e| e.into_inner())
+        self.ctl.lock().on
+    }
+
+    /// The state of every vCPU, in index order, saved by their threads; the VM must be
+    /// paused ([`pause`](VcpuSet::pause) returned). `msrs` are the MSRs to read.
+    pub fn save_states(&self, msrs: Vec<u32>) -> Result<Vec<VcpuState>, VcpuError> {
+        let limit = Duration::from_secs(10);
+        let start = Instant::now();
+        let mut p = self.ctl.lock();
+        if !p.on || self.ctl.parked.load(Ordering::SeqCst) < self.count {
+            return Err(VcpuError::NotPaused);
+        }
+        p.save = Some(SaveRequest {
+            msrs: Arc::new(msrs),
+            saved: (0..self.count).map(|_| None).collect(),
+        });
+        self.ctl.resumed.notify_all();
+        loop {
+            let done = p
+                .save
+                .as_ref()
+                .is_some_and(|r| r.saved.iter().all(Option::is_some));
+            if done {
+                break;
+            }
+            let left = limit.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                p.save = None;
+                return Err(VcpuError::SaveTimeout(limit));
+            }
+            p = self
+                .ctl
+                .resumed
+                .wait_timeout(p, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let req = p.save.take();
+        drop(p);
+        req.map(|r| r.saved)
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(index, s)| match s {
+                Some(Ok(s)) => Ok(s),
+                Some(Err(why)) => Err(VcpuError::Save { index, why }),
+                None => Err(VcpuError::SaveTimeout(limit)),
+            })
+            .collect()
     }
 
     /// Stops every vCPU thread and waits for them.
@@ -139,7 +229,7 @@ impl VcpuSet {
         self.ctl.stop.store(true, Ordering::SeqCst);
         {
             // Taking the lock orders this wake-up after any thread's check of `stop`.
-            let _guard = self.ctl.paused.lock().unwrap_or_else(|e| e.into_inner());
+            let _guard = self.ctl.lock();
             self.ctl.resumed.notify_all();
         }
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
@@ -161,9 +251,9 @@ pub struct Buses {
 }
 
 /// Runs one vCPU until the guest or the host stops it; `None` when told to stop.
-fn run_loop(mut vcpu: VcpuFd, buses: &Buses, ctl: &Control) -> Option<ExitReason> {
+fn run_loop(index: usize, mut vcpu: VcpuFd, buses: &Buses, ctl: &Control) -> Option<ExitReason> {
     loop {
-        ctl.park_while_paused();
+        ctl.park_while_paused(index, &mut vcpu);
         if ctl.stop.load(Ordering::SeqCst) {
             return None;
         }

@@ -83,6 +83,12 @@ impl Vm {
         })
     }
 
+    /// A fingerprint of the CPUID KVM offers here (snapshots restore only where it is
+    /// the same).
+    pub fn cpuid_fingerprint(&self) -> String {
+        crate::snapshot::cpuid_fingerprint(self.supported_cpuid.as_slice())
+    }
+
     /// KVM's vCPU limit on this host.
     pub fn host_max_vcpus() -> Result<usize, VmError> {
         Ok(Kvm::new().map_err(VmError::OpenKvm)?.get_max_vcpus())

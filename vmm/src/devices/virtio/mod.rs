@@ -162,7 +162,9 @@ pub trait VirtioDevice: Send {
     }
 
     /// The device's own state for a snapshot, beyond its transport and queues (most
-    /// devices have none).
+    /// devices have none). It includes what the driver reads from the configuration
+    /// space: when a restored device's differs, the transport raises a configuration
+    /// change.
     fn save(&self) -> serde_json::Value {
         serde_json::Value::Null
     }

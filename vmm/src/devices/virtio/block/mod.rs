@@ -139,6 +139,13 @@ impl VirtioDevice for Block {
         self.worker.resume().map_err(ActivateError::Worker)
     }
 
+    /// What the driver sees: a restored VM's disk may be another size (a clone's own
+    /// root filesystem in place of its template's placeholder), which the transport
+    /// then announces as a configuration change.
+    fn save(&self) -> serde_json::Value {
+        serde_json::json!({"capacity_bytes": self.capacity_bytes, "read_only": self.read_only})
+    }
+
     fn metrics(&self) -> serde_json::Value {
         serde_json::to_value(&*self.metrics).unwrap_or_default()
     }

@@ -293,6 +293,14 @@ impl MmioTransport {
             self.activated = true;
         }
         self.interrupt.restore(s.interrupt_status);
+        // This VM's device differs from the saved one in what the driver reads from
+        // its configuration space (a clone's own, larger disk): tell the driver.
+        let now = self.device.save();
+        if now != s.device_state {
+            tracing::info!(device = name, saved = %s.device_state, now = %now, "configuration changed");
+            self.config_generation = self.config_generation.wrapping_add(1);
+            self.interrupt.signal_config_change();
+        }
         Ok(())
     }
 
@@ -550,7 +558,7 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::{ActivateError, read_config_bytes};
+    use crate::devices::virtio::{ActivateError, INT_CONFIG, read_config_bytes};
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use vm_memory::{GuestAddress, GuestMemoryMmap};
@@ -736,6 +744,28 @@ mod tests {
         t2.pause().unwrap();
         assert_eq!(t2.save().unwrap(), snap);
         t.resume().unwrap();
+    }
+
+    #[test]
+    fn a_device_that_differs_from_the_saved_one_raises_a_config_change() {
+        let (mut t, _) = activated();
+        t.pause().unwrap();
+        let snap = t.save().unwrap();
+        let (mut same, _) = transport();
+        same.restore(&snap).unwrap();
+        assert_eq!(r(&mut same, REG_CONFIG_GENERATION), snap.config_generation);
+        assert_eq!(r(&mut same, REG_INTERRUPT_STATUS) & INT_CONFIG, 0);
+        let other = TransportSnapshot {
+            device_state: serde_json::json!({"dummy": 0}),
+            ..snap.clone()
+        };
+        let (mut t2, _) = transport();
+        t2.restore(&other).unwrap();
+        assert_eq!(
+            r(&mut t2, REG_CONFIG_GENERATION),
+            snap.config_generation + 1
+        );
+        assert_ne!(r(&mut t2, REG_INTERRUPT_STATUS) & INT_CONFIG, 0);
     }
 
     #[test]
