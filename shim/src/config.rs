@@ -161,6 +161,9 @@ pub struct VmDefaults {
     pub storage_size: String,
     /// Run husk-vmm in its jail (crate::jail); `husk run --no-jail` turns it off once.
     pub jail: bool,
+    /// Restore VMs from templates (crate::template; docs/snapshots.md) where their
+    /// shape allows; `husk run --no-template` boots once.
+    pub templates: bool,
 }
 
 impl Default for Config {
@@ -187,6 +190,7 @@ impl Default for VmDefaults {
             kernel: None,
             storage_size: "10g".into(),
             jail: true,
+            templates: true,
         }
     }
 }

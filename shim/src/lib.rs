@@ -52,5 +52,6 @@ pub mod share;
 pub mod shimv2;
 pub mod spawner;
 pub mod stdio;
+pub mod template;
 pub mod tty;
 pub mod volumes;

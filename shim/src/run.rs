@@ -60,6 +60,8 @@ pub struct RunOptions {
     pub publish: Vec<crate::network::ports::PortMapping>,
     /// Run husk-vmm without its jail (`--no-jail`; crate::jail).
     pub no_jail: bool,
+    /// Boot the VM even where a template would do (`--no-template`).
+    pub no_template: bool,
     /// `--dns`, `--dns-search`, `--dns-option`.
     pub dns: crate::network::files::DnsSettings,
     /// `--hostname` (default: the container's name).
@@ -162,13 +164,28 @@ pub struct Timings {
     pub tap: Duration,
     pub guest_net: Duration,
     pub cni_del: Duration,
+    /// Building the VM template (first use of a VM shape).
+    pub template_build: Duration,
+    /// The VM was restored from a template.
+    pub restored: bool,
 }
 
 impl Timings {
     pub fn line(&self) -> String {
         let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+        let (vm, ready) = if self.restored {
+            (
+                format!(
+                    "VM restored from a template (template build {})",
+                    s(self.template_build)
+                ),
+                "restore + agent ready",
+            )
+        } else {
+            ("VM booted".to_string(), "kernel boot + agent ready")
+        };
         format!(
-            "image {}, scratch disk {}, VM start {}, kernel boot + agent ready {} (guest uptime {}), container start {}, run {}, stop {}, CNI ADD {}, tap {}, guest network {}, CNI DEL {}",
+            "image {}, scratch disk {}, {vm}, VM start {}, {ready} {} (guest uptime {}), container start {}, run {}, stop {}, CNI ADD {}, tap {}, guest network {}, CNI DEL {}",
             s(self.image),
             s(self.scratch),
             s(self.vm_start),
@@ -515,9 +532,27 @@ async fn boot_and_run(
         }),
         ..SandboxSpec::new(&cdir.name, cdir.vm(), vmm_binary()?, guest)
     };
-    progress("starting the microVM");
+    let tt = Instant::now();
+    let template = if config.vm.templates && !opts.no_template {
+        crate::template::ensure(&config.state_dir, &config.run_dir, &sb_spec, progress).await
+    } else {
+        None
+    };
+    if template.is_some() {
+        t.template_build = tt.elapsed();
+    }
+    let sb_spec = SandboxSpec {
+        template,
+        ..sb_spec
+    };
+    progress(if sb_spec.template.is_some() {
+        "restoring the microVM from its template"
+    } else {
+        "starting the microVM"
+    });
     let mut sb = Sandbox::boot(&sb_spec).await?;
     t.vm_start = sb.times.vmm_spawned;
+    t.restored = sb.times.restored;
     t.agent_ready = sb.times.connected;
     t.guest_uptime = sb.times.guest_uptime;
     let configured = match net {
@@ -753,6 +788,7 @@ mod tests {
             hostname: None,
             add_hosts: vec![],
             no_jail: false,
+            no_template: false,
         }
     }
 

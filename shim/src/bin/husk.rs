@@ -9,6 +9,8 @@ use husk_vmm::host::HostReport;
 
 #[path = "husk/images.rs"]
 mod images;
+#[path = "husk/templates.rs"]
+mod templates;
 
 #[derive(Parser, Debug)]
 #[command(name = "husk", version, about = "Run OCI containers in KVM microVMs")]
@@ -62,6 +64,12 @@ publish ports with -p. --network none leaves it only lo. `husk network ls` lists
     },
     /// List pulled images.
     Images,
+    /// VM templates: saved VMs that `husk run` restores instead of booting a kernel
+    /// (built on first use for each VM shape; docs/snapshots.md).
+    Template {
+        #[command(subcommand)]
+        command: TemplateCommand,
+    },
     /// Remove pulled images, and the blobs no other image uses.
     Rmi {
         /// [REGISTRY/]NAME[:TAG][@DIGEST]
@@ -117,6 +125,22 @@ enum NetworkCommand {
     Ls,
 }
 
+#[derive(Subcommand, Debug)]
+enum TemplateCommand {
+    /// List the templates: id, bytes on disk (the memory file is sparse), vCPUs,
+    /// memory, disks.
+    Ls,
+    /// Remove templates (the next VM of that shape builds its template again).
+    Rm {
+        /// Template ids as `husk template ls` prints them.
+        #[arg(required_unless_present = "all")]
+        ids: Vec<String>,
+        /// Remove every template.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+}
+
 /// What `run` and `exec` share about the process.
 #[derive(clap::Args, Debug)]
 struct ProcessArgs {
@@ -155,6 +179,11 @@ struct RunArgs {
     /// capabilities, a cgroup): for debugging only (default: vm.jail of the configuration).
     #[arg(long)]
     no_jail: bool,
+    /// Boot the microVM's kernel even where a VM template would restore it (default:
+    /// vm.templates of the configuration; templates are used only without networks
+    /// and volumes, so far).
+    #[arg(long)]
+    no_template: bool,
     /// Where the container's writes go: disk (a sparse ext4 scratch disk on the host,
     /// removed with the container) or tmpfs (guest RAM, for throwaway runs).
     #[arg(long, value_name = "disk|tmpfs", default_value = "disk")]
@@ -326,6 +355,7 @@ fn run_options(a: RunArgs, insecure: &[String]) -> Result<husk::run::RunOptions,
         hostname: a.hostname,
         add_hosts,
         no_jail: a.no_jail,
+        no_template: a.no_template,
     })
 }
 
@@ -515,6 +545,12 @@ fn main() -> ExitCode {
             images::pull(&config, &reference, &cli.insecure_registry, quiet)
         }
         Command::Images => images::images(&config),
+        Command::Template {
+            command: TemplateCommand::Ls,
+        } => templates::ls(&config),
+        Command::Template {
+            command: TemplateCommand::Rm { ids, all },
+        } => templates::rm(&config, &ids, all),
         Command::Network {
             command: NetworkCommand::Ls,
         } => network_ls(&config),

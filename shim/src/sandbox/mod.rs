@@ -15,8 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use husk_agent_protocol::PROTOCOL_VERSION;
 use husk_agent_protocol::agent::{
-    CreateSandboxRequest, DestroySandboxRequest, GuestDetailsRequest, Route,
-    UpdateInterfaceRequest, UpdateRoutesRequest,
+    DestroySandboxRequest, Route, UpdateInterfaceRequest, UpdateRoutesRequest,
 };
 use husk_agent_protocol::agent_ttrpc::AgentClient;
 use husk_agent_protocol::client::{ClientError, Endpoint};
@@ -30,7 +29,11 @@ pub use crate::layout::SandboxDir;
 use crate::procid::ProcId;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 
+mod greet;
 mod reap;
+mod restore;
+
+use greet::greet;
 pub(crate) use reap::alive;
 pub use reap::{reap_dir, reap_stale, remove_dir};
 
@@ -131,6 +134,9 @@ pub struct SandboxSpec {
     /// Run husk-vmm in a jail (crate::jail); `None` runs it as this process's user,
     /// unconfined but for its seccomp filter (`--no-jail`).
     pub jail: Option<crate::jail::JailSpec>,
+    /// Restore the VM from this template folder (crate::template) instead of booting;
+    /// if the restore fails, the template is discarded and the VM boots.
+    pub template: Option<PathBuf>,
 }
 
 /// A guest NIC on an open tap.
@@ -160,6 +166,8 @@ pub struct BootTimes {
     pub connected: Duration,
     /// The guest's own uptime when it reported ready (kernel boot + agent start).
     pub guest_uptime: Duration,
+    /// The VM was restored from a template (crate::template), not booted.
+    pub restored: bool,
 }
 
 /// A running sandbox.
@@ -186,7 +194,7 @@ fn now_unix_ns() -> i64 {
 }
 
 /// husk-vmm's exit status in words (docs/vmm.md lists the codes).
-fn describe_exit(st: std::process::ExitStatus) -> String {
+pub(crate) fn describe_exit(st: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     let Some(code) = st.code() else {
         return format!("husk-vmm killed by signal {}", st.signal().unwrap_or(0));
@@ -217,7 +225,7 @@ fn read_tail(path: &Path) -> String {
 }
 
 /// The last lines of the guest's console, for error messages.
-fn console_tail(dir: &Path) -> String {
+pub(crate) fn console_tail(dir: &Path) -> String {
     let dir = SandboxDir::new(dir);
     let text = read_tail(&dir.console_log());
     let vmm = read_tail(&dir.vmm_log());
@@ -271,6 +279,7 @@ impl SandboxSpec {
             hostname: "husk".into(),
             name_files: None,
             jail: None,
+            template: None,
         }
     }
 
@@ -338,8 +347,28 @@ impl Sandbox {
         self.share.as_ref()
     }
 
-    /// Boots the VM and waits for its agent.
+    /// Boots the VM (or restores it from `spec.template`) and waits for its agent. A
+    /// template that does not restore is discarded, and the VM boots instead.
     pub async fn boot(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
+        let Some(template) = &spec.template else {
+            return Sandbox::start(spec).await;
+        };
+        match Sandbox::start(spec).await {
+            Ok(sb) => Ok(sb),
+            Err(e) => {
+                tracing::warn!(error = %e, template = %template.display(), "restore failed; booting");
+                eprintln!("husk: warning: the VM did not restore from its template ({e}); booting");
+                crate::template::discard(template);
+                let boot = SandboxSpec {
+                    template: None,
+                    ..spec.clone()
+                };
+                Sandbox::start(&boot).await
+            }
+        }
+    }
+
+    async fn start(spec: &SandboxSpec) -> Result<Sandbox, SandboxError> {
         let t0 = Instant::now();
         let dir_err = |err| SandboxError::Dir {
             path: spec.dir.to_path_buf(),
@@ -390,11 +419,11 @@ impl Sandbox {
             .as_ref()
             .map_or(spec.vmm.as_path(), |j| j.vmm.as_path());
         let mut cmd = Command::new(vmm_path);
-        cmd.arg("--config")
-            .arg(&vm_json)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
+        cmd.arg("--config").arg(&vm_json);
+        if let Some(t) = &spec.template {
+            cmd.arg("--restore").arg(t);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         let tap_fds: Vec<i32> = spec.nics.iter().map(|n| n.fd).collect();
         // SAFETY: prctl and fcntl in the forked child before exec; async-signal-safe, no
         // memory shared with the parent is touched (the fd list was copied before fork).
@@ -459,10 +488,14 @@ impl Sandbox {
         let mut child = child;
         let mut times = BootTimes {
             vmm_spawned: t0.elapsed(),
+            restored: spec.template.is_some(),
             ..BootTimes::default()
         };
         let endpoint = Endpoint::HybridVsock(uds);
-        let waited = wait_ready(&mut child, spec, &ready, &endpoint, t0, &mut times).await;
+        let waited = match spec.template {
+            Some(_) => restore::wait_agent(&mut child, spec, &endpoint, t0, &mut times).await,
+            None => wait_ready(&mut child, spec, &ready, &endpoint, t0, &mut times).await,
+        };
         match waited {
             Ok((agent, agent_protocol)) => {
                 let _ = std::fs::remove_file(&ready_path);
@@ -622,8 +655,7 @@ async fn wait_ready(
     t0: Instant,
     times: &mut BootTimes,
 ) -> Result<(AgentClient, (u32, u32)), SandboxError> {
-    let (dir, id, timeout) = (spec.dir.path(), spec.id.as_str(), spec.ready_timeout);
-    let with_share = spec.has_share();
+    let (dir, timeout) = (spec.dir.path(), spec.ready_timeout);
     let deadline = tokio::time::Instant::now() + timeout;
     let conn = loop {
         tokio::select! {
@@ -659,39 +691,7 @@ async fn wait_ready(
         .unwrap_or(0);
     times.guest_uptime = Duration::from_millis(v["uptime_ms"].as_u64().unwrap_or(0));
     let agent = endpoint.agent().await?;
-    let mut g = GuestDetailsRequest::new();
-    g.protocol_major = PROTOCOL_VERSION.0;
-    g.protocol_minor = PROTOCOL_VERSION.1;
-    agent.guest_details(ctx(10), &g).await?;
-    let mut c = CreateSandboxRequest::new();
-    c.sandbox_id = id.to_string();
-    c.hostname = spec.hostname.clone();
-    c.host_time_unix_ns = now_unix_ns();
-    if !spec.nics.is_empty() && minor < 4 {
-        return Err(SandboxError::BadReady(
-            line,
-            format!(
-                "the agent speaks protocol 0.{minor}; networks need 0.4 (rebuild the guest image: make guest-image; or use --network none)"
-            ),
-        ));
-    }
-    if let Some(f) = &spec.name_files {
-        c.etc_hosts = f.hosts.clone().into_bytes();
-        c.etc_resolv_conf = f.resolv_conf.clone().into_bytes();
-        c.etc_hostname = f.hostname.clone().into_bytes();
-    }
-    if with_share {
-        if minor < 3 {
-            return Err(SandboxError::BadReady(
-                line,
-                format!(
-                    "the agent speaks protocol 0.{minor}; volumes need 0.3 (rebuild the guest image: make guest-image)"
-                ),
-            ));
-        }
-        c.shares = vec![crate::share::TAG.to_string()];
-    }
-    agent.create_sandbox(ctx(10), &c).await?;
+    greet(&agent, spec, minor, &line).await?;
     times.connected = t0.elapsed();
     Ok((agent, (PROTOCOL_VERSION.0, minor)))
 }
@@ -702,11 +702,17 @@ fn jail_for(
     spec: &SandboxSpec,
     j: &crate::jail::JailSpec,
 ) -> Result<crate::jail::Jail, SandboxError> {
+    let template_files: Vec<PathBuf> = spec
+        .template
+        .iter()
+        .flat_map(|t| [t.join("state"), t.join("memory")])
+        .collect();
     let files = crate::jail::Files {
         vm_dir: spec.dir.path(),
         vmm: &spec.vmm,
         read_only: [&spec.kernel, &spec.initramfs]
             .into_iter()
+            .chain(&template_files)
             .map(PathBuf::as_path)
             .chain(
                 spec.disks

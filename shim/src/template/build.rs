@@ -1,0 +1,213 @@
+//! Building a template: boot a VM of the sandbox's shape with placeholder disks, wait
+//! for its agent's readiness line (nothing else is sent to it: the guest holds no
+//! container, no connection, no per-VM identity), snapshot it through husk-vmm's API,
+//! stop it, and move the snapshot into place.
+//!
+//! The template VM runs without the jail: it runs no container and no tenant code, only
+//! husk's own kernel and agent. VMs restored from it are jailed as usual.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use std::os::unix::process::CommandExt as _;
+use std::process::Command;
+use tokio::io::AsyncBufReadExt as _;
+
+use super::{TemplateError, key, templates_dir};
+use crate::layout::SandboxDir;
+use crate::sandbox::{Disk, SandboxSpec, console_tail, describe_exit};
+
+/// Placeholder disks are this big; a clone's own disks replace them.
+const PLACEHOLDER_BYTES: u64 = 1 << 20;
+
+/// Removes what a build made, whatever happened.
+struct Cleanup {
+    paths: Vec<PathBuf>,
+    child: Option<std::process::Child>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for p in &self.paths {
+            let _ = std::fs::remove_dir_all(p);
+            // The builds' parent folder, once empty (another build may be using it).
+            if let Some(parent) = p.parent() {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+    }
+}
+
+fn dir_err(path: &Path) -> impl FnOnce(std::io::Error) -> TemplateError + '_ {
+    move |err| TemplateError::Dir {
+        path: path.to_path_buf(),
+        err,
+    }
+}
+
+/// Builds the template for `spec` and returns its folder.
+pub async fn build(
+    state_dir: &Path,
+    run_dir: &Path,
+    spec: &SandboxSpec,
+) -> Result<PathBuf, TemplateError> {
+    let started = Instant::now();
+    let (id, key_json) = key(spec)?;
+    let root = templates_dir(state_dir);
+    std::fs::create_dir_all(&root).map_err(dir_err(&root))?;
+    let tag = format!("{id}-{}", std::process::id());
+    let work = root.join(format!(".build-{tag}"));
+    let vm_dir = SandboxDir::new(run_dir.join("template-builds").join(&tag));
+    let mut cleanup = Cleanup {
+        paths: vec![work.clone(), vm_dir.path().to_path_buf()],
+        child: None,
+    };
+    let _ = std::fs::remove_dir_all(&work);
+    let snap = work.join("snapshot");
+    std::fs::create_dir_all(&snap).map_err(dir_err(&snap))?;
+    std::fs::create_dir_all(vm_dir.path()).map_err(dir_err(vm_dir.path()))?;
+    let disks = spec
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let path = work.join(format!("placeholder{i}.img"));
+            let f = std::fs::File::create(&path).map_err(dir_err(&path))?;
+            f.set_len(PLACEHOLDER_BYTES).map_err(dir_err(&path))?;
+            Ok(Disk {
+                path,
+                read_only: d.read_only,
+            })
+        })
+        .collect::<Result<Vec<_>, TemplateError>>()?;
+    let bspec = SandboxSpec {
+        dir: vm_dir.clone(),
+        disks,
+        nics: Vec::new(),
+        exports: Vec::new(),
+        pod_share: false,
+        name_files: None,
+        jail: None,
+        template: None,
+        ..spec.clone()
+    };
+    let vm_json = vm_dir.vm_config();
+    let config = serde_json::to_vec_pretty(&bspec.vm_config())
+        .map_err(|e| dir_err(&vm_json)(std::io::Error::other(e)))?;
+    std::fs::write(&vm_json, config).map_err(dir_err(&vm_json))?;
+    let ready_path = vm_dir.ready_socket();
+    let ready = tokio::net::UnixListener::bind(&ready_path).map_err(dir_err(&ready_path))?;
+    let api = vm_dir.path().join("api.sock");
+    let log = std::fs::File::create(vm_dir.vmm_log()).map_err(dir_err(vm_dir.path()))?;
+    let mut cmd = Command::new(&spec.vmm);
+    cmd.arg("--config")
+        .arg(&vm_json)
+        .arg("--api-sock")
+        .arg(&api)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // SAFETY: prctl in the forked child before exec; async-signal-safe, touches no memory
+    // shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = crate::spawner::spawn(cmd)
+        .map_err(|e| TemplateError::Build(format!("start {}: {e}", spec.vmm.display())))?;
+    let child = cleanup.child.insert(child);
+
+    // The agent's readiness line, or the VM's end.
+    let deadline = tokio::time::Instant::now() + spec.ready_timeout;
+    let conn = loop {
+        tokio::select! {
+            r = ready.accept() => break r.map_err(dir_err(&ready_path))?.0,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                if let Ok(Some(st)) = child.try_wait() {
+                    return Err(TemplateError::Build(format!(
+                        "the template VM stopped before its agent was ready: {}{}",
+                        describe_exit(st),
+                        console_tail(vm_dir.path())
+                    )));
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(TemplateError::Build(format!(
+                        "the template VM's agent was not ready within {:?}{}",
+                        spec.ready_timeout,
+                        console_tail(vm_dir.path())
+                    )));
+                }
+            }
+        }
+    };
+    let mut line = String::new();
+    let mut r = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(conn, 4096));
+    let _ = tokio::time::timeout(Duration::from_secs(5), r.read_line(&mut line)).await;
+    drop(r);
+    let ready_json: serde_json::Value = serde_json::from_str(&line)
+        .map_err(|e| TemplateError::Build(format!("the agent's readiness line {line:?}: {e}")))?;
+    let booted = started.elapsed();
+
+    // Snapshot, then stop the template VM.
+    let (api2, snap2) = (api.clone(), snap.clone());
+    let taken = tokio::task::spawn_blocking(move || husk_vmm::api::snapshot(&api2, &snap2))
+        .await
+        .map_err(|e| TemplateError::Build(e.to_string()))?
+        .map_err(|e| TemplateError::Build(format!("snapshot: {}", chain(&e))))?;
+    let api3 = api.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        husk_vmm::api::call(&api3, husk_vmm::api::Request::Shutdown)
+    })
+    .await;
+    let stop_deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < stop_deadline && matches!(child.try_wait(), Ok(None)) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let meta = serde_json::json!({
+        "key": key_json,
+        "agent": ready_json,
+        "snapshot": taken.get("snapshot"),
+        "boot_ms": booted.as_millis() as u64,
+        "built_ms": started.elapsed().as_millis() as u64,
+    });
+    let key_path = snap.join("key.json");
+    std::fs::write(
+        &key_path,
+        serde_json::to_vec_pretty(&meta).unwrap_or_default(),
+    )
+    .map_err(dir_err(&key_path))?;
+    let dest = root.join(&id);
+    if let Err(err) = std::fs::rename(&snap, &dest) {
+        // Another husk built it meanwhile: use theirs.
+        if !dest.join("state").is_file() {
+            return Err(TemplateError::Dir { path: dest, err });
+        }
+    }
+    tracing::info!(
+        id,
+        ms = started.elapsed().as_millis() as u64,
+        "VM template built"
+    );
+    drop(cleanup);
+    Ok(dest)
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s += &format!(": {c}");
+        src = c.source();
+    }
+    s
+}

@@ -1,0 +1,196 @@
+//! VM templates (issue #13; docs/snapshots.md): a VM booted once to agent-ready with a
+//! given shape, saved by husk-vmm's `snapshot`, and restored for each later VM of that
+//! shape instead of booting a kernel.
+//!
+//! A template lives in `<state_dir>/templates/<id>/` (`state`, `memory`, `key.json`).
+//! Its id is a hash of everything that shapes the saved VM: husk-vmm, the kernel and
+//! initramfs (path, size, modification time, inode), vCPUs, memory, the kernel command
+//! line and the device layout (disks and whether each is read-only; rng, balloon and
+//! vsock always). A change to any of these gives another id, so a stale template is
+//! never used; `husk template rm` removes old ones.
+//!
+//! Which VMs use one: those without NICs and without a virtio-fs share (not yet
+//! restorable: a NIC's MAC and virtiofsd's state belong to the template). Each clone
+//! gets its own disks, sockets and console from its configuration, and its own
+//! hostname, clock and entropy from the CreateSandbox request the runtime sends after
+//! restoring (crate::sandbox).
+
+mod build;
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::sandbox::SandboxSpec;
+
+pub use build::build;
+
+/// Why a template could not be built or read.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("template folder {path}: {err}")]
+    Dir { path: PathBuf, err: std::io::Error },
+    #[error("cannot identify {path} for the template key: {err}")]
+    Identify { path: PathBuf, err: std::io::Error },
+    #[error("building the template: {0}")]
+    Build(String),
+    #[error("no template {0} (see husk template ls)")]
+    NotFound(String),
+}
+
+/// The templates folder under the state folder.
+pub fn templates_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("templates")
+}
+
+/// Why `spec` cannot be restored from a template, if it cannot.
+pub fn ineligible(spec: &SandboxSpec) -> Option<&'static str> {
+    if !spec.nics.is_empty() {
+        Some("VMs with a network interface are not restored from templates yet")
+    } else if spec.has_share() {
+        Some("VMs with volumes (virtio-fs) are not restored from templates yet")
+    } else {
+        None
+    }
+}
+
+/// A file's identity for the key: path, size, modification time, inode.
+fn identity(path: &Path) -> Result<serde_json::Value, TemplateError> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).map_err(|err| TemplateError::Identify {
+        path: path.to_path_buf(),
+        err,
+    })?;
+    Ok(serde_json::json!({
+        "path": path,
+        "size": m.len(),
+        "mtime_ns": m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        "inode": m.ino(),
+    }))
+}
+
+/// The key of the template `spec` would be restored from, and its id (32 hex digits).
+pub fn key(spec: &SandboxSpec) -> Result<(String, serde_json::Value), TemplateError> {
+    let config = spec.vm_config();
+    let key = serde_json::json!({
+        "husk_vmm": identity(&spec.vmm)?,
+        "kernel": identity(&spec.kernel)?,
+        "initramfs": identity(&spec.initramfs)?,
+        "vcpus": config.vcpus,
+        "memory_mib": config.memory_mib,
+        "cmdline": config.cmdline,
+        "disks": config.block.iter().map(|b| b.read_only).collect::<Vec<_>>(),
+        "rng": config.rng,
+        "balloon": config.balloon.is_some(),
+        "vsock": config.vsock.is_some(),
+    });
+    let digest = Sha256::digest(key.to_string().as_bytes());
+    let id = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    Ok((id, key))
+}
+
+/// The template folder for `spec`, when one has been built.
+pub fn find(state_dir: &Path, spec: &SandboxSpec) -> Result<Option<PathBuf>, TemplateError> {
+    let (id, _) = key(spec)?;
+    let dir = templates_dir(state_dir).join(&id);
+    let whole = ["state", "memory", "key.json"]
+        .iter()
+        .all(|f| dir.join(f).is_file());
+    Ok(whole.then_some(dir))
+}
+
+/// The template for `spec`: found, or built now (with progress). `None`, with the
+/// reason logged, when `spec` cannot use one or the build failed (the caller boots).
+pub async fn ensure(
+    state_dir: &Path,
+    run_dir: &Path,
+    spec: &SandboxSpec,
+    progress: &dyn Fn(&str),
+) -> Option<PathBuf> {
+    if let Some(why) = ineligible(spec) {
+        tracing::debug!(why, "booting without a template");
+        return None;
+    }
+    match find(state_dir, spec) {
+        Ok(Some(dir)) => return Some(dir),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look up the VM template");
+            return None;
+        }
+    }
+    progress("building a VM template for this VM shape (once; later VMs restore it)");
+    match build(state_dir, run_dir, spec).await {
+        Ok(dir) => Some(dir),
+        Err(e) => {
+            eprintln!("husk: warning: no VM template ({e}); booting");
+            None
+        }
+    }
+}
+
+/// A built template, for `husk template ls`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Info {
+    pub id: String,
+    pub dir: PathBuf,
+    /// The memory file's bytes on disk (it is sparse).
+    pub disk_bytes: u64,
+    pub key: serde_json::Value,
+}
+
+/// Every built template.
+pub fn list(state_dir: &Path) -> Result<Vec<Info>, TemplateError> {
+    use std::os::unix::fs::MetadataExt;
+    let root = templates_dir(state_dir);
+    let entries = match std::fs::read_dir(&root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(TemplateError::Dir { path: root, err }),
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let dir = e.path();
+        let key = std::fs::read(dir.join("key.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null);
+        let disk_bytes = ["state", "memory", "key.json"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+            .map(|m| m.blocks() * 512)
+            .sum();
+        out.push(Info {
+            id: name,
+            dir,
+            disk_bytes,
+            key,
+        });
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+/// Removes the template `id` (a whole id as `ls` prints it).
+pub fn remove(state_dir: &Path, id: &str) -> Result<(), TemplateError> {
+    let valid = id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
+    let dir = templates_dir(state_dir).join(id);
+    if !valid || !dir.is_dir() {
+        return Err(TemplateError::NotFound(id.to_string()));
+    }
+    std::fs::remove_dir_all(&dir).map_err(|err| TemplateError::Dir { path: dir, err })
+}
+
+/// Removes a template that failed to restore, so that the next VM of its shape builds
+/// a new one rather than failing again.
+pub fn discard(dir: &Path) {
+    tracing::warn!(dir = %dir.display(), "discarding a VM template that did not restore");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[cfg(test)]
+mod tests;

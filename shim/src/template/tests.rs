@@ -1,0 +1,117 @@
+use super::*;
+use crate::layout::SandboxDir;
+
+fn spec(dir: &Path) -> SandboxSpec {
+    let f = |n: &str| {
+        let p = dir.join(n);
+        std::fs::write(&p, n).unwrap();
+        p
+    };
+    let guest = crate::guest::GuestImage {
+        kernel: f("vmlinuz"),
+        initramfs: f("initrd"),
+    };
+    SandboxSpec::new("t", SandboxDir::new(dir.join("vm")), f("husk-vmm"), &guest)
+}
+
+#[test]
+fn key_follows_what_shapes_the_vm() {
+    let d = tempfile::tempdir().unwrap();
+    let s = spec(d.path());
+    let (id, _) = key(&s).unwrap();
+    assert_eq!(id.len(), 32);
+    // Not the paths of the VM's own folder, disks or sockets.
+    let other_dir = SandboxSpec {
+        dir: SandboxDir::new(d.path().join("elsewhere")),
+        hostname: "other".into(),
+        ..s.clone()
+    };
+    assert_eq!(key(&other_dir).unwrap().0, id);
+    let mut disks = s.clone();
+    disks.disks.push(crate::sandbox::Disk {
+        path: d.path().join("a.img"),
+        read_only: true,
+    });
+    let (with_disk, _) = key(&disks).unwrap();
+    assert_ne!(with_disk, id);
+    let mut other_disk = disks.clone();
+    other_disk.disks[0].path = d.path().join("b.img");
+    assert_eq!(key(&other_disk).unwrap().0, with_disk);
+    other_disk.disks[0].read_only = false;
+    assert_ne!(key(&other_disk).unwrap().0, with_disk);
+    for changed in [
+        SandboxSpec {
+            memory_mib: 512,
+            ..s.clone()
+        },
+        SandboxSpec {
+            vcpus: 2,
+            ..s.clone()
+        },
+        SandboxSpec {
+            cmdline_extra: "x=1".into(),
+            ..s.clone()
+        },
+    ] {
+        assert_ne!(key(&changed).unwrap().0, id);
+    }
+    // A rebuilt kernel (new inode, size or time).
+    std::fs::remove_file(&s.kernel).unwrap();
+    std::fs::write(&s.kernel, "a new kernel").unwrap();
+    assert_ne!(key(&s).unwrap().0, id);
+    // A missing one is an error naming it.
+    std::fs::remove_file(&s.initramfs).unwrap();
+    let e = key(&s).unwrap_err().to_string();
+    assert!(e.contains("initrd"), "{e}");
+}
+
+#[test]
+fn list_find_and_remove() {
+    let d = tempfile::tempdir().unwrap();
+    let s = spec(d.path());
+    let state = d.path().join("state");
+    assert!(list(&state).unwrap().is_empty());
+    assert!(find(&state, &s).unwrap().is_none());
+    let (id, k) = key(&s).unwrap();
+    let t = templates_dir(&state).join(&id);
+    std::fs::create_dir_all(&t).unwrap();
+    std::fs::write(t.join("state"), "s").unwrap();
+    std::fs::write(t.join("memory"), "m").unwrap();
+    // Not whole yet.
+    assert!(find(&state, &s).unwrap().is_none());
+    std::fs::write(
+        t.join("key.json"),
+        serde_json::json!({ "key": k }).to_string(),
+    )
+    .unwrap();
+    assert_eq!(find(&state, &s).unwrap(), Some(t.clone()));
+    std::fs::create_dir_all(templates_dir(&state).join(".build-x")).unwrap();
+    let l = list(&state).unwrap();
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].id, id);
+    assert!(remove(&state, "../etc").is_err());
+    assert!(remove(&state, &"0".repeat(32)).is_err());
+    remove(&state, &id).unwrap();
+    assert!(!t.exists());
+}
+
+#[test]
+fn vms_with_nics_or_shares_boot() {
+    let d = tempfile::tempdir().unwrap();
+    let s = spec(d.path());
+    assert!(ineligible(&s).is_none());
+    let shared = SandboxSpec {
+        pod_share: true,
+        ..s.clone()
+    };
+    assert!(ineligible(&shared).unwrap().contains("volumes"));
+    let nic = SandboxSpec {
+        nics: vec![crate::sandbox::Nic {
+            fd: 3,
+            mac: "02:00:00:00:00:01".into(),
+            mtu: 1500,
+        }],
+        ..s
+    };
+    assert!(ineligible(&nic).unwrap().contains("network"));
+}

@@ -1,0 +1,98 @@
+//! System test of VM templates in the lab (shim/tests/template_vm.sh drives `husk run`
+//! there; docs/snapshots.md): the first `--network none` run builds the template and
+//! restores from it; later runs restore, each with its own hostname, clock and random
+//! values, exit status and stdio as with a boot, two at once; `--no-template` boots; a
+//! damaged template makes the run boot, is discarded and rebuilt by the next run; a run
+//! with a network boots; `husk template rm --all`; nothing left behind.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use husk_tests::require_lab;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+#[test]
+fn vms_restored_from_templates_in_the_lab() {
+    let lab = require_lab!();
+    let f = husk_tests::cli_fixture(std::path::Path::new(env!("CARGO_BIN_EXE_husk")));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/template_vm.sh");
+    let t0 = Instant::now();
+    let r = lab
+        .mem_mib(3072)
+        .timeout(Duration::from_secs(1200))
+        .env("HUSK_GUEST_DIR", &f.guest.display().to_string())
+        .run(&[
+            script.display().to_string(),
+            env!("CARGO_BIN_EXE_husk").to_string(),
+            f.image.display().to_string(),
+        ])
+        .unwrap();
+    eprintln!("lab run: {:.1} s", t0.elapsed().as_secs_f64());
+    let all = format!("--- stdout\n{}\n--- stderr\n{}", r.stdout, r.stderr);
+    assert_eq!(r.code, Some(0), "{all}");
+    let cases = r.cases();
+    let get = |k: &str| {
+        cases
+            .get(k)
+            .copied()
+            .unwrap_or_else(|| panic!("no case {k}\n{all}"))
+    };
+    let check = |k: &str, want: &str| assert_eq!(get(k), want, "case {k}\n{all}");
+    let clean = "vmm=0 dirs=0 builds=0 mounts=0";
+    check("first", "7_first");
+    check("first_built", "1");
+    check("templates", "1");
+    check("after_first", clean);
+    let mut uuids = BTreeSet::new();
+    let mut randoms = BTreeSet::new();
+    for i in 1..=4 {
+        let v = get(&format!("clone{i}"));
+        let parts: Vec<&str> = v.split(['_', ' ']).collect();
+        assert_eq!(parts[0], i.to_string(), "exit status, clone {i}\n{all}");
+        assert_eq!(parts[1], "1", "restored, clone {i}\n{all}");
+        assert_eq!(parts[2], format!("clone{i}"), "hostname, clone {i}\n{all}");
+        let guest: i64 = parts[3].parse().unwrap();
+        let host: i64 = get(&format!("clone{i}_host_time")).parse().unwrap();
+        assert!(
+            (host - guest).abs() <= 2 + 5,
+            "clock: guest {guest}, host {host} (after the run)\n{all}"
+        );
+        uuids.insert(parts[4].to_string());
+        randoms.insert(parts[5].to_string());
+    }
+    assert_eq!(uuids.len(), 4, "each clone its own UUIDs\n{all}");
+    assert_eq!(randoms.len(), 4, "each clone its own /dev/urandom\n{all}");
+    check("stdin", "0_through-stdin_1");
+    check("parallel", "0_a_0_b");
+    check("after_clones", clean);
+    check("no_template", "0_booted_1");
+    check("damaged", "0_survived_1_1_0");
+    check("rebuilt", "0_rebuilt_1_1");
+    check("networked", "0_networked_1");
+    check("rm", "1_0");
+    check("after_all", clean);
+
+    let times = |what: &str| -> Vec<f64> {
+        r.stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("timing {what}: ")))
+            .filter_map(|l| l.trim_end_matches(" s").parse().ok())
+            .collect()
+    };
+    let (t, b) = (times("template"), times("boot"));
+    println!(
+        "MEASURE husk_run_template_median_s={:.2} (n={}) husk_run_boot_median_s={:.2} (n={}) first_run={:?}",
+        median(t.clone()),
+        t.len(),
+        median(b.clone()),
+        b.len(),
+        times("first (build + restore)")
+    );
+}

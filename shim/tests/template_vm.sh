@@ -1,0 +1,73 @@
+#!/bin/bash
+# Host side of shim/tests/template_vm.rs, run inside the lab: `husk run --network none`
+# builds a VM template on first use, then restores later VMs from it; prints
+# `CASE name value` lines and `timing` lines on stderr.
+# Usage: template_vm.sh HUSK OCI_LAYOUT
+set -u
+real_husk=$1 img=$2
+husk() { timeout -s KILL 300 "$real_husk" "$@"; }
+case_() { printf 'CASE %s %s\n' "$1" "$2"; }
+leftovers() {
+    echo "vmm=$(( $(pgrep -x husk-vmm | wc -l) + $(pgrep -x husk-jail | wc -l) ))" \
+         "dirs=$(ls -A /run/husk 2>/dev/null | wc -l)" \
+         "builds=$(ls -A /var/lib/husk/templates 2>/dev/null | grep -c '^\.build')" \
+         "mounts=$(grep -c -e /run/husk -e /var/lib/husk /proc/self/mountinfo)"
+}
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", b - a}'; }
+probe='echo "$(hostname) $(date +%s) $(cat /proc/sys/kernel/random/uuid) $(head -c16 /dev/urandom | od -An -tx1 | tr -d " \n")"'
+husk template rm --all >/dev/null 2>&1
+
+# First run: builds the template, then restores from it (--timings says which).
+t0=$(now)
+out=$(husk run --timings --network none "oci:$img" sh -c 'echo first; exit 7' 2>/tmp/first.err); st=$?
+t1=$(now)
+echo "timing first (build + restore): $(secs "$t0" "$t1") s" >&2
+case_ first "${st}_${out}"
+case_ first_built "$(grep -c 'VM restored from a template' /tmp/first.err)"
+case_ templates "$(husk template ls | tail -n +2 | wc -l)"
+case_ after_first "$(leftovers)"
+
+# Clones one after another: each its own hostname, clock, random values; exit codes.
+for i in 1 2 3 4; do
+    t0=$(now)
+    out=$(husk run --timings --network none --hostname "clone$i" "oci:$img" sh -c "$probe; exit $i" 2>/tmp/clone.err); st=$?
+    t1=$(now)
+    echo "timing template: $(secs "$t0" "$t1") s" >&2
+    case_ "clone$i" "${st}_$(grep -c 'VM restored from a template' /tmp/clone.err)_${out}"
+    case_ "clone${i}_host_time" "$(date +%s)"
+done
+# stdin and stdout through a restored VM.
+out=$(echo through-stdin | husk run -i --network none "oci:$img" sh -c 'cat; echo err >&2' 2>/tmp/io.err)
+case_ stdin "$?_${out}_$(grep -c '^err$' /tmp/io.err)"
+# Two at once.
+husk run --network none "oci:$img" sh -c 'sleep 1; echo a' >/tmp/par_a 2>/dev/null &
+pa=$!
+husk run --network none "oci:$img" sh -c 'sleep 1; echo b' >/tmp/par_b 2>/dev/null &
+pb=$!
+wait $pa; sa=$?; wait $pb; sb=$?
+case_ parallel "${sa}_$(cat /tmp/par_a)_${sb}_$(cat /tmp/par_b)"
+case_ after_clones "$(leftovers)"
+
+# Booted against restored, interleaved (make bench has the full comparison).
+for mode in template boot template boot template boot; do
+    flag=; [ $mode = boot ] && flag=--no-template
+    t0=$(now); husk run -q --network none $flag "oci:$img" true; t1=$(now)
+    echo "timing $mode: $(secs "$t0" "$t1") s" >&2
+done
+out=$(husk run --timings --network none --no-template "oci:$img" sh -c 'echo booted' 2>/tmp/boot.err)
+case_ no_template "$?_${out}_$(grep -c 'VM booted' /tmp/boot.err)"
+
+# A damaged template: the run boots instead (a warning), the template is discarded,
+# and the next run builds a new one.
+t=$(ls -d /var/lib/husk/templates/*/ | head -1)
+printf '\xff' | dd of="$t/state" bs=1 seek=100 conv=notrunc 2>/dev/null
+out=$(husk run --timings --network none "oci:$img" sh -c 'echo survived' 2>/tmp/bad.err); st=$?
+case_ damaged "${st}_${out}_$(grep -c 'did not restore from its template' /tmp/bad.err)_$(grep -c 'VM booted' /tmp/bad.err)_$(husk template ls | tail -n +2 | wc -l)"
+out=$(husk run --timings --network none "oci:$img" sh -c 'echo rebuilt' 2>/tmp/re.err); st=$?
+case_ rebuilt "${st}_${out}_$(grep -c 'VM restored from a template' /tmp/re.err)_$(husk template ls | tail -n +2 | wc -l)"
+# A network run boots (not restorable yet).
+out=$(husk run --timings "oci:$img" sh -c 'echo networked' 2>/tmp/net.err)
+case_ networked "$?_${out}_$(grep -c 'VM booted' /tmp/net.err)"
+case_ rm "$(husk template rm --all | wc -l)_$(husk template ls | tail -n +2 | wc -l)"
+case_ after_all "$(leftovers)"
