@@ -35,6 +35,9 @@ fn vms_restored_from_templates_in_the_lab() {
         ])
         .unwrap();
     eprintln!("lab run: {:.1} s", t0.elapsed().as_secs_f64());
+    for l in r.stderr.lines().filter(|l| l.starts_with("phases ")) {
+        eprintln!("{l}");
+    }
     let all = format!("--- stdout\n{}\n--- stderr\n{}", r.stdout, r.stderr);
     assert_eq!(r.code, Some(0), "{all}");
     let cases = r.cases();
@@ -52,7 +55,7 @@ fn vms_restored_from_templates_in_the_lab() {
     check("after_first", clean);
     let mut uuids = BTreeSet::new();
     let mut randoms = BTreeSet::new();
-    for i in 1..=4 {
+    for i in 1..=3 {
         let v = get(&format!("clone{i}"));
         let parts: Vec<&str> = v.split(['_', ' ']).collect();
         assert_eq!(parts[0], i.to_string(), "exit status, clone {i}\n{all}");
@@ -67,8 +70,8 @@ fn vms_restored_from_templates_in_the_lab() {
         uuids.insert(parts[4].to_string());
         randoms.insert(parts[5].to_string());
     }
-    assert_eq!(uuids.len(), 4, "each clone its own UUIDs\n{all}");
-    assert_eq!(randoms.len(), 4, "each clone its own /dev/urandom\n{all}");
+    assert_eq!(uuids.len(), 3, "each clone its own UUIDs\n{all}");
+    assert_eq!(randoms.len(), 3, "each clone its own /dev/urandom\n{all}");
     check("stdin", "0_through-stdin_1");
     check("parallel", "0_a_0_b");
     check("after_clones", clean);

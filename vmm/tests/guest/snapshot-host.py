@@ -98,10 +98,12 @@ def stop(p, sock):
         return p.wait()
 
 
-def disk(name):
+def disk(name, mib=1):
+    """A disk of MIB MiB starting with NAME (padded to 8 bytes with '_')."""
     path = os.path.join(d, f"{name}.img")
     with open(path, "wb") as f:
-        f.write(name.encode().ljust(8, b"_")[:8] + b"\0" * (1 << 20))
+        f.write(name.encode().ljust(8, b"_")[:8])
+        f.truncate(mib << 20)
     return path
 
 
@@ -127,7 +129,8 @@ try:
     # Clones one after another.
     for i in range(clones):
         name = f"clone{i}"
-        cfg, uds = vm_json(name, disk(name))
+        # Each clone's disk is bigger than the template's: the guest must see its size.
+        cfg, uds = vm_json(name, disk(name, 2 + i))
         sock = os.path.join(d, f"{name}.api")
         mode = "map" if i % 2 == 0 else "copy"
         t0 = time.monotonic()
