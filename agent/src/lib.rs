@@ -6,10 +6,11 @@
 //!   [`forward`]: the host's port forwards to the guest's TCP ports;
 //!   [`events`]: exits and OOM kills for the NextEvent long poll.
 //! - [`net`]: the guest's network interfaces and routes (rtnetlink);
-//! - [`init`]: PID 1 duties; [`ready`]: the readiness announcement; [`listen`]:
-//!   listen addresses.
+//! - [`init`]: PID 1 duties; [`entropy`]: the host's entropy seed for the kernel;
+//!   [`ready`]: the readiness announcement; [`listen`]: listen addresses.
 
 pub mod container;
+pub mod entropy;
 pub mod events;
 pub mod forward;
 pub mod init;

@@ -475,6 +475,17 @@ async fn hostile_requests_get_clear_errors() {
     let c2 = a.ep.agent().await.unwrap();
     let d = c2.guest_details(ctx(), &g).await.unwrap();
     assert_eq!(d.protocol_major, husk_agent_protocol::PROTOCOL_VERSION.0);
+
+    // The entropy seed (protocol 0.5): at most 512 bytes; in host mode it is accepted
+    // and left alone (the kernel is the host's).
+    let mut sb = CreateSandboxRequest::new();
+    sb.entropy_seed = vec![0x5a; 600];
+    let (code, msg) = rpc_error(c.create_sandbox(ctx(), &sb).await.unwrap_err());
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{msg}");
+    assert!(msg.contains("entropy_seed") && msg.contains("512"), "{msg}");
+    sb.entropy_seed = vec![0x5a; 64];
+    c.create_sandbox(ctx(), &sb).await.unwrap();
+
     assert!(
         mounts_under(a.dir.path()).is_empty(),
         "mounts left: {:?}",

@@ -237,6 +237,10 @@ pub const MAX_ROUTES: usize = 256;
 pub const MAX_IFNAME_LEN: usize = 15;
 /// Largest of CreateSandbox's name files (hosts, resolv.conf, hostname).
 pub const MAX_ETC_FILE_BYTES: usize = 64 << 10;
+/// Largest CreateSandbox `entropy_seed`. A bound, like every size the host sends; more
+/// would add nothing: the kernel credits at most its pool's size (256 bits since Linux
+/// 5.18, 4096 before).
+pub const MAX_ENTROPY_SEED_BYTES: usize = 512;
 /// Smallest MTU accepted (IPv4's minimum, RFC 791); the device may refuse more.
 pub const MIN_MTU: u32 = 68;
 
@@ -388,6 +392,16 @@ pub fn etc_files(req: &CreateSandboxRequest) -> Result<(), ValidateError> {
         size(field, data.len(), MAX_ETC_FILE_BYTES)?;
     }
     Ok(())
+}
+
+/// Checks CreateSandbox's `entropy_seed` (at most [`MAX_ENTROPY_SEED_BYTES`]; empty:
+/// none).
+pub fn entropy_seed(req: &CreateSandboxRequest) -> Result<(), ValidateError> {
+    size(
+        "entropy_seed",
+        req.entropy_seed.len(),
+        MAX_ENTROPY_SEED_BYTES,
+    )
 }
 
 #[cfg(test)]
@@ -680,5 +694,27 @@ mod tests {
         r.etc_resolv_conf = vec![b'x'; MAX_ETC_FILE_BYTES + 1];
         let e = etc_files(&r).unwrap_err().to_string();
         assert!(e.starts_with("etc_resolv_conf: 65537 bytes"), "{e}");
+    }
+
+    #[test]
+    fn entropy_seed_is_bounded() {
+        let mut r = CreateSandboxRequest::new();
+        assert_eq!(entropy_seed(&r), Ok(()), "empty: no seed");
+        r.entropy_seed = vec![7; MAX_ENTROPY_SEED_BYTES];
+        assert_eq!(entropy_seed(&r), Ok(()));
+        r.entropy_seed = vec![7; MAX_ENTROPY_SEED_BYTES + 1];
+        let e = entropy_seed(&r).unwrap_err();
+        assert_eq!(
+            e,
+            ValidateError::TooLarge {
+                field: "entropy_seed",
+                size: 513,
+                max: 512
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "entropy_seed: 513 bytes is more than the 512 allowed"
+        );
     }
 }

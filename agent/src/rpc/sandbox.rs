@@ -1,5 +1,6 @@
-//! CreateSandbox (hostname, clock, shares, the name files containers get at /etc/hosts,
-//! /etc/resolv.conf and /etc/hostname) and DestroySandbox (stop everything, power off).
+//! CreateSandbox (entropy seed, hostname, clock, shares, the name files containers get
+//! at /etc/hosts, /etc/resolv.conf and /etc/hostname) and DestroySandbox (stop
+//! everything, power off).
 
 use std::sync::Arc;
 
@@ -21,6 +22,13 @@ pub fn create(svc: &Service, req: &CreateSandboxRequest) -> ttrpc::Result<Empty>
     if !req.sandbox_id.is_empty() {
         validate::id("sandbox_id", &req.sandbox_id).map_err(|e| invalid(e.to_string()))?;
     }
+    validate::etc_files(req).map_err(|e| invalid(e.to_string()))?;
+    validate::entropy_seed(req).map_err(|e| invalid(e.to_string()))?;
+    // First, so that whatever follows draws from this clone's own random stream. In
+    // host mode the kernel is the host's: the seed is not ours to give.
+    if svc.pid1 {
+        crate::entropy::seed_kernel(&req.entropy_seed);
+    }
     if !req.hostname.is_empty() {
         let ok = req.hostname.len() <= 64
             && req
@@ -38,7 +46,6 @@ pub fn create(svc: &Service, req: &CreateSandboxRequest) -> ttrpc::Result<Empty>
                 .map_err(|e| invalid(format!("hostname: {e}")))?;
         }
     }
-    validate::etc_files(req).map_err(|e| invalid(e.to_string()))?;
     mount_shares(svc, &req.shares)?;
     svc.rt
         .etc_files
