@@ -9,6 +9,18 @@ use husk_agent_protocol::agent_ttrpc::AgentClient;
 
 use super::{SandboxError, SandboxSpec, ctx, now_unix_ns};
 
+/// 64 bytes from the host's getrandom (more adds nothing to the guest's CRNG).
+fn entropy_seed() -> Vec<u8> {
+    use std::io::Read as _;
+    let mut b = vec![0u8; 64];
+    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    if let Err(e) = read {
+        tracing::warn!(error = %e, "no entropy for the guest");
+        b.clear();
+    }
+    b
+}
+
 /// Greets the agent of `spec`'s VM, which speaks protocol 0.`minor`; `line` (its
 /// readiness line, or a description) goes into errors.
 pub(super) async fn greet(
@@ -26,6 +38,9 @@ pub(super) async fn greet(
     c.sandbox_id = spec.id.clone();
     c.hostname = spec.hostname.clone();
     c.host_time_unix_ns = now_unix_ns();
+    // Protocol 0.5: the guest kernel reseeds its CRNG with these, so that VMs
+    // restored from one template do not share random streams (docs/snapshots.md).
+    c.entropy_seed = entropy_seed();
     if !spec.nics.is_empty() && minor < 4 {
         return Err(SandboxError::BadReady(
             line,
