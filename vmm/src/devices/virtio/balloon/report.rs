@@ -13,8 +13,12 @@
 //! frees a whole transparent huge page); a shared memfd needs `MADV_REMOVE`, which
 //! punches a hole in the file (`MADV_DONTNEED` would only unmap shmem pages, not free
 //! them). Both go through `madvise`, already in the seccomp allowlist, so no `fallocate`
-//! is needed. A private file mapping cannot be released (`MADV_DONTNEED` would bring
-//! back the file's contents) and is refused.
+//! is needed. A private file mapping (a VM restored from a snapshot, docs/snapshots.md)
+//! is released with `MADV_DONTNEED` too: the VM's private copies are dropped and the
+//! range reads the snapshot file's pages again, shared with other clones. The guest
+//! does not rely on a reported page's contents: Linux reports free pages only when it
+//! neither poisons nor zeroes them on free (without VIRTIO_BALLOON_F_PAGE_POISON, which
+//! we do not offer, it turns reporting off under either).
 
 use std::sync::Arc;
 
@@ -39,8 +43,6 @@ pub enum ReportError {
     Unaligned { addr: u64, len: u64 },
     #[error("range {addr:#x}+{len:#x} is not inside one guest RAM region")]
     OutsideMemory { addr: u64, len: u64 },
-    #[error("range {addr:#x}+{len:#x} is in a private file mapping, which cannot be released")]
-    PrivateFile { addr: u64, len: u64 },
     #[error("cannot release {addr:#x}+{len:#x}")]
     Release {
         addr: u64,
@@ -53,10 +55,7 @@ pub enum ReportError {
 impl ReportError {
     /// Whether the guest is at fault (a hostile or broken range), not the host.
     pub fn is_guest_fault(&self) -> bool {
-        !matches!(
-            self,
-            ReportError::PrivateFile { .. } | ReportError::Release { .. }
-        )
+        !matches!(self, ReportError::Release { .. })
     }
 }
 
@@ -85,10 +84,9 @@ pub fn release(mem: &GuestMemoryMmap, addr: u64, len: u64) -> Result<(), ReportE
     let host_len = usize::try_from(len).map_err(|_| outside())?;
     let advice = if region.flags() & libc::MAP_SHARED != 0 {
         libc::MADV_REMOVE
-    } else if region.file_offset().is_none() {
-        libc::MADV_DONTNEED
     } else {
-        return Err(ReportError::PrivateFile { addr, len });
+        // Anonymous: zero pages; a private file mapping: the file's pages again.
+        libc::MADV_DONTNEED
     };
     // SAFETY: `[host, host + host_len)` lies inside one live mapping of guest RAM,
     // owned by `mem` which outlives the call (checked above against the region's

@@ -89,6 +89,27 @@ fn shared_memory_is_released_too() {
 }
 
 #[test]
+fn a_restored_vms_private_copies_are_released() {
+    // Memory mapped privately from a snapshot's memory file: a page the VM wrote is a
+    // private copy; once reported it reads the file's page again.
+    let dir = tempfile::tempdir().unwrap();
+    let orig = crate::memory::create_guest_memory(4, false).unwrap();
+    orig.write_obj(0x1111_1111u32, GuestAddress(0x2000))
+        .unwrap();
+    let path = dir.path().join("memory");
+    crate::snapshot::memory::save(&orig, &path).unwrap();
+    let mem =
+        crate::snapshot::memory::restore(&path, 4 << 20, crate::snapshot::memory::MemoryMode::Map)
+            .unwrap();
+    mem.write_obj(0x2222_2222u32, GuestAddress(0x2000)).unwrap();
+    super::report::release(&mem, 0x2000, 0x1000).unwrap();
+    assert_eq!(
+        mem.read_obj::<u32>(GuestAddress(0x2000)).unwrap(),
+        0x1111_1111
+    );
+}
+
+#[test]
 fn ranges_across_the_mmio_gap_are_refused() {
     // 4 GiB and more: two regions around the gap (mapping is lazy, costs nothing).
     let mem = crate::memory::create_guest_memory(4096, false).unwrap();
