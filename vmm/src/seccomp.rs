@@ -123,11 +123,10 @@ const ALLOWED: &[i64] = &[
 fn filter() -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|nr| (*nr, Vec::new())).collect();
-    // A snapshot reads (and a resume writes back nothing but) vCPU and VM state on
-    // running threads: those KVM requests too.
+    // A snapshot of the running VM reads vCPU and VM state (KVM's GET requests); no
+    // state is set after the filter is in (restores come before it).
     let mut requests = vec![KVM_RUN, FIONBIO, TCGETS, TIOCGWINSZ, TUNSETOFFLOAD];
-    requests.extend(crate::vstate::state::vcpu_ioctls());
-    requests.extend(crate::vstate::state::vm_ioctls());
+    requests.extend(crate::vstate::state::save_ioctls());
     requests.sort_unstable();
     requests.dedup();
     let ioctl_rules = requests

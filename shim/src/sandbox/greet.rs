@@ -66,6 +66,5 @@ pub(super) async fn greet(
         c.shares = vec![crate::share::TAG.to_string()];
     }
     agent.create_sandbox(ctx(10), &c).await?;
-    agent.create_sandbox(ctx(10), &c).await?;
     Ok(())
 }

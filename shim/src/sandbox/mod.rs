@@ -58,6 +58,10 @@ pub enum SandboxError {
     NotReady(Duration, String),
     #[error("the agent's readiness message {0:?}: {1}")]
     BadReady(String, String),
+    /// The VM did not come back from its template (crate::template): the template is
+    /// discarded and the VM boots.
+    #[error("the VM did not restore from its template: {0}")]
+    NotRestored(String),
     #[error("agent: {0}")]
     Client(#[from] ClientError),
     #[error("agent: {0}")]
@@ -83,6 +87,7 @@ impl SandboxError {
         use crate::error::ErrorKind;
         match self {
             SandboxError::VmExited { .. }
+            | SandboxError::NotRestored(_)
             | SandboxError::VmStopped { .. }
             | SandboxError::NotReady(..)
             | SandboxError::Client(_) => ErrorKind::Unavailable,
@@ -354,8 +359,9 @@ impl Sandbox {
             return Sandbox::start(spec).await;
         };
         match Sandbox::start(spec).await {
-            Ok(sb) => Ok(sb),
-            Err(e) => {
+            // Only a failure of the restore itself: any other is the VM's and would
+            // happen after a boot too.
+            Err(e @ SandboxError::NotRestored(_)) => {
                 tracing::warn!(error = %e, template = %template.display(), "restore failed; booting");
                 eprintln!("husk: warning: the VM did not restore from its template ({e}); booting");
                 crate::template::discard(template);
@@ -365,6 +371,7 @@ impl Sandbox {
                 };
                 Sandbox::start(&boot).await
             }
+            other => other,
         }
     }
 

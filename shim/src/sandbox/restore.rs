@@ -16,6 +16,9 @@ use super::{BootTimes, SandboxError, SandboxSpec, console_tail, ctx, describe_ex
 /// How long a restored VM's agent may take to answer: a restore takes milliseconds to a
 /// few seconds; much longer means the template is bad, and the VM boots instead.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The oldest agent protocol minor a restored VM may speak: 0.5 reseeds the guest's
+/// CRNG with the host's entropy.
+const MIN_MINOR: u32 = 5;
 
 /// Connects to the restored VM's agent and greets it.
 pub(super) async fn wait_agent(
@@ -30,21 +33,26 @@ pub(super) async fn wait_agent(
     let mut last = String::new();
     loop {
         if let Ok(Some(st)) = child.try_wait() {
-            return Err(SandboxError::VmExited {
-                status: describe_exit(st),
-                console: console_tail(dir),
-            });
+            return Err(SandboxError::NotRestored(format!(
+                "{}{}",
+                describe_exit(st),
+                console_tail(dir)
+            )));
         }
         if Instant::now() > deadline {
-            return Err(SandboxError::NotReady(
-                RESTORE_TIMEOUT,
-                format!(
-                    " (restored from a template; last: {last}){}",
-                    console_tail(dir)
-                ),
-            ));
+            return Err(SandboxError::NotRestored(format!(
+                "the agent did not answer within {RESTORE_TIMEOUT:?} (last: {last}){}",
+                console_tail(dir)
+            )));
         }
         match tokio::time::timeout(Duration::from_secs(5), hello(endpoint)).await {
+            // Before 0.5 the agent drops the entropy seed: every clone would share the
+            // template's random state.
+            Ok(Ok((_, minor))) if minor < MIN_MINOR => {
+                return Err(SandboxError::NotRestored(format!(
+                    "its agent speaks protocol 0.{minor}; restored VMs need 0.{MIN_MINOR} (entropy seed)"
+                )));
+            }
             Ok(Ok((agent, minor))) => {
                 times.agent_ready = t0.elapsed();
                 greet(&agent, spec, minor, "(restored from a template)").await?;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::process::Command;
 use tokio::io::AsyncBufReadExt as _;
@@ -60,6 +61,11 @@ pub async fn build(
     let (id, key_json) = key(spec)?;
     let root = templates_dir(state_dir);
     std::fs::create_dir_all(&root).map_err(dir_err(&root))?;
+    // Templates hold guest memory: root's only. Their two files are made readable for
+    // the jailed husk-vmm's uid, which reaches them only through its jail's binds.
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700))
+        .map_err(dir_err(&root))?;
+    remove_stale_builds(&root, run_dir);
     let tag = format!("{id}-{}", std::process::id());
     let work = root.join(format!(".build-{tag}"));
     let vm_dir = SandboxDir::new(run_dir.join("template-builds").join(&tag));
@@ -155,6 +161,13 @@ pub async fn build(
     drop(r);
     let ready_json: serde_json::Value = serde_json::from_str(&line)
         .map_err(|e| TemplateError::Build(format!("the agent's readiness line {line:?}: {e}")))?;
+    // An agent before protocol 0.5 would drop the clones' entropy seeds.
+    let minor = ready_json["protocol"][1].as_u64().unwrap_or(0);
+    if minor < 5 {
+        return Err(TemplateError::Build(format!(
+            "the guest image's agent speaks protocol 0.{minor}; templates need 0.5 (rebuild the guest image: make guest-image)"
+        )));
+    }
     let booted = started.elapsed();
 
     // Snapshot, then stop the template VM.
@@ -180,6 +193,11 @@ pub async fn build(
         "boot_ms": booted.as_millis() as u64,
         "built_ms": started.elapsed().as_millis() as u64,
     });
+    for f in ["state", "memory"] {
+        let p = snap.join(f);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644))
+            .map_err(dir_err(&p))?;
+    }
     let key_path = snap.join("key.json");
     std::fs::write(
         &key_path,
@@ -187,10 +205,11 @@ pub async fn build(
     )
     .map_err(dir_err(&key_path))?;
     let dest = root.join(&id);
-    if let Err(err) = std::fs::rename(&snap, &dest) {
-        // Another husk built it meanwhile: use theirs.
-        if !dest.join("state").is_file() {
-            return Err(TemplateError::Dir { path: dest, err });
+    if std::fs::rename(&snap, &dest).is_err() {
+        // Another husk built it meanwhile: use theirs if whole, else replace it.
+        if super::find(state_dir, spec)?.is_none() {
+            let _ = std::fs::remove_dir_all(&dest);
+            std::fs::rename(&snap, &dest).map_err(dir_err(&dest))?;
         }
     }
     tracing::info!(
@@ -200,6 +219,30 @@ pub async fn build(
     );
     drop(cleanup);
     Ok(dest)
+}
+
+/// Removes the build folders of husk processes that are gone (killed mid-build):
+/// `<templates>/.build-<id>-<pid>` and `<run_dir>/template-builds/<id>-<pid>`.
+fn remove_stale_builds(root: &Path, run_dir: &Path) {
+    let builds = run_dir.join("template-builds");
+    for (parent, prefix) in [(root, ".build-"), (builds.as_path(), "")] {
+        let Ok(entries) = std::fs::read_dir(parent) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(tag) = name.strip_prefix(prefix) else {
+                continue;
+            };
+            let Some(pid) = tag.rsplit('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                tracing::info!(folder = %e.path().display(), "removing a dead build's folder");
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
 }
 
 fn chain(e: &dyn std::error::Error) -> String {

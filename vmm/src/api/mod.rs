@@ -100,6 +100,14 @@ fn call_envelope(socket: &Path, env: &Envelope) -> Result<serde_json::Value, Api
         path: socket.display().to_string(),
         source,
     })?;
+    // A VMM that stops answering must not hang its caller: a snapshot writes all of
+    // guest memory, the other requests answer at once.
+    let limit = match env.op {
+        Request::Snapshot => std::time::Duration::from_secs(300),
+        _ => std::time::Duration::from_secs(30),
+    };
+    s.set_read_timeout(Some(limit))?;
+    s.set_write_timeout(Some(limit))?;
     let mut line = serde_json::to_string(env).map_err(|e| ApiError::BadResponse(e.to_string()))?;
     line.push('\n');
     s.write_all(line.as_bytes())?;

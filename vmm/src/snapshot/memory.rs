@@ -4,7 +4,7 @@
 //! share its pages through the page cache) or copied into private anonymous memory.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use vm_memory::mmap::MmapRegionBuilder;
@@ -71,9 +71,11 @@ pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<(u64, u64), MemoryFile
         path: path.to_path_buf(),
         source,
     };
+    // Guest RAM: readable by its owner only.
     let file = File::options()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(path)
         .map_err(werr)?;
     let mut buf = vec![0u8; CHUNK];
@@ -118,7 +120,12 @@ pub fn restore(
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(rerr)?;
+    // Not through a symlink, and never blocking on a FIFO.
+    let file = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(rerr)?;
     let meta = file.metadata().map_err(rerr)?;
     if !meta.is_file() || meta.len() != size {
         return Err(MemoryFileError::Size {

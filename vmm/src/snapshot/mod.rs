@@ -35,7 +35,7 @@ pub const STATE_FILE: &str = "state";
 /// The memory file's name in a snapshot folder.
 pub const MEMORY_FILE: &str = "memory";
 /// Largest state body read (vCPU state is ~20 KiB each as JSON).
-pub const MAX_STATE_BYTES: u64 = 64 << 20;
+pub const MAX_STATE_BYTES: u64 = 16 << 20;
 const HEADER_LEN: usize = 8 + 4 + 8 + 32;
 
 /// Why a snapshot could not be taken or restored.
@@ -155,6 +155,7 @@ pub fn write_state(dir: &Path, state: &State) -> Result<(), SnapshotError> {
     let mut f = std::fs::File::options()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&path)
         .map_err(werr)?;
     f.write_all(&out).map_err(werr)?;

@@ -551,6 +551,29 @@ pub fn vcpu_ioctls() -> Vec<u64> {
 
 /// The ioctl requests `Vm::save_state` and `Vm::restore_state` make on the VM fd (see
 /// [`vcpu_ioctls`]).
+/// The requests of [`vcpu_ioctls`] and [`vm_ioctls`] that only read state (and
+/// `complete_pending_io`'s KVM_RUN): all a snapshot of a running VM makes. Restores
+/// happen before the seccomp filter, so the filter allows only these.
+pub fn save_ioctls() -> Vec<u64> {
+    [
+        nr::KVM_RUN(),
+        nr::KVM_GET_REGS(),
+        nr::KVM_GET_SREGS(),
+        nr::KVM_GET_MSRS(),
+        nr::KVM_GET_LAPIC(),
+        nr::KVM_GET_MP_STATE(),
+        nr::KVM_GET_VCPU_EVENTS(),
+        nr::KVM_GET_DEBUGREGS(),
+        nr::KVM_GET_XSAVE(),
+        nr::KVM_GET_XCRS(),
+        nr::KVM_GET_TSC_KHZ(),
+        nr::KVM_GET_IRQCHIP(),
+        nr::KVM_GET_CLOCK(),
+        nr::KVM_GET_PIT2(),
+    ]
+    .to_vec()
+}
+
 pub fn vm_ioctls() -> Vec<u64> {
     [
         nr::KVM_GET_IRQCHIP(),

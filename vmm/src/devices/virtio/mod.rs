@@ -85,12 +85,11 @@ impl Interrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
-    /// Sets the status bits a snapshot saved, raising the line again when any is set
-    /// (the driver reads the status and finds the work; a spurious interrupt is
-    /// harmless, a lost one is not).
+    /// Adds the status bits a snapshot saved (to a fresh, or already raised, status),
+    /// raising the line again when any is set (the driver reads the status and finds
+    /// the work; a spurious interrupt is harmless, a lost one is not).
     pub fn restore(&self, bits: u32) {
         let bits = bits & (INT_VRING | INT_CONFIG);
-        self.status.store(bits, Ordering::SeqCst);
         if bits != 0 {
             self.raise(bits);
         }
