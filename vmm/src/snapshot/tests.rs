@@ -150,3 +150,47 @@ fn cpuid_fingerprint_depends_on_every_field() {
     assert_eq!(a, cpuid_fingerprint(&[e]));
     assert_eq!(a.len(), 32);
 }
+
+/// A small deterministic generator for the mutation tests.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn mutated_state_files_are_errors_not_panics() {
+    // Random byte flips, truncations and insertions in a valid file, with its checksum
+    // recomputed half the time (so that the body's parser and checks are reached).
+    let (dir, bytes) = written();
+    let d = dir.path();
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    for round in 0..2000 {
+        let mut b = bytes.clone();
+        for _ in 0..(1 + rng.next() % 8) {
+            let i = (rng.next() as usize) % b.len();
+            match rng.next() % 3 {
+                0 => b[i] = rng.next() as u8,
+                1 => b.truncate(i.max(1)),
+                _ => b.insert(i, b"{}[]\",:0-e9 "[(rng.next() % 12) as usize]),
+            }
+        }
+        if round % 2 == 0 && b.len() > 52 {
+            let body_len = (b.len() - 52) as u64;
+            b[12..20].copy_from_slice(&body_len.to_le_bytes());
+            let sum = Sha256::digest(&b[52..]);
+            b[20..52].copy_from_slice(&sum);
+        }
+        rewrite(d, &b);
+        if let Ok(s) = read_state(d) {
+            // Whatever parses is consistent with itself.
+            assert_eq!(s.vcpus.len(), usize::from(s.shape.vcpus));
+            assert_eq!(s.devices.len(), s.shape.devices.len());
+        }
+    }
+}

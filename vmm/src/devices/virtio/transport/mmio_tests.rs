@@ -324,3 +324,51 @@ fn queue_outside_guest_memory_is_not_activated() {
     assert_eq!(p.activations.load(Ordering::SeqCst), 0);
     assert_ne!(r(&mut t, REG_STATUS) & STATUS_NEEDS_RESET, 0);
 }
+
+#[test]
+fn random_saved_transports_are_errors_or_work_never_panics() {
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let (mut t, _) = activated();
+    t.pause().unwrap();
+    let good = t.save().unwrap();
+    for _ in 0..5000 {
+        let mut s = good.clone();
+        let pick = |v: u64, n: u64| v % n;
+        match pick(next(), 6) {
+            0 => s.status = next() as u32,
+            1 => s.driver_features = next(),
+            2 => s.interrupt_status = next() as u32,
+            3 => s.queue_sel = next() as u32,
+            4 => s.activated = !s.activated,
+            _ => {}
+        }
+        for q in &mut s.queues {
+            match pick(next(), 8) {
+                0 => q.size = next() as u16,
+                1 => q.desc_table = next() % 0x20_0000,
+                2 => q.avail_ring = next(),
+                3 => q.used_ring = next() % 0x20_0000,
+                4 => q.next_avail = next() as u16,
+                5 => q.ready = !q.ready,
+                6 => q.max_size = next() as u16,
+                _ => {}
+            }
+        }
+        if pick(next(), 10) == 0 {
+            s.queues.push(QueueSnapshot::default());
+        }
+        let (mut t2, _) = transport();
+        if t2.restore(&s).is_ok() {
+            // It answers register reads and takes a reset.
+            let _ = r(&mut t2, REG_STATUS);
+            let _ = r(&mut t2, REG_QUEUE_NUM_MAX);
+            w(&mut t2, REG_STATUS, 0);
+        }
+    }
+}
