@@ -30,12 +30,8 @@ out=$(husk run -q --no-jail "oci:$img" sh -c 'echo no-jail; exit 5'); case_ no_j
 t1=$(date +%s.%N)
 echo "--no-jail run: $(awk -v a="$t0" -v b="$t1" "BEGIN {printf \"%.1f\", b - a}") s" >&2
 case_ after_no_jail "$(leftovers)"
-# The jail's cost: the same image (converted by now), jailed and not, back to back.
-for mode in jail no-jail jail no-jail; do
-    flag=; [ $mode = no-jail ] && flag=--no-jail
-    t0=$(date +%s.%N); husk run -q $flag "oci:$img" true; t1=$(date +%s.%N)
-    echo "timing $mode: $(awk -v a="$t0" -v b="$t1" "BEGIN {printf \"%.2f\", b - a}") s" >&2
-done
+# (The jail's cost, measured back to back: below the emulated lab's noise; see
+# docs/testing.md. Not repeated here, to keep CI short.)
 
 # A jailed husk-vmm seen from the host while it runs; then kill -9 of husk.
 "$real_husk" run -q --name jv "oci:$img" sleep 600 >/dev/null 2>&1 &
