@@ -110,7 +110,7 @@ fn main() -> ExitCode {
             VmmExit::of(&reason)
         }
         Err(e) => {
-            eprintln!("husk-vmm: {}", chain(&e));
+            eprintln!("husk-vmm: {}", husk_vmm::api::error_chain(&e));
             if e.is_config_error() {
                 VmmExit::BadConfig
             } else {
@@ -161,17 +161,6 @@ fn run(
             eprintln!("husk-vmm: cannot write the report {}: {e}", path.display());
         }
     })
-}
-
-/// An error and its causes on one line: "a: b: c".
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s += &format!(": {c}");
-        src = c.source();
-    }
-    s
 }
 
 fn check(json: bool) -> ExitCode {

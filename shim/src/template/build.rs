@@ -175,7 +175,9 @@ pub async fn build(
     let taken = tokio::task::spawn_blocking(move || husk_vmm::api::snapshot(&api2, &snap2))
         .await
         .map_err(|e| TemplateError::Build(e.to_string()))?
-        .map_err(|e| TemplateError::Build(format!("snapshot: {}", chain(&e))))?;
+        .map_err(|e| {
+            TemplateError::Build(format!("snapshot: {}", husk_vmm::api::error_chain(&e)))
+        })?;
     let api3 = api.clone();
     let _ = tokio::task::spawn_blocking(move || {
         husk_vmm::api::call(&api3, husk_vmm::api::Request::Shutdown)
@@ -243,14 +245,4 @@ fn remove_stale_builds(root: &Path, run_dir: &Path) {
             }
         }
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s += &format!(": {c}");
-        src = c.source();
-    }
-    s
 }

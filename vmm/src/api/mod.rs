@@ -62,6 +62,17 @@ pub fn parse_request(line: &[u8]) -> Result<Request, serde_json::Error> {
     serde_json::from_slice::<Envelope>(line).map(|e| e.op)
 }
 
+/// An error and its causes on one line: "a: b: c".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s += &format!(": {c}");
+        src = c.source();
+    }
+    s
+}
+
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -131,17 +131,6 @@ fn serve_conn(s: UnixStream, h: &Handles) {
     }
 }
 
-/// An error and its causes on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s += &format!(": {c}");
-        src = c.source();
-    }
-    s
-}
-
 fn handle(env: Envelope, h: &Handles) -> serde_json::Value {
     let req = env.op;
     tracing::info!(?req, dir = ?env.dir, "api request");
@@ -160,7 +149,7 @@ fn handle(env: Envelope, h: &Handles) -> serde_json::Value {
             };
             match h.snapshotter.take(&dir) {
                 Ok(summary) => json!({"ok": true, "snapshot": summary}),
-                Err(e) => json!({"ok": false, "error": chain(&e)}),
+                Err(e) => json!({"ok": false, "error": super::error_chain(&e)}),
             }
         }
         Request::Shutdown => {
