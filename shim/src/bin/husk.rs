@@ -130,6 +130,19 @@ enum TemplateCommand {
     /// List the templates: id, bytes on disk (the memory file is sparse), vCPUs,
     /// memory, disks.
     Ls,
+    /// Build the template `husk run --network none` would use for this VM shape now,
+    /// instead of on first use; prints its id.
+    Build {
+        /// vCPUs (default: vm.vcpus of the configuration).
+        #[arg(long, value_name = "N")]
+        cpus: Option<u32>,
+        /// Memory, e.g. 512m or 1g (default: vm.memory_mib).
+        #[arg(short, long, value_name = "SIZE")]
+        memory: Option<String>,
+        /// The runs' --storage: disk (a scratch disk) or tmpfs.
+        #[arg(long, value_name = "disk|tmpfs", default_value = "disk")]
+        storage: String,
+    },
     /// Remove templates (the next VM of that shape builds its template again).
     Rm {
         /// Template ids as `husk template ls` prints them.
@@ -551,6 +564,14 @@ fn main() -> ExitCode {
         Command::Template {
             command: TemplateCommand::Rm { ids, all },
         } => templates::rm(&config, &ids, all),
+        Command::Template {
+            command:
+                TemplateCommand::Build {
+                    cpus,
+                    memory,
+                    storage,
+                },
+        } => templates::build(&config, cpus, memory.as_deref(), &storage),
         Command::Network {
             command: NetworkCommand::Ls,
         } => network_ls(&config),

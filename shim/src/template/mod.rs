@@ -99,6 +99,40 @@ pub fn find(state_dir: &Path, spec: &SandboxSpec) -> Result<Option<PathBuf>, Tem
     Ok(whole.then_some(dir))
 }
 
+/// The VM `husk run --network none` makes without volumes, for building its template
+/// ahead of use (`husk template build`): `vcpus` and `memory_mib` default to the
+/// configuration's, `scratch` is the writable disk of `--storage disk`. Its key is the
+/// one `husk run` computes for the same shape (the disks' paths do not count).
+pub fn run_shape(
+    config: &crate::config::Config,
+    vcpus: Option<u32>,
+    memory_mib: Option<u32>,
+    scratch: bool,
+) -> Result<SandboxSpec, TemplateError> {
+    let build = |e: &dyn std::fmt::Display| TemplateError::Build(e.to_string());
+    crate::preflight::check(config).map_err(|e| build(&e))?;
+    let guest = crate::guest::GuestImage::locate(&config.state_dir, config.vm.kernel.as_deref())
+        .map_err(|e| build(&e))?;
+    let vmm = crate::guest::vmm_binary().map_err(|e| build(&e))?;
+    let mut disks = vec![crate::sandbox::Disk {
+        path: PathBuf::from("rootfs.erofs"),
+        read_only: true,
+    }];
+    if scratch {
+        disks.push(crate::sandbox::Disk {
+            path: PathBuf::from("scratch.img"),
+            read_only: false,
+        });
+    }
+    let dir = crate::layout::SandboxDir::new(config.run_dir.join("template-builds"));
+    Ok(SandboxSpec {
+        vcpus: vcpus.unwrap_or(config.vm.vcpus),
+        memory_mib: memory_mib.unwrap_or(config.vm.memory_mib),
+        disks,
+        ..SandboxSpec::new("template", dir, vmm, &guest)
+    })
+}
+
 /// The template for `spec`: found, or built now (with progress). `None`, with the
 /// reason logged, when `spec` cannot use one or the build failed (the caller boots).
 pub async fn ensure(

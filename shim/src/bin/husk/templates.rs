@@ -41,6 +41,48 @@ pub fn ls(config: &Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `husk template build [--cpus N] [-m SIZE] [--storage disk|tmpfs]`: prints the id.
+pub fn build(config: &Config, cpus: Option<u32>, memory: Option<&str>, storage: &str) -> ExitCode {
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("husk: {e}");
+        ExitCode::from(125)
+    };
+    let memory_mib = match memory.map(husk::run::parse_memory).transpose() {
+        Ok(m) => m,
+        Err(e) => return fail(&format!("--memory {}: {e}", memory.unwrap_or_default())),
+    };
+    let scratch = match storage {
+        "disk" => true,
+        "tmpfs" => false,
+        other => return fail(&format!("--storage {other:?}: want disk or tmpfs")),
+    };
+    if cpus == Some(0) {
+        return fail(&"--cpus 0: at least 1");
+    }
+    let spec = match husk::template::run_shape(config, cpus, memory_mib, scratch) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    if let Ok(Some(dir)) = husk::template::find(&config.state_dir, &spec) {
+        eprintln!("husk: the template exists already");
+        println!("{}", dir.file_name().unwrap_or_default().to_string_lossy());
+        return ExitCode::SUCCESS;
+    }
+    let Some(rt) = super::runtime() else {
+        return ExitCode::from(125);
+    };
+    eprintln!("husk: building a VM template (a VM boots once, then is saved)");
+    let r = rt.block_on(husk::template::build(&config.state_dir, &config.run_dir, &spec));
+    rt.shutdown_background();
+    match r {
+        Ok(dir) => {
+            println!("{}", dir.file_name().unwrap_or_default().to_string_lossy());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
 /// `husk template rm ID... | --all`.
 pub fn rm(config: &Config, ids: &[String], all: bool) -> ExitCode {
     let ids: Vec<String> = if all {
