@@ -37,17 +37,53 @@ pub(super) fn run_tool(tool: &'static str, args: &[&OsStr], path: &Path) -> Resu
     if !out.status.success() {
         let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
         tracing::debug!(tool, path = %path.display(), status = %out.status, "image tool failed");
+        let mut msg = if msg.is_empty() {
+            out.status.to_string()
+        } else {
+            msg
+        };
+        // A tool may die of a full disk without saying so (umoci has panicked on a
+        // failed write): name the reason when a file system it writes to is full.
+        // The paths it was given include where it writes.
+        let full = args
+            .iter()
+            .map(Path::new)
+            .filter(|p| p.is_absolute())
+            .filter_map(|p| free_bytes(p).map(|f| (p, f)))
+            .find(|(_, free)| *free < FULL_BELOW_BYTES);
+        if !msg.to_lowercase().contains("no space left on device")
+            && let Some((p, free)) = full
+        {
+            msg = format!(
+                "no space left on device: {} has {free} bytes free ({tool}: {msg})",
+                p.display()
+            );
+        }
         return Err(ImageError::Tool {
             tool,
             path: path.to_path_buf(),
-            msg: if msg.is_empty() {
-                out.status.to_string()
-            } else {
-                msg
-            },
+            msg,
         });
     }
     Ok(())
+}
+
+/// Below this many free bytes, a failed tool's file system counts as full.
+const FULL_BELOW_BYTES: u64 = 1 << 20;
+
+/// Bytes free for unprivileged writes on the file system of `path` (or of its nearest
+/// existing ancestor).
+fn free_bytes(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let c = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs that
+    // statvfs fills; nothing else is touched.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// In a forked child: be killed when the parent dies; if it died already (between

@@ -72,7 +72,11 @@ pub fn build(config: &Config, cpus: Option<u32>, memory: Option<&str>, storage: 
         return ExitCode::from(125);
     };
     eprintln!("husk: building a VM template (a VM boots once, then is saved)");
-    let r = rt.block_on(husk::template::build(&config.state_dir, &config.run_dir, &spec));
+    let r = rt.block_on(husk::template::build(
+        &config.state_dir,
+        &config.run_dir,
+        &spec,
+    ));
     rt.shutdown_background();
     match r {
         Ok(dir) => {
