@@ -346,6 +346,31 @@ async fn interfaces_and_routes() {
     c.update_interface(ctx(), &iface(MAC, "eth0", &["10.200.1.7/24"], 0))
         .await
         .unwrap();
+
+    // A clone of a template (protocol 0.6): no NIC has the new MAC; the one with
+    // current_mac takes it (it was up: set down, changed, renamed, up again).
+    const CLONE_MAC: &str = "02:00:00:00:00:77";
+    let mut clone = iface(CLONE_MAC, "eth0", &["10.200.2.9/24"], 0);
+    clone.current_mac = MAC.into();
+    c.update_interface(ctx(), &clone).await.unwrap();
+    let link = ns.ip_json(&["link", "show", "dev", "eth0"]);
+    assert_eq!(link[0]["address"], CLONE_MAC, "{link}");
+    assert!(
+        link[0]["flags"].as_array().unwrap().contains(&json!("UP")),
+        "{link}"
+    );
+    assert_eq!(addresses(&ns), set(&["10.200.2.9/24"]));
+    // Sent again (a retry): the NIC with the MAC is found, current_mac is not needed.
+    c.update_interface(ctx(), &clone).await.unwrap();
+    // Neither address on any NIC: NOT_FOUND naming both.
+    let mut none = iface("02:00:00:00:00:98", "eth0", &[], 0);
+    none.current_mac = "02:00:00:00:00:99".into();
+    let (code, msg) = rpc_error(c.update_interface(ctx(), &none).await.unwrap_err());
+    assert_eq!(code, ttrpc::Code::NOT_FOUND, "{msg}");
+    assert!(
+        msg.contains("02:00:00:00:00:98") && msg.contains("02:00:00:00:00:99"),
+        "{msg}"
+    );
 }
 
 /// Runs `spec` in a container to its end; its stdout, stderr and exit status.

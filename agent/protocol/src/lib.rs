@@ -53,7 +53,8 @@ pub mod agent_ttrpc {
 /// 0.4 networking: `UpdateInterfaceRequest.mac`, structured `UpdateRoutesRequest.routes`,
 /// `CreateSandboxRequest.etc_hosts`/`etc_resolv_conf`/`etc_hostname`.
 /// 0.5 snapshot clones: `CreateSandboxRequest.entropy_seed`.
-pub const PROTOCOL_VERSION: (u32, u32) = (0, 5);
+/// 0.6 clones with NICs: `UpdateInterfaceRequest.current_mac`.
+pub const PROTOCOL_VERSION: (u32, u32) = (0, 6);
 
 /// vsock port the agent serves its API on.
 pub const AGENT_PORT: u32 = 1024;

@@ -249,6 +249,9 @@ pub const MIN_MTU: u32 = 68;
 pub struct InterfaceConfig {
     pub name: String,
     pub mac: [u8; 6],
+    /// The MAC the NIC has now, when it is to take `mac` (protocol 0.6: a VM restored
+    /// from a template); used only when no NIC has `mac`.
+    pub current_mac: Option<[u8; 6]>,
     /// `None`: leave the MTU as it is.
     pub mtu: Option<u32>,
     pub addresses: Vec<Cidr>,
@@ -257,11 +260,20 @@ pub struct InterfaceConfig {
 /// Checks an UpdateInterface request: the MAC (unicast, not all zeroes), the new name, the MTU (0: unchanged,
 /// else 68 to 65535), at most [`MAX_ADDRESSES`] unicast addresses in CIDR form.
 pub fn update_interface(req: &UpdateInterfaceRequest) -> Result<InterfaceConfig, ValidateError> {
-    let mac = mac("mac", &req.mac)?;
-    // Not loopback's (all zeroes) nor a group address: no NIC is found by those.
-    if mac == [0; 6] || mac[0] & 1 == 1 {
-        return Err(bad("mac", &req.mac, "not a unicast MAC address"));
-    }
+    let unicast = |field: &str, s: &str| {
+        let m = mac(field, s)?;
+        // Not loopback's (all zeroes) nor a group address: no NIC is found by those,
+        // and none may take one.
+        if m == [0; 6] || m[0] & 1 == 1 {
+            return Err(bad(field, s, "not a unicast MAC address"));
+        }
+        Ok(m)
+    };
+    let mac = unicast("mac", &req.mac)?;
+    let current_mac = match req.current_mac.as_str() {
+        "" => None,
+        s => Some(unicast("current_mac", s)?),
+    };
     interface_name("name", &req.name)?;
     let mtu = match req.mtu {
         0 => None,
@@ -300,6 +312,7 @@ pub fn update_interface(req: &UpdateInterfaceRequest) -> Result<InterfaceConfig,
     Ok(InterfaceConfig {
         name: req.name.clone(),
         mac,
+        current_mac,
         mtu,
         addresses,
     })
@@ -510,7 +523,17 @@ mod tests {
         assert_eq!(c.addresses.len(), 2, "duplicates dropped");
         assert_eq!(c.addresses[1].to_string(), "fd00:200::5/64");
         let ok = update_interface(&iface("02:11:22:33:44:55", "eth0", &[], 0)).unwrap();
-        assert_eq!(ok.mtu, None);
+        assert_eq!((ok.mtu, ok.current_mac), (None, None));
+        // A clone's NIC takes its MAC (protocol 0.6).
+        let mut clone = iface("02:11:22:33:44:55", "eth0", &[], 0);
+        clone.current_mac = "02:68:75:73:6B:00".into();
+        let c = update_interface(&clone).unwrap();
+        assert_eq!(c.current_mac, Some([2, 0x68, 0x75, 0x73, 0x6b, 0]));
+        for bad in ["02:68:75:73:6b", "01:00:5e:00:00:01", "00:00:00:00:00:00", "x"] {
+            clone.current_mac = bad.into();
+            let e = update_interface(&clone).unwrap_err();
+            assert_eq!(field_of(&e), "current_mac", "{bad}: {e}");
+        }
 
         for (req, field) in [
             (iface("02:11:22:33:44", "eth0", &[], 0), "mac"),

@@ -1,6 +1,7 @@
-//! UpdateInterface: the NIC with the given MAC address is renamed (down first: the
-//! kernel renames only a device that is down), given its MTU, its addresses replaced
-//! and set up, in that order.
+//! UpdateInterface: the NIC with the given MAC address (or, in a VM restored from a
+//! template, the one with `current_mac`, which takes the given address) is renamed
+//! (down first: the kernel renames only a device that is down), given its MTU, its
+//! addresses replaced and set up, in that order.
 //!
 //! Addresses: those the request lists are added (NLM_F_REPLACE: one already there is
 //! kept), every other one removed, except IPv6 link-local addresses (fe80::/10, made
@@ -154,14 +155,61 @@ fn is_link_local_v6(c: &Cidr) -> bool {
     matches!(c.addr, IpAddr::V6(a) if (a.segments()[0] & 0xffc0) == 0xfe80)
 }
 
+/// The link UpdateInterface acts on: the one with `cfg.mac`; else, when the request
+/// names a `current_mac` (a VM restored from a template), the one with that address,
+/// which takes `cfg.mac` first (down: not every driver changes a live address).
+fn find(nl: &mut Netlink, cfg: &InterfaceConfig) -> Result<Link, NetError> {
+    let all = links(nl)?;
+    let with = |mac: &[u8; 6]| {
+        all.iter()
+            .find(|l| l.mac.as_deref() == Some(&mac[..]))
+            .cloned()
+    };
+    if let Some(l) = with(&cfg.mac) {
+        return Ok(l);
+    }
+    let Some(current) = cfg.current_mac else {
+        return Err(NetError::NoSuchMac {
+            mac: mac_string(&cfg.mac),
+        });
+    };
+    let mut link = with(&current).ok_or_else(|| NetError::NoSuchMacs {
+        mac: mac_string(&cfg.mac),
+        current: mac_string(&current),
+    })?;
+    if link.up {
+        nl.request(
+            set_link_message(link.index, vec![], Some(false)),
+            0,
+            &format!("set {} down to change its MAC address", link.name),
+        )?;
+        link.up = false;
+    }
+    nl.request(
+        set_link_message(
+            link.index,
+            vec![LinkAttribute::Address(cfg.mac.to_vec())],
+            None,
+        ),
+        0,
+        &format!(
+            "give {} the MAC address {}",
+            link.name,
+            mac_string(&cfg.mac)
+        ),
+    )?;
+    tracing::info!(
+        name = %link.name,
+        from = %mac_string(&current),
+        to = %mac_string(&cfg.mac),
+        "MAC address changed"
+    );
+    Ok(link)
+}
+
 /// Applies UpdateInterface. Returns the link as it was found.
 pub fn update(nl: &mut Netlink, cfg: &InterfaceConfig) -> Result<Link, NetError> {
-    let link = links(nl)?
-        .into_iter()
-        .find(|l| l.mac.as_deref() == Some(&cfg.mac[..]))
-        .ok_or_else(|| NetError::NoSuchMac {
-            mac: mac_string(&cfg.mac),
-        })?;
+    let link = find(nl, cfg)?;
     let index = link.index;
     if link.name != cfg.name {
         nl.request(

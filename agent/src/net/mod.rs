@@ -17,6 +17,8 @@ use netlink::NetlinkError;
 pub enum NetError {
     #[error("no network interface has MAC address {mac}")]
     NoSuchMac { mac: String },
+    #[error("no network interface has MAC address {mac} or {current}")]
+    NoSuchMacs { mac: String, current: String },
     #[error("{field} {name:?}: no such network interface")]
     NoSuchDevice { field: String, name: String },
     #[error(transparent)]
