@@ -229,6 +229,13 @@ impl VirtioDevice for Net {
         self.worker.resume().map_err(ActivateError::Worker)
     }
 
+    /// What the driver reads from the configuration space: a clone's NIC has its own
+    /// MAC (the transport then raises a configuration change; the guest's agent gives
+    /// the interface that address, docs/snapshots.md).
+    fn save(&self) -> serde_json::Value {
+        serde_json::json!({"mac": self.mac, "mtu": self.mtu})
+    }
+
     fn metrics(&self) -> serde_json::Value {
         self.metrics.to_json()
     }
