@@ -2,8 +2,9 @@
 //! there; docs/snapshots.md): `husk template build` builds the runs' template ahead
 //! (a second build finds it; bad options refused); `--network none` runs restore it, each with its own hostname, clock and random
 //! values, exit status and stdio as with a boot, two at once; `--no-template` boots; a
-//! damaged template makes the run boot, is discarded and rebuilt by the next run; a run
-//! with a network boots; `husk template rm --all`; nothing left behind.
+//! damaged template makes the run boot, is discarded and rebuilt by the next run; runs
+//! on the default network restore a template of their own shape, each guest NIC with
+//! the clone's MAC, the network working; `husk template rm --all`; nothing left behind.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
@@ -48,7 +49,7 @@ fn vms_restored_from_templates_in_the_lab() {
             .unwrap_or_else(|| panic!("no case {k}\n{all}"))
     };
     let check = |k: &str, want: &str| assert_eq!(get(k), want, "case {k}\n{all}");
-    let clean = "vmm=0 dirs=0 builds=0 mounts=0";
+    let clean = "vmm=0 dirs=0 builds=0 mounts=0 taps=0";
     check("build", "0_32_1_1");
     check("build_bad", "1_125");
     check("first", "7_first");
@@ -80,8 +81,10 @@ fn vms_restored_from_templates_in_the_lab() {
     check("no_template", "0_booted_1");
     check("damaged", "0_survived_1_1_0");
     check("rebuilt", "0_rebuilt_1_1");
-    check("networked", "0_networked_1");
-    check("rm", "1_0");
+    check("networked", "0_1_own-mac");
+    check("networked2", "0_1_hello-l1_own-mac");
+    check("templates_net", "2");
+    check("rm", "2_0");
     check("after_all", clean);
 
     let times = |what: &str| -> Vec<f64> {
@@ -93,11 +96,13 @@ fn vms_restored_from_templates_in_the_lab() {
     };
     let (t, b) = (times("template"), times("boot"));
     println!(
-        "MEASURE husk_run_template_median_s={:.2} (n={}) husk_run_boot_median_s={:.2} (n={}) first_run={:?}",
+        "MEASURE husk_run_template_median_s={:.2} (n={}) husk_run_boot_median_s={:.2} (n={}) first_run={:?} networked_template={:?} networked_first={:?}",
         median(t.clone()),
         t.len(),
         median(b.clone()),
         b.len(),
-        times("first (restore)")
+        times("first (restore)"),
+        times("networked template"),
+        times("networked first (template build + restore)")
     );
 }

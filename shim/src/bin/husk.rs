@@ -128,7 +128,7 @@ enum NetworkCommand {
 #[derive(Subcommand, Debug)]
 enum TemplateCommand {
     /// List the templates: id, bytes on disk (the memory file is sparse), vCPUs,
-    /// memory, disks.
+    /// memory, disks, NICs.
     Ls,
     /// Build the template `husk run --network none` would use for this VM shape now,
     /// instead of on first use; prints its id.

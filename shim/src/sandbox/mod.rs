@@ -189,6 +189,9 @@ pub struct Sandbox {
     share: Option<crate::share::Server>,
     /// husk-vmm's jail (its cgroup and uid), released once husk-vmm is gone.
     jail: Option<crate::jail::Jail>,
+    /// In a VM restored from a template: each NIC's MAC and the template's MAC its
+    /// guest interface still has until [`Sandbox::configure_network`].
+    template_macs: Vec<(String, String)>,
 }
 
 fn now_unix_ns() -> i64 {
@@ -516,6 +519,15 @@ impl Sandbox {
                     vmm: Some(child),
                     share,
                     jail,
+                    template_macs: match spec.template {
+                        Some(_) => spec
+                            .nics
+                            .iter()
+                            .enumerate()
+                            .map(|(i, n)| (n.mac.clone(), crate::template::nic_mac(i)))
+                            .collect(),
+                        None => Vec::new(),
+                    },
                 })
             }
             Err(e) => {
@@ -527,7 +539,9 @@ impl Sandbox {
         }
     }
 
-    /// Configures a guest NIC (found by its MAC) and its routes (agent protocol 0.4).
+    /// Configures a guest NIC (found by its MAC) and its routes (agent protocol 0.4). In
+    /// a VM restored from a template, the NIC takes its MAC from the template's first
+    /// (protocol 0.6, `current_mac`).
     pub async fn configure_network(
         &self,
         g: &crate::network::GuestNetwork,
@@ -535,6 +549,13 @@ impl Sandbox {
         let mut i = UpdateInterfaceRequest::new();
         i.name = g.ifname.clone();
         i.mac = g.mac.clone();
+        if let Some((_, template)) = self
+            .template_macs
+            .iter()
+            .find(|(mac, _)| mac.eq_ignore_ascii_case(&g.mac))
+        {
+            i.current_mac = template.clone();
+        }
         i.mtu = g.mtu;
         i.addresses = g.addresses.clone();
         self.agent.update_interface(ctx(30), &i).await?;

@@ -16,9 +16,6 @@ use super::{BootTimes, SandboxError, SandboxSpec, console_tail, ctx, describe_ex
 /// How long a restored VM's agent may take to answer: a restore takes milliseconds to a
 /// few seconds; much longer means the template is bad, and the VM boots instead.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
-/// The oldest agent protocol minor a restored VM may speak: 0.5 reseeds the guest's
-/// CRNG with the host's entropy.
-const MIN_MINOR: u32 = 5;
 
 /// Connects to the restored VM's agent and greets it.
 pub(super) async fn wait_agent(
@@ -47,10 +44,11 @@ pub(super) async fn wait_agent(
         }
         match tokio::time::timeout(Duration::from_secs(5), hello(endpoint)).await {
             // Before 0.5 the agent drops the entropy seed: every clone would share the
-            // template's random state.
-            Ok(Ok((_, minor))) if minor < MIN_MINOR => {
+            // template's random state; before 0.6 its NICs keep the template's MAC.
+            Ok(Ok((_, minor))) if minor < crate::template::min_agent_minor(spec) => {
                 return Err(SandboxError::NotRestored(format!(
-                    "its agent speaks protocol 0.{minor}; restored VMs need 0.{MIN_MINOR} (entropy seed)"
+                    "its agent speaks protocol 0.{minor}; this restored VM needs 0.{} (entropy seed, NIC addresses)",
+                    crate::template::min_agent_minor(spec)
                 )));
             }
             Ok(Ok((agent, minor))) => {

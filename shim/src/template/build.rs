@@ -1,4 +1,5 @@
-//! Building a template: boot a VM of the sandbox's shape with placeholder disks, wait
+//! Building a template: boot a VM of the sandbox's shape with placeholder disks (and
+//! NICs on taps of its own network namespace, never up in the guest), wait
 //! for its agent's readiness line (nothing else is sent to it: the guest holds no
 //! container, no connection, no per-VM identity), snapshot it through husk-vmm's API,
 //! stop it, and move the snapshot into place.
@@ -91,10 +92,22 @@ pub async fn build(
             })
         })
         .collect::<Result<Vec<_>, TemplateError>>()?;
+    // The template VM's NICs: the clone's shape, the template's own MACs, on taps
+    // husk-vmm makes by name in a network namespace of its own (below), gone with it.
+    let nics = spec
+        .nics
+        .iter()
+        .enumerate()
+        .map(|(i, n)| crate::sandbox::Nic {
+            fd: -1,
+            mac: super::nic_mac(i),
+            mtu: n.mtu,
+        })
+        .collect();
     let bspec = SandboxSpec {
         dir: vm_dir.clone(),
         disks,
-        nics: Vec::new(),
+        nics,
         exports: Vec::new(),
         pod_share: false,
         name_files: None,
@@ -103,7 +116,13 @@ pub async fn build(
         ..spec.clone()
     };
     let vm_json = vm_dir.vm_config();
-    let config = serde_json::to_vec_pretty(&bspec.vm_config())
+    let mut vm_config = bspec.vm_config();
+    for (i, n) in vm_config.net.iter_mut().enumerate() {
+        n.fd = None;
+        n.tap = Some(format!("tpl{i}"));
+    }
+    let with_nics = !vm_config.net.is_empty();
+    let config = serde_json::to_vec_pretty(&vm_config)
         .map_err(|e| dir_err(&vm_json)(std::io::Error::other(e)))?;
     std::fs::write(&vm_json, config).map_err(dir_err(&vm_json))?;
     let ready_path = vm_dir.ready_socket();
@@ -118,11 +137,16 @@ pub async fn build(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
-    // SAFETY: prctl in the forked child before exec; async-signal-safe, touches no memory
-    // shared with the parent.
+    // SAFETY: prctl and unshare in the forked child before exec; async-signal-safe,
+    // touch no memory shared with the parent (`with_nics` is a copied bool).
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // A network namespace of its own for its taps: nothing appears on the
+            // host's, and they go when husk-vmm does. The guest never sees traffic.
+            if with_nics && libc::unshare(libc::CLONE_NEWNET) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -161,11 +185,13 @@ pub async fn build(
     drop(r);
     let ready_json: serde_json::Value = serde_json::from_str(&line)
         .map_err(|e| TemplateError::Build(format!("the agent's readiness line {line:?}: {e}")))?;
-    // An agent before protocol 0.5 would drop the clones' entropy seeds.
+    // An agent before protocol 0.5 would drop the clones' entropy seeds; before 0.6,
+    // their NICs would keep the template's MAC.
     let minor = ready_json["protocol"][1].as_u64().unwrap_or(0);
-    if minor < 5 {
+    let need = super::min_agent_minor(spec);
+    if minor < u64::from(need) {
         return Err(TemplateError::Build(format!(
-            "the guest image's agent speaks protocol 0.{minor}; templates need 0.5 (rebuild the guest image: make guest-image)"
+            "the guest image's agent speaks protocol 0.{minor}; templates of this VM need 0.{need} (rebuild the guest image: make guest-image)"
         )));
     }
     let booted = started.elapsed();

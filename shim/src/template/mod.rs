@@ -9,11 +9,12 @@
 //! vsock always). A change to any of these gives another id, so a stale template is
 //! never used; `husk template rm` removes old ones.
 //!
-//! Which VMs use one: those without NICs and without a virtio-fs share (not yet
-//! restorable: a NIC's MAC and virtiofsd's state belong to the template). Each clone
-//! gets its own disks, sockets and console from its configuration, and its own
-//! hostname, clock and entropy from the CreateSandbox request the runtime sends after
-//! restoring (crate::sandbox).
+//! Which VMs use one: those without a virtio-fs share (virtiofsd's state belongs to the
+//! template VM; docs/snapshots.md). Each clone gets its own disks, taps, sockets and
+//! console from its configuration; its own hostname, clock and entropy from the
+//! CreateSandbox request the runtime sends after restoring (crate::sandbox); and its
+//! NICs their own MAC addresses from UpdateInterface (agent protocol 0.6: the template
+//! VM's NIC `i` has [`nic_mac`]`(i)`, which the clone's agent replaces).
 
 mod build;
 
@@ -45,13 +46,21 @@ pub fn templates_dir(state_dir: &Path) -> PathBuf {
 
 /// Why `spec` cannot be restored from a template, if it cannot.
 pub fn ineligible(spec: &SandboxSpec) -> Option<&'static str> {
-    if !spec.nics.is_empty() {
-        Some("VMs with a network interface are not restored from templates yet")
-    } else if spec.has_share() {
-        Some("VMs with volumes (virtio-fs) are not restored from templates yet")
-    } else {
-        None
-    }
+    spec.has_share()
+        .then_some("VMs with volumes (virtio-fs) are not restored from templates yet")
+}
+
+/// The MAC address of the template VM's NIC `index`: locally administered, unicast
+/// (`02:68:75:73:6b:` "husk", then the index). A clone's agent gives the NIC the
+/// clone's own address (crate::sandbox::Sandbox::configure_network).
+pub fn nic_mac(index: usize) -> String {
+    format!("02:68:75:73:6b:{:02x}", index & 0xff)
+}
+
+/// The oldest agent protocol minor a clone of `spec`'s template may speak: 0.5 reseeds
+/// the guest's CRNG from the host's entropy; 0.6 gives a NIC the clone's MAC.
+pub fn min_agent_minor(spec: &SandboxSpec) -> u32 {
+    if spec.nics.is_empty() { 5 } else { 6 }
 }
 
 /// A file's identity for the key: path, size, modification time, inode.
@@ -80,6 +89,8 @@ pub fn key(spec: &SandboxSpec) -> Result<(String, serde_json::Value), TemplateEr
         "memory_mib": config.memory_mib,
         "cmdline": config.cmdline,
         "disks": config.block.iter().map(|b| b.read_only).collect::<Vec<_>>(),
+        // The guest's driver takes a NIC's MTU as its maximum when it probes.
+        "nics": config.net.iter().map(|n| n.mtu).collect::<Vec<_>>(),
         "rng": config.rng,
         "balloon": config.balloon.is_some(),
         "vsock": config.vsock.is_some(),

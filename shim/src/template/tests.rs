@@ -96,22 +96,54 @@ fn list_find_and_remove() {
 }
 
 #[test]
-fn vms_with_nics_or_shares_boot() {
+fn vms_with_shares_boot_and_nics_count_in_the_key() {
     let d = tempfile::tempdir().unwrap();
     let s = spec(d.path());
     assert!(ineligible(&s).is_none());
+    assert_eq!(min_agent_minor(&s), 5);
     let shared = SandboxSpec {
         pod_share: true,
         ..s.clone()
     };
     assert!(ineligible(&shared).unwrap().contains("volumes"));
-    let nic = SandboxSpec {
-        nics: vec![crate::sandbox::Nic {
-            fd: 3,
-            mac: "02:00:00:00:00:01".into(),
-            mtu: 1500,
-        }],
-        ..s
+    let nic = |mac: &str, mtu| crate::sandbox::Nic {
+        fd: 3,
+        mac: mac.into(),
+        mtu,
     };
-    assert!(ineligible(&nic).unwrap().contains("network"));
+    let one = SandboxSpec {
+        nics: vec![nic("02:00:00:00:00:01", 1500)],
+        ..s.clone()
+    };
+    assert!(ineligible(&one).is_none());
+    assert_eq!(min_agent_minor(&one), 6);
+    let (id, _) = key(&one).unwrap();
+    assert_ne!(id, key(&s).unwrap().0);
+    // Another MAC or tap: the same template; another MTU or NIC count: another.
+    let other_mac = SandboxSpec {
+        nics: vec![nic("02:00:00:00:00:02", 1500)],
+        ..s.clone()
+    };
+    assert_eq!(key(&other_mac).unwrap().0, id);
+    for changed in [
+        vec![nic("02:00:00:00:00:01", 9000)],
+        vec![nic("02:00:00:00:00:01", 1500), nic("02:00:00:00:00:03", 1500)],
+    ] {
+        let c = SandboxSpec {
+            nics: changed,
+            ..s.clone()
+        };
+        assert_ne!(key(&c).unwrap().0, id);
+    }
+}
+
+#[test]
+fn template_nic_macs_are_unicast_and_local() {
+    for i in [0, 1, 7] {
+        let m = nic_mac(i);
+        let first = u8::from_str_radix(&m[..2], 16).unwrap();
+        assert_eq!(first & 0b11, 0b10, "{m}");
+        assert_eq!(m.len(), 17);
+    }
+    assert_ne!(nic_mac(0), nic_mac(1));
 }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use husk::config::Config;
 
-/// `husk template ls`: id, size on disk, vCPUs, memory, disks.
+/// `husk template ls`: id, size on disk, vCPUs, memory, disks, NICs (their MTUs).
 pub fn ls(config: &Config) -> ExitCode {
     let list = match husk::template::list(&config.state_dir) {
         Ok(l) => l,
@@ -15,8 +15,8 @@ pub fn ls(config: &Config) -> ExitCode {
         }
     };
     println!(
-        "{:<34} {:>10} {:>6} {:>8} DISKS",
-        "TEMPLATE", "ON DISK", "CPUS", "MEMORY"
+        "{:<34} {:>10} {:>6} {:>8} {:<8} NICS",
+        "TEMPLATE", "ON DISK", "CPUS", "MEMORY", "DISKS"
     );
     for t in list {
         let k = &t.key["key"];
@@ -29,13 +29,24 @@ pub fn ls(config: &Config) -> ExitCode {
                     .join(",")
             })
             .unwrap_or_default();
+        let nics = k["nics"]
+            .as_array()
+            .filter(|n| !n.is_empty())
+            .map(|n| {
+                n.iter()
+                    .map(|mtu| format!("mtu {mtu}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_else(|| "-".into());
         println!(
-            "{:<34} {:>9}M {:>6} {:>7}M {}",
+            "{:<34} {:>9}M {:>6} {:>7}M {:<8} {}",
             t.id,
             t.disk_bytes >> 20,
             k["vcpus"],
             k["memory_mib"],
-            disks
+            disks,
+            nics
         );
     }
     ExitCode::SUCCESS
