@@ -529,7 +529,12 @@ mod tests {
         clone.current_mac = "02:68:75:73:6B:00".into();
         let c = update_interface(&clone).unwrap();
         assert_eq!(c.current_mac, Some([2, 0x68, 0x75, 0x73, 0x6b, 0]));
-        for bad in ["02:68:75:73:6b", "01:00:5e:00:00:01", "00:00:00:00:00:00", "x"] {
+        for bad in [
+            "02:68:75:73:6b",
+            "01:00:5e:00:00:01",
+            "00:00:00:00:00:00",
+            "x",
+        ] {
             clone.current_mac = bad.into();
             let e = update_interface(&clone).unwrap_err();
             assert_eq!(field_of(&e), "current_mac", "{bad}: {e}");

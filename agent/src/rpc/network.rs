@@ -23,9 +23,9 @@ fn invalid(e: validate::ValidateError) -> ttrpc::Error {
 /// The ttrpc code for a failed network change.
 fn code(e: &NetError) -> ttrpc::Code {
     match e {
-        NetError::NoSuchMac { .. } | NetError::NoSuchMacs { .. } | NetError::NoSuchDevice { .. } => {
-            ttrpc::Code::NOT_FOUND
-        }
+        NetError::NoSuchMac { .. }
+        | NetError::NoSuchMacs { .. }
+        | NetError::NoSuchDevice { .. } => ttrpc::Code::NOT_FOUND,
         NetError::Netlink(NetlinkError::Kernel { errno, .. }) => match *errno {
             libc::EINVAL | libc::ERANGE | libc::EAFNOSUPPORT => ttrpc::Code::INVALID_ARGUMENT,
             libc::EEXIST => ttrpc::Code::ALREADY_EXISTS,

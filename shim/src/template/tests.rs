@@ -127,7 +127,10 @@ fn vms_with_shares_boot_and_nics_count_in_the_key() {
     assert_eq!(key(&other_mac).unwrap().0, id);
     for changed in [
         vec![nic("02:00:00:00:00:01", 9000)],
-        vec![nic("02:00:00:00:00:01", 1500), nic("02:00:00:00:00:03", 1500)],
+        vec![
+            nic("02:00:00:00:00:01", 1500),
+            nic("02:00:00:00:00:03", 1500),
+        ],
     ] {
         let c = SandboxSpec {
             nics: changed,
