@@ -100,6 +100,12 @@ impl Sanitizer {
 }
 
 /// Copies `r` to `w`, through a [`Sanitizer`] when `sanitize`.
+///
+/// `r` is read to its end whatever happens to `w`: output that cannot be written (a
+/// full disk under a detached container's log, a closed pipe) is dropped, counted and
+/// reported once, and each later chunk is tried again (the disk may get space back).
+/// Stopping the reads instead would fill the stream's buffers and block the
+/// container's writes: a full disk on the host must not hang the guest.
 pub async fn copy<R, W>(mut r: R, mut w: W, sanitize: bool)
 where
     R: AsyncRead + Unpin,
@@ -108,6 +114,8 @@ where
     let mut s = Sanitizer::default();
     let mut buf = vec![0u8; 64 << 10];
     let mut clean = Vec::with_capacity(64 << 10);
+    // Bytes dropped since the last write that worked.
+    let mut dropped: u64 = 0;
     loop {
         let n = match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
@@ -120,13 +128,27 @@ where
         } else {
             &buf[..n]
         };
-        if w.write_all(chunk).await.is_err() {
-            break;
+        match w.write_all(chunk).await {
+            Ok(()) if dropped > 0 => {
+                tracing::warn!(dropped, "output written again; bytes were lost before");
+                dropped = 0;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if dropped == 0 {
+                    tracing::warn!(error = %e, "cannot write the output; dropping it until it can be written");
+                }
+                dropped = dropped.saturating_add(chunk.len() as u64);
+                continue;
+            }
         }
         // Interactive output shows as it comes.
         let _ = w.flush().await;
     }
     let _ = w.flush().await;
+    if dropped > 0 {
+        tracing::warn!(dropped, "output ended with bytes that could not be written");
+    }
 }
 
 /// Waits for an output pump for at most [`DRAIN`], then stops it.
@@ -181,6 +203,87 @@ mod tests {
         let mut input = b"\x1b]".to_vec();
         input.extend(std::iter::repeat_n(b'a', MAX_STRING + 10));
         assert_eq!(clean(&[&input]).len(), 9);
+    }
+
+    /// A writer that fails (ENOSPC) for its first `fail` writes, then keeps what it gets.
+    struct FullThenFree {
+        fail: usize,
+        got: Vec<u8>,
+    }
+
+    impl AsyncWrite for FullThenFree {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            if self.fail > 0 {
+                self.fail -= 1;
+                return std::task::Poll::Ready(Err(std::io::Error::from_raw_os_error(
+                    libc::ENOSPC,
+                )));
+            }
+            self.got.extend_from_slice(buf);
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_drops_output_but_never_blocks_the_writer() {
+        // The real thing: /dev/full fails every write with ENOSPC. 4 MiB through a
+        // 64-byte stream: the writer side finishes (it would block forever if the
+        // copy stopped reading).
+        let full = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .await
+            .unwrap();
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let pump = tokio::spawn(copy(rx, full, false));
+        let writer = tokio::spawn(async move {
+            for _ in 0..64 {
+                tx.write_all(&[b'x'; 64 << 10]).await.unwrap();
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(20), writer)
+            .await
+            .expect("the container's writes blocked")
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), pump)
+            .await
+            .unwrap()
+            .unwrap();
+
+        // Space comes back: later output is written again.
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let w = std::sync::Arc::new(tokio::sync::Mutex::new(None));
+        let w2 = w.clone();
+        let pump = tokio::spawn(async move {
+            let mut out = FullThenFree {
+                fail: 1,
+                got: Vec::new(),
+            };
+            copy(rx, &mut out, false).await;
+            *w2.lock().await = Some(out.got);
+        });
+        tx.write_all(b"lost").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.write_all(b"kept").await.unwrap();
+        drop(tx);
+        pump.await.unwrap();
+        assert_eq!(w.lock().await.take().unwrap(), b"kept");
     }
 
     #[tokio::test]
