@@ -190,9 +190,7 @@ pub async fn build(
     let minor = ready_json["protocol"][1].as_u64().unwrap_or(0);
     let need = super::min_agent_minor(spec);
     if minor < u64::from(need) {
-        return Err(TemplateError::Build(format!(
-            "the guest image's agent speaks protocol 0.{minor}; templates of this VM need 0.{need} (rebuild the guest image: make guest-image)"
-        )));
+        return Err(TemplateError::AgentTooOld { have: minor, need });
     }
     let booted = started.elapsed();
 

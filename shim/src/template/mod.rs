@@ -35,6 +35,12 @@ pub enum TemplateError {
     Identify { path: PathBuf, err: std::io::Error },
     #[error("building the template: {0}")]
     Build(String),
+    /// The guest image's agent is too old for templates of this shape: remembered
+    /// ([`refusal`]), so that later runs boot without building again.
+    #[error(
+        "the guest image's agent speaks protocol 0.{have}; templates of this VM need 0.{need} (rebuild the guest image: make guest-image)"
+    )]
+    AgentTooOld { have: u64, need: u32 },
     #[error("no template {0} (see husk template ls)")]
     NotFound(String),
 }
@@ -98,6 +104,13 @@ pub fn key(spec: &SandboxSpec) -> Result<(String, serde_json::Value), TemplateEr
     let digest = Sha256::digest(key.to_string().as_bytes());
     let id = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     Ok((id, key))
+}
+
+/// Where a build refused for its agent's protocol is remembered: a file beside the
+/// templates (a dot name: not a template), named by the key, so a new guest image (a
+/// new key) builds again.
+fn refusal(state_dir: &Path, id: &str) -> PathBuf {
+    templates_dir(state_dir).join(format!(".refused-{id}"))
 }
 
 /// The template folder for `spec`, when one has been built.
@@ -164,12 +177,37 @@ pub async fn ensure(
             return None;
         }
     }
+    // A guest image whose agent was found too old for this shape: boot, quietly.
+    if let Ok((id, _)) = key(spec)
+        && let Ok(why) = std::fs::read_to_string(refusal(state_dir, &id))
+    {
+        tracing::debug!(why, "booting: this guest image cannot make templates");
+        return None;
+    }
     progress("building a VM template for this VM shape (once; later VMs restore it)");
     match build(state_dir, run_dir, spec).await {
         Ok(dir) => Some(dir),
         Err(e) => {
             eprintln!("husk: warning: no VM template ({e}); booting");
+            if matches!(e, TemplateError::AgentTooOld { .. })
+                && let Ok((id, _)) = key(spec)
+            {
+                let _ = std::fs::write(refusal(state_dir, &id), e.to_string());
+            }
             None
+        }
+    }
+}
+
+/// Forgets every refused build (`husk template rm --all`): the next run of each
+/// shape tries again.
+pub fn forget_refusals(state_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(templates_dir(state_dir)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(".refused-") {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }

@@ -150,3 +150,22 @@ fn template_nic_macs_are_unicast_and_local() {
     }
     assert_ne!(nic_mac(0), nic_mac(1));
 }
+
+#[tokio::test]
+async fn a_refused_guest_image_is_not_built_again() {
+    let d = tempfile::tempdir().unwrap();
+    let s = spec(d.path());
+    let state = d.path().join("state");
+    let (id, _) = key(&s).unwrap();
+    std::fs::create_dir_all(templates_dir(&state)).unwrap();
+    std::fs::write(refusal(&state, &id), "protocol 0.5").unwrap();
+    let asked = std::sync::Mutex::new(Vec::new());
+    let progress = |m: &str| asked.lock().unwrap().push(m.to_string());
+    let got = ensure(&state, &d.path().join("run"), &s, &progress).await;
+    assert!(got.is_none());
+    assert!(asked.lock().unwrap().is_empty(), "no build was started");
+    // Not listed as a template; `rm --all` forgets it.
+    assert!(list(&state).unwrap().is_empty());
+    forget_refusals(&state);
+    assert!(!refusal(&state, &id).exists());
+}

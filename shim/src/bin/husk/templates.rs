@@ -101,6 +101,7 @@ pub fn build(config: &Config, cpus: Option<u32>, memory: Option<&str>, storage: 
 /// `husk template rm ID... | --all`.
 pub fn rm(config: &Config, ids: &[String], all: bool) -> ExitCode {
     let ids: Vec<String> = if all {
+        husk::template::forget_refusals(&config.state_dir);
         match husk::template::list(&config.state_dir) {
             Ok(l) => l.into_iter().map(|t| t.id).collect(),
             Err(e) => {
