@@ -551,24 +551,29 @@ async fn boot_and_run(
         "starting the microVM"
     });
     let mut sb = Sandbox::boot(&sb_spec).await?;
+    let mut configured = configure_network(&sb, net, t).await;
+    // A clone that cannot take its network (its NIC not as the template left it) is
+    // not used half-way: no container has started, so the template is discarded and
+    // the VM boots; the next run of the shape builds a new one.
+    if let (Err(e), Some(template)) = (&configured, &sb_spec.template)
+        && sb.times.restored
+    {
+        eprintln!(
+            "husk: warning: the VM restored from its template could not take its network ({e}); booting"
+        );
+        crate::template::discard(template);
+        sb.shutdown().await;
+        sb = Sandbox::boot(&SandboxSpec {
+            template: None,
+            ..sb_spec.clone()
+        })
+        .await?;
+        configured = configure_network(&sb, net, t).await;
+    }
     t.vm_start = sb.times.vmm_spawned;
     t.restored = sb.times.restored;
     t.agent_ready = sb.times.connected;
     t.guest_uptime = sb.times.guest_uptime;
-    let configured = match net {
-        Some(a) => {
-            let tn = Instant::now();
-            let r = sb.configure_network(&a.guest).await;
-            t.guest_net = tn.elapsed();
-            r.map_err(|e| {
-                Error::msg(
-                    e.kind(),
-                    format!("configuring the guest's network ({}): {e}", a.network()),
-                )
-            })
-        }
-        None => Ok(()),
-    };
     let mut result = match configured {
         Ok(()) => run_in(&sb, opts, cdir, process, user, storage, t).await,
         Err(e) => Err(e),
@@ -589,6 +594,26 @@ async fn boot_and_run(
         let _ = std::fs::write(cdir.exit(), format!("{status}\n"));
     }
     result
+}
+
+/// Configures the guest's NIC for `net`, if any.
+async fn configure_network(
+    sb: &Sandbox,
+    net: Option<&crate::network::Attached>,
+    t: &mut Timings,
+) -> Result<(), Error> {
+    let Some(a) = net else {
+        return Ok(());
+    };
+    let tn = Instant::now();
+    let r = sb.configure_network(&a.guest).await;
+    t.guest_net = tn.elapsed();
+    r.map_err(|e| {
+        Error::msg(
+            e.kind(),
+            format!("configuring the guest's network ({}): {e}", a.network()),
+        )
+    })
 }
 
 /// Where the container's stdio goes: ours (a foreground run; without -t its output
