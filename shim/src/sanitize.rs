@@ -102,11 +102,22 @@ impl Sanitizer {
 /// Copies `r` to `w`, through a [`Sanitizer`] when `sanitize`.
 ///
 /// `r` is read to its end whatever happens to `w`: output that cannot be written (a
-/// full disk under a detached container's log, a closed pipe) is dropped, counted and
-/// reported once, and each later chunk is tried again (the disk may get space back).
-/// Stopping the reads instead would fill the stream's buffers and block the
-/// container's writes: a full disk on the host must not hang the guest.
-pub async fn copy<R, W>(mut r: R, mut w: W, sanitize: bool)
+/// full disk under a log file, a logger or a reader that went away) is dropped,
+/// counted and reported, and each later chunk is tried again (the disk may get space
+/// back). Stopping the reads instead would fill the stream's buffers and block the
+/// container's writes: a host-side failure must not hang the guest's process. (A
+/// file's write error comes back from tokio at the next flush, so each chunk is
+/// flushed and a failed flush counts as the chunk dropped.)
+pub async fn copy<R, W>(r: R, w: W, sanitize: bool)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    copy_counting(r, w, sanitize).await;
+}
+
+/// [`copy`], returning the bytes dropped.
+async fn copy_counting<R, W>(mut r: R, mut w: W, sanitize: bool) -> u64
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -114,8 +125,8 @@ where
     let mut s = Sanitizer::default();
     let mut buf = vec![0u8; 64 << 10];
     let mut clean = Vec::with_capacity(64 << 10);
-    // Bytes dropped since the last write that worked.
-    let mut dropped: u64 = 0;
+    // Bytes dropped in all, and since the last chunk written.
+    let (mut dropped, mut lately) = (0u64, 0u64);
     loop {
         let n = match r.read(&mut buf).await {
             Ok(0) | Err(_) => break,
@@ -128,27 +139,37 @@ where
         } else {
             &buf[..n]
         };
-        match w.write_all(chunk).await {
-            Ok(()) if dropped > 0 => {
-                tracing::warn!(dropped, "output written again; bytes were lost before");
-                dropped = 0;
+        // Flushed each time: interactive output shows as it comes, and a file's
+        // write error surfaces here.
+        let wrote = match w.write_all(chunk).await {
+            Ok(()) => w.flush().await,
+            Err(e) => Err(e),
+        };
+        match wrote {
+            Ok(()) if lately > 0 => {
+                tracing::warn!(
+                    dropped = lately,
+                    "output written again; bytes were lost before"
+                );
+                lately = 0;
             }
             Ok(()) => {}
             Err(e) => {
-                if dropped == 0 {
+                if lately == 0 {
                     tracing::warn!(error = %e, "cannot write the output; dropping it until it can be written");
                 }
+                lately = lately.saturating_add(chunk.len() as u64);
                 dropped = dropped.saturating_add(chunk.len() as u64);
-                continue;
             }
         }
-        // Interactive output shows as it comes.
-        let _ = w.flush().await;
     }
-    let _ = w.flush().await;
+    if let Err(e) = w.flush().await {
+        tracing::warn!(error = %e, "the output's last bytes could not be written");
+    }
     if dropped > 0 {
-        tracing::warn!(dropped, "output ended with bytes that could not be written");
+        tracing::warn!(dropped, "output lost: it could not be written");
     }
+    dropped
 }
 
 /// Waits for an output pump for at most [`DRAIN`], then stops it.
@@ -205,25 +226,25 @@ mod tests {
         assert_eq!(clean(&[&input]).len(), 9);
     }
 
-    /// A writer that fails (ENOSPC) for its first `fail` writes, then keeps what it gets.
-    struct FullThenFree {
-        fail: usize,
-        got: Vec<u8>,
+    /// A writer that fails (EPIPE) while `fail` is above zero, counting it down, then
+    /// keeps what it gets.
+    struct FailThenKeep {
+        fail: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        got: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     }
 
-    impl AsyncWrite for FullThenFree {
+    impl AsyncWrite for FailThenKeep {
         fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
+            self: std::pin::Pin<&mut Self>,
             _: &mut std::task::Context<'_>,
             buf: &[u8],
         ) -> std::task::Poll<std::io::Result<usize>> {
-            if self.fail > 0 {
-                self.fail -= 1;
-                return std::task::Poll::Ready(Err(std::io::Error::from_raw_os_error(
-                    libc::ENOSPC,
-                )));
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.fail.load(SeqCst) > 0 {
+                self.fail.fetch_sub(1, SeqCst);
+                return std::task::Poll::Ready(Err(std::io::Error::from_raw_os_error(libc::EPIPE)));
             }
-            self.got.extend_from_slice(buf);
+            self.got.lock().unwrap().extend_from_slice(buf);
             std::task::Poll::Ready(Ok(buf.len()))
         }
         fn poll_flush(
@@ -241,49 +262,53 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_disk_drops_output_but_never_blocks_the_writer() {
-        // The real thing: /dev/full fails every write with ENOSPC. 4 MiB through a
-        // 64-byte stream: the writer side finishes (it would block forever if the
-        // copy stopped reading).
+    async fn a_full_disk_drops_output_counted_and_never_blocks_the_writer() {
+        // The real thing: /dev/full fails every write with ENOSPC (tokio reports a
+        // file's write error at the next flush). 256 KiB through a small stream: the
+        // writer side finishes, and every byte is counted as dropped.
         let full = tokio::fs::OpenOptions::new()
             .write(true)
             .open("/dev/full")
             .await
             .unwrap();
-        let (mut tx, rx) = tokio::io::duplex(64);
-        let pump = tokio::spawn(copy(rx, full, false));
+        let (mut tx, rx) = tokio::io::duplex(4096);
+        let pump = tokio::spawn(copy_counting(rx, full, false));
         let writer = tokio::spawn(async move {
             for _ in 0..64 {
-                tx.write_all(&[b'x'; 64 << 10]).await.unwrap();
+                tx.write_all(&[b'x'; 4096]).await.unwrap();
             }
         });
         tokio::time::timeout(Duration::from_secs(20), writer)
             .await
             .expect("the container's writes blocked")
             .unwrap();
-        tokio::time::timeout(Duration::from_secs(5), pump)
+        let dropped = tokio::time::timeout(Duration::from_secs(20), pump)
             .await
             .unwrap()
             .unwrap();
+        assert_eq!(dropped, 64 * 4096);
+    }
 
-        // Space comes back: later output is written again.
+    #[tokio::test]
+    async fn output_is_read_on_past_a_failing_writer_and_written_again_later() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let fail = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(1));
+        let got = std::sync::Arc::default();
+        let out = FailThenKeep {
+            fail: fail.clone(),
+            got: std::sync::Arc::clone(&got),
+        };
         let (mut tx, rx) = tokio::io::duplex(64);
-        let w = std::sync::Arc::new(tokio::sync::Mutex::new(None));
-        let w2 = w.clone();
-        let pump = tokio::spawn(async move {
-            let mut out = FullThenFree {
-                fail: 1,
-                got: Vec::new(),
-            };
-            copy(rx, &mut out, false).await;
-            *w2.lock().await = Some(out.got);
-        });
+        let pump = tokio::spawn(copy_counting(rx, out, false));
         tx.write_all(b"lost").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Once that write has failed, the next chunk is written.
+        while fail.load(SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         tx.write_all(b"kept").await.unwrap();
         drop(tx);
-        pump.await.unwrap();
-        assert_eq!(w.lock().await.take().unwrap(), b"kept");
+        assert_eq!(pump.await.unwrap(), 4);
+        assert_eq!(&*got.lock().unwrap(), b"kept");
     }
 
     #[tokio::test]
