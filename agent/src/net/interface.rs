@@ -177,7 +177,8 @@ fn find(nl: &mut Netlink, cfg: &InterfaceConfig) -> Result<Link, NetError> {
         mac: mac_string(&cfg.mac),
         current: mac_string(&current),
     })?;
-    if link.up {
+    let was_up = link.up;
+    if was_up {
         nl.request(
             set_link_message(link.index, vec![], Some(false)),
             0,
@@ -185,7 +186,7 @@ fn find(nl: &mut Netlink, cfg: &InterfaceConfig) -> Result<Link, NetError> {
         )?;
         link.up = false;
     }
-    nl.request(
+    let changed = nl.request(
         set_link_message(
             link.index,
             vec![LinkAttribute::Address(cfg.mac.to_vec())],
@@ -197,7 +198,20 @@ fn find(nl: &mut Netlink, cfg: &InterfaceConfig) -> Result<Link, NetError> {
             link.name,
             mac_string(&cfg.mac)
         ),
-    )?;
+    );
+    if let Err(e) = changed {
+        // Not left down by a refused change (as for a refused rename).
+        if was_up
+            && let Err(up) = nl.request(
+                set_link_message(link.index, vec![], Some(true)),
+                0,
+                &format!("set {} up again", link.name),
+            )
+        {
+            tracing::warn!(error = %up, "interface left down");
+        }
+        return Err(e.into());
+    }
     tracing::info!(
         name = %link.name,
         from = %mac_string(&current),
