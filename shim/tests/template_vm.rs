@@ -36,7 +36,11 @@ fn vms_restored_from_templates_in_the_lab() {
         ])
         .unwrap();
     eprintln!("lab run: {:.1} s", t0.elapsed().as_secs_f64());
-    for l in r.stderr.lines().filter(|l| l.starts_with("phases ")) {
+    for l in r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("phases ") || l.starts_with("template build:"))
+    {
         eprintln!("{l}");
     }
     let all = format!("--- stdout\n{}\n--- stderr\n{}", r.stdout, r.stderr);
@@ -86,6 +90,11 @@ fn vms_restored_from_templates_in_the_lab() {
     check("templates_net", "2");
     check("rm", "2_0");
     check("after_all", clean);
+    let netns = get("netns");
+    assert!(
+        netns.starts_with("0_") && netns != "0_0",
+        "network namespaces left (or none counted): {netns}\n{all}"
+    );
 
     let times = |what: &str| -> Vec<f64> {
         r.stderr

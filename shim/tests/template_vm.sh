@@ -18,11 +18,18 @@ now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", b - a}'; }
 probe='echo "$(hostname) $(date +%s) $(cat /proc/sys/kernel/random/uuid) $(head -c16 /dev/urandom | od -An -tx1 | tr -d " \n")"'
 husk template rm --all >/dev/null 2>&1
+# Network namespaces before (a template build's own, made for its taps, must go with
+# its VM).
+netns_before=$(lsns -n -t net 2>/dev/null | wc -l)
 
 # The template built ahead (`husk template build`, the runs' default shape); a second
 # build finds it.
 id=$(husk template build 2>/tmp/tb.err); st=$?
 case_ build "${st}_${#id}_$(husk template build 2>&1 >/dev/null | grep -c 'exists already')_$(husk template ls | tail -n +2 | wc -l)"
+# How long the build took (its VM's boot, then snapshot and stop), for the record.
+for k in /var/lib/husk/templates/*/key.json; do
+    echo "template build: $(tr -d ' \n' <"$k" | grep -o '"boot_ms":[0-9]*\|"built_ms":[0-9]*\|"save_ms":[0-9]*\|"pause_ms":[0-9]*' | tr '\n' ' ')" >&2
+done
 case_ build_bad "$(husk template build --storage nfs 2>&1 >/dev/null | grep -c 'want disk or tmpfs')_$(husk template build -m 1k 2>/dev/null; echo $?)"
 # First run: restores from it (--timings says so; the build, earlier, not repeated).
 t0=$(now)
@@ -94,3 +101,4 @@ case_ networked2 "${st}_$(grep -c 'VM restored from a template' /tmp/net2.err)_$
 case_ templates_net "$(husk template ls | tail -n +2 | wc -l)"
 case_ rm "$(husk template rm --all | wc -l)_$(husk template ls | tail -n +2 | wc -l)"
 case_ after_all "$(leftovers)"
+case_ netns "$(( $(lsns -n -t net 2>/dev/null | wc -l) - netns_before ))_${netns_before}"

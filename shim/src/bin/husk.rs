@@ -193,8 +193,8 @@ struct RunArgs {
     #[arg(long)]
     no_jail: bool,
     /// Boot the microVM's kernel even where a VM template would restore it (default:
-    /// vm.templates of the configuration; templates are used only without networks
-    /// and volumes, so far).
+    /// vm.templates of the configuration; templates are used only without volumes,
+    /// so far).
     #[arg(long)]
     no_template: bool,
     /// Where the container's writes go: disk (a sparse ext4 scratch disk on the host,

@@ -540,8 +540,8 @@ impl Sandbox {
     }
 
     /// Configures a guest NIC (found by its MAC) and its routes (agent protocol 0.4). In
-    /// a VM restored from a template, the NIC takes its MAC from the template's first
-    /// (protocol 0.6, `current_mac`).
+    /// a VM restored from a template the guest NIC still has the template's MAC: the
+    /// request names it as `current_mac` (protocol 0.6), and the NIC takes its own.
     pub async fn configure_network(
         &self,
         g: &crate::network::GuestNetwork,

@@ -46,9 +46,14 @@ pub(super) async fn wait_agent(
             // Before 0.5 the agent drops the entropy seed: every clone would share the
             // template's random state; before 0.6 its NICs keep the template's MAC.
             Ok(Ok((_, minor))) if minor < crate::template::min_agent_minor(spec) => {
+                let need = crate::template::min_agent_minor(spec);
+                let why = if need >= 6 {
+                    "entropy seed, NIC addresses"
+                } else {
+                    "entropy seed"
+                };
                 return Err(SandboxError::NotRestored(format!(
-                    "its agent speaks protocol 0.{minor}; this restored VM needs 0.{} (entropy seed, NIC addresses)",
-                    crate::template::min_agent_minor(spec)
+                    "its agent speaks protocol 0.{minor}; this restored VM needs 0.{need} ({why})"
                 )));
             }
             Ok(Ok((agent, minor))) => {
