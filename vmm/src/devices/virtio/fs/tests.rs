@@ -330,6 +330,27 @@ fn a_backend_that_never_answers_times_out() {
     assert!(start.elapsed() >= vhost_user::IO_TIMEOUT);
 }
 
+#[test]
+fn a_shorter_deadline_is_kept_and_named() {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let (tx, _rx) = mpsc::channel();
+    let opts = FakeOptions {
+        mute: true,
+        ..FakeOptions::default()
+    };
+    fake_backend(theirs, opts, tx);
+    let start = std::time::Instant::now();
+    let after = Duration::from_millis(50);
+    let r = bounded(20, move || {
+        Connection::with_timeout(ours, NUM_QUEUES, after).map(|_| ())
+    });
+    let e = r.unwrap_err();
+    assert!(matches!(e, VhostUserError::TimedOut { .. }), "{e}");
+    assert!(e.to_string().contains("within 50ms"), "{e}");
+    let took = start.elapsed();
+    assert!(took >= after && took < vhost_user::IO_TIMEOUT, "{took:?}");
+}
+
 fn context(mem: &GuestMemoryMmap) -> ActivateContext {
     ActivateContext {
         mem: mem.clone(),
