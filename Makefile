@@ -97,7 +97,7 @@ soak: setup guest-image
 # `make test` replays fuzz/corpus/ on stable (the fuzz_corpus tests).
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := virtio_block virtio_net vsock_packet virtio_rng virtio_balloon virtio_mmio \
-	agent_spec image_index
+	virtio_fs agent_spec image_index
 fuzz: $(TOOLS)/bin/cargo-fuzz
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	@for t in $(FUZZ_TARGETS); do \

@@ -252,4 +252,62 @@ def image():
     write("image_index", "digest-path", b"\0".join([b"x", evil]))
 
 
-block(); net(); vsock(); rng(); balloon(); mmio(); agent(); image()
+def fs():
+    # Header: flags, the backend's GET_FEATURES, GET_PROTOCOL_FEATURES, GET_QUEUE_NUM
+    # answers, its script (one action per request), then the driver's operations.
+    VERSION_1, EVENT_IDX, PROTOCOL = 1 << 32, 1 << 29, 1 << 30
+    REPLY_ACK, MQ = 1 << 3, 1 << 0
+    full = VERSION_1 | EVENT_IDX | PROTOCOL
+
+    def head(script=b"", flags=0, features=full, protocol=REPLY_ACK | MQ, queue_num=2, tag=b""):
+        out = bytes([flags])
+        if flags & 4:
+            out += bytes([len(tag)]) + tag
+        return out + struct.pack("<QQBH", features, protocol, queue_num, len(script)) + script
+
+    def read_config(off, n, high=False):
+        return bytes([0x85 if high else 0]) + struct.pack("<HB", off, n)
+
+    def activate(acked=VERSION_1 | EVENT_IDX, layout=0, queues=(4, 4)):
+        out = bytes([2, layout]) + struct.pack("<Q", acked)
+        for q in queues:
+            out += q if isinstance(q, bytes) else bytes([q])
+        return out
+
+    FEATURES, RESET, METRICS, PAUSE = b"\1", b"\3", b"\5", b"\6"
+
+    def call(q):
+        return bytes([4, q])
+
+    # Requests, numbered: negotiation 0-4 (SET_OWNER, GET_FEATURES, GET/SET_PROTOCOL_
+    # FEATURES, GET_QUEUE_NUM), activation 5-18 (SET_FEATURES, SET_MEM_TABLE, six per
+    # queue), reset 19-22 (SET_VRING_ENABLE and GET_VRING_BASE per queue).
+    def at(n, action):
+        return b"\0" * n + action
+
+    driver = read_config(0, 40) + FEATURES + activate() + call(1) + call(0) + METRICS \
+        + RESET + activate() + call(1) + PAUSE + read_config(0xFFF0, 16, high=True) \
+        + read_config(30, 20) + RESET + METRICS
+    write("virtio_fs", "handshake-activate-reset", head() + driver)
+    write("virtio_fs", "no-protocol-features",
+          head(features=VERSION_1, protocol=0) + driver)
+    write("virtio_fs", "refused-ack", head(at(8, b"\1" + struct.pack("<Q", 1))) + driver)
+    write("virtio_fs", "silent-in-activation", head(at(6, b"\6")) + driver)
+    write("virtio_fs", "close-in-reset", head(at(20, b"\7")) + driver)
+    write("virtio_fs", "mangled-header",
+          head(at(1, b"\2" + struct.pack("<IIIQ", 1, 5, 0x2000, full))) + driver)
+    write("virtio_fs", "short-reply", head(at(4, b"\3\5" + b"\x11\0\0\0\5"))+ driver)
+    write("virtio_fs", "fd-with-reply", head(at(20, b"\4")) + driver)
+    write("virtio_fs", "reply-twice", head(at(5, b"\5")) + driver)
+    write("virtio_fs", "too-few-queues", head(queue_num=1) + driver)
+    raw = bytes([0x24]) + struct.pack("<QQQ", 0xFFFF_FFFF_FFFF_F000, 0x10, 1 << 40)
+    hostile = activate(layout=2, queues=(4,)) + RESET + activate(layout=3, queues=(4, 4, 4)) \
+        + RESET + activate(acked=(1 << 64) - 1, layout=4, queues=(0x0f, 4)) + call(1) + RESET \
+        + activate(queues=(raw, 4)) + call(0) + RESET + activate() + RESET
+    write("virtio_fs", "hostile-driver", head(flags=4, tag=b"a" * 36) + hostile)
+    write("virtio_fs", "private-memory", head(flags=2) + driver)
+    write("virtio_fs", "nine-regions", head(flags=3) + driver)
+    write("virtio_fs", "bad-tag", head(flags=4, tag=b"a\0b") + driver)
+
+
+block(); net(); vsock(); rng(); balloon(); mmio(); fs(); agent(); image()

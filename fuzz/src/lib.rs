@@ -3,6 +3,7 @@
 //! by a stable test in the crate it exercises.
 
 pub mod agent;
+pub mod fs;
 pub mod image;
 pub mod mmio;
 pub mod virtio;

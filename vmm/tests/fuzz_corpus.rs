@@ -1,5 +1,7 @@
 //! The virtio fuzz targets' corpora, replayed on stable (see docs/testing.md, "Fuzzing").
 
+#[path = "../../fuzz/src/fs.rs"]
+mod fs;
 #[path = "../../fuzz/src/mmio.rs"]
 mod mmio;
 #[path = "../../fuzz/src/replay.rs"]
@@ -37,4 +39,9 @@ fn virtio_balloon() {
 #[test]
 fn virtio_mmio() {
     replay("virtio_mmio", mmio::virtio_mmio);
+}
+
+#[test]
+fn virtio_fs() {
+    replay("virtio_fs", fs::virtio_fs);
 }

@@ -315,8 +315,8 @@ fn backend_closing_mid_way_is_an_error() {
     }
 }
 
-#[test]
-fn a_backend_that_never_answers_times_out() {
+/// Our end of a socket whose fake backend reads every request and answers none.
+fn mute_backend() -> UnixStream {
     let (ours, theirs) = UnixStream::pair().unwrap();
     let (tx, _rx) = mpsc::channel();
     let opts = FakeOptions {
@@ -324,10 +324,31 @@ fn a_backend_that_never_answers_times_out() {
         ..FakeOptions::default()
     };
     fake_backend(theirs, opts, tx);
+    ours
+}
+
+#[test]
+fn a_backend_that_never_answers_times_out() {
+    let ours = mute_backend();
     let start = std::time::Instant::now();
     let r = bounded(20, move || Connection::new(ours, NUM_QUEUES).map(|_| ()));
     assert!(matches!(r, Err(VhostUserError::TimedOut { .. })), "{r:?}");
     assert!(start.elapsed() >= vhost_user::IO_TIMEOUT);
+}
+
+#[test]
+fn a_shorter_deadline_is_kept_and_named() {
+    let ours = mute_backend();
+    let start = std::time::Instant::now();
+    let after = Duration::from_millis(50);
+    let r = bounded(20, move || {
+        Connection::with_timeout(ours, NUM_QUEUES, after).map(|_| ())
+    });
+    let e = r.unwrap_err();
+    assert!(matches!(e, VhostUserError::TimedOut { .. }), "{e}");
+    assert!(e.to_string().contains("within 50ms"), "{e}");
+    let took = start.elapsed();
+    assert!(took >= after && took < vhost_user::IO_TIMEOUT, "{took:?}");
 }
 
 fn context(mem: &GuestMemoryMmap) -> ActivateContext {

@@ -13,7 +13,8 @@
 //! - At reset ([`Connection::reset`]): SET_VRING_ENABLE(false) and GET_VRING_BASE per
 //!   queue, which stops the rings; the connection stays for the next activation.
 //!
-//! Each of these runs under a deadline of [`IO_TIMEOUT`]: a watchdog thread shuts the
+//! Each of these runs under a deadline of [`IO_TIMEOUT`] (shorter only for tests and
+//! fuzzing, [`Connection::with_timeout`]): a watchdog thread shuts the
 //! socket down when it passes, so a backend that stops answering costs a vCPU thread
 //! that long at most, never a hang. (Socket timeouts would not do: the vhost crate
 //! retries EAGAIN in a loop, so SO_RCVTIMEO turns a stuck backend into a busy loop.)
@@ -52,9 +53,10 @@ pub enum VhostUserError {
     },
     #[error("cannot watch the vhost-user socket")]
     Watchdog(#[source] std::io::Error),
-    #[error("the backend did not finish {what} within {IO_TIMEOUT:?}; connection closed")]
+    #[error("the backend did not finish {what} within {after:?}; connection closed")]
     TimedOut {
         what: &'static str,
+        after: Duration,
         #[source]
         source: Box<VhostUserError>,
     },
@@ -98,6 +100,8 @@ pub struct Connection {
     backend_features: u64,
     protocol_features: VhostUserProtocolFeatures,
     num_queues: usize,
+    /// The deadline of each sequence ([`IO_TIMEOUT`] but in tests and fuzzing).
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Connection {
@@ -123,10 +127,24 @@ impl Connection {
     /// Takes over a connected stream and negotiates: SET_OWNER, GET_FEATURES,
     /// GET/SET_PROTOCOL_FEATURES, GET_QUEUE_NUM (with MQ).
     pub fn new(stream: UnixStream, num_queues: usize) -> Result<Connection, VhostUserError> {
+        Connection::with_timeout(stream, num_queues, IO_TIMEOUT)
+    }
+
+    /// [`Connection::new`] with another deadline than [`IO_TIMEOUT`] for each sequence:
+    /// for tests and the fuzz target (fuzz/src/fs.rs), whose silent fake backends would
+    /// otherwise cost seconds per input.
+    #[doc(hidden)]
+    pub fn with_timeout(
+        stream: UnixStream,
+        num_queues: usize,
+        timeout: Duration,
+    ) -> Result<Connection, VhostUserError> {
         let watch = stream.try_clone().map_err(VhostUserError::Watchdog)?;
         let frontend = Frontend::from_stream(stream, num_queues as u64);
         let (frontend, backend_features, protocol_features) =
-            with_deadline(&watch, "negotiation", || negotiate(frontend, num_queues))?;
+            with_deadline(&watch, "negotiation", timeout, || {
+                negotiate(frontend, num_queues)
+            })?;
         tracing::debug!(
             backend_features,
             protocol_features = protocol_features.bits(),
@@ -138,6 +156,7 @@ impl Connection {
             backend_features,
             protocol_features,
             num_queues,
+            timeout,
         })
     }
     /// The feature bits the backend offered (virtio and vhost-user ones).
@@ -162,7 +181,7 @@ impl Connection {
         acked_features: u64,
     ) -> Result<(), VhostUserError> {
         let watch = self.watch.try_clone().map_err(VhostUserError::Watchdog)?;
-        with_deadline(&watch, "activation", || {
+        with_deadline(&watch, "activation", self.timeout, || {
             self.send_rings(mem, queues, kicks, calls, acked_features)
         })
     }
@@ -220,7 +239,7 @@ impl Connection {
     /// available index as the backend reported it.
     pub fn reset(&mut self) -> Result<Vec<u32>, VhostUserError> {
         let watch = self.watch.try_clone().map_err(VhostUserError::Watchdog)?;
-        with_deadline(&watch, "reset", || self.stop_rings())
+        with_deadline(&watch, "reset", self.timeout, || self.stop_rings())
     }
 
     fn stop_rings(&mut self) -> Result<Vec<u32>, VhostUserError> {
@@ -274,10 +293,11 @@ fn negotiate(
 }
 
 /// Runs `f` (requests on the socket `watch` is a clone of); shuts the socket down if
-/// it takes longer than [`IO_TIMEOUT`], which ends any request blocked on it.
+/// it takes longer than `timeout`, which ends any request blocked on it.
 fn with_deadline<T>(
     watch: &UnixStream,
     what: &'static str,
+    timeout: Duration,
     f: impl FnOnce() -> Result<T, VhostUserError>,
 ) -> Result<T, VhostUserError> {
     let (done, wait) = mpsc::channel::<()>();
@@ -285,7 +305,7 @@ fn with_deadline<T>(
         let dog = std::thread::Builder::new()
             .name("vhost-user-watchdog".into())
             .spawn_scoped(s, move || {
-                if wait.recv_timeout(IO_TIMEOUT) == Err(mpsc::RecvTimeoutError::Timeout) {
+                if wait.recv_timeout(timeout) == Err(mpsc::RecvTimeoutError::Timeout) {
                     let _ = watch.shutdown(std::net::Shutdown::Both);
                     return true;
                 }
@@ -299,6 +319,7 @@ fn with_deadline<T>(
     match fired {
         (Err(e), true) => Err(VhostUserError::TimedOut {
             what,
+            after: timeout,
             source: Box::new(e),
         }),
         (r, _) => r,
