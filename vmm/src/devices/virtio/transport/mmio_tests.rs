@@ -372,3 +372,57 @@ fn random_saved_transports_are_errors_or_work_never_panics() {
         }
     }
 }
+
+/// A NIC restored with another MAC and tap (a template's clone): the driver is told its
+/// configuration changed, and reads the clone's MAC; the same MAC raises nothing.
+#[test]
+fn a_clone_nic_with_its_own_mac_raises_a_config_change() {
+    use crate::devices::virtio::net::Net;
+    use crate::devices::virtio::net::tap::Tap;
+    use std::os::fd::OwnedFd;
+    use std::os::unix::net::UnixDatagram;
+    let mut peers = Vec::new();
+    let mut nic = |mac: [u8; 6]| {
+        let (ours, peer) = UnixDatagram::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        peers.push(peer);
+        let tap = Tap::from_fd_for_test(OwnedFd::from(ours));
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let evts = (0..2)
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
+            .collect();
+        let irq = Arc::new(Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        let dev = Net::with_tap(tap, mac, Some(1500));
+        MmioTransport::new(Box::new(dev), mem, irq, evts).unwrap()
+    };
+    let template = [2, 0x68, 0x75, 0x73, 0x6b, 0];
+    let clone = [2, 0, 0, 0, 0, 0x77];
+    let mut t = nic(template);
+    let s = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
+    w(&mut t, REG_STATUS, s);
+    w(&mut t, REG_DRIVER_FEATURES_SEL, 1);
+    w(&mut t, REG_DRIVER_FEATURES, 1); // VERSION_1
+    w(&mut t, REG_STATUS, s | STATUS_FEATURES_OK);
+    setup_queue(&mut t, 0, 0x1000);
+    setup_queue(&mut t, 1, 0x2000);
+    w(
+        &mut t,
+        REG_STATUS,
+        s | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
+    );
+    assert!(t.activated);
+    t.pause().unwrap();
+    let snap = t.save().unwrap();
+
+    let mut same = nic(template);
+    same.restore(&snap).unwrap();
+    assert_eq!(r(&mut same, REG_INTERRUPT_STATUS) & INT_CONFIG, 0);
+
+    let mut c = nic(clone);
+    c.restore(&snap).unwrap();
+    assert_ne!(r(&mut c, REG_INTERRUPT_STATUS) & INT_CONFIG, 0);
+    let mut mac = [0u8; 6];
+    c.read(CONFIG_SPACE, &mut mac);
+    assert_eq!(mac, clone);
+    drop(peers);
+}
