@@ -23,8 +23,17 @@ fn run_tool(cmd: &mut Command) -> Result<String, String> {
 
 /// The Debian cloud kernel (bzImage), downloaded once into the project's cache.
 pub fn debian_kernel() -> Result<PathBuf, String> {
-    run_tool(Command::new(repo_root().join("guest-image/debian-kernel")).arg("vmlinuz"))
-        .map(PathBuf::from)
+    debian_kernel_flavour(None)
+}
+
+/// The kernel of Debian's `flavour` (`amd64`: the generic kernel; `None`: the cloud
+/// kernel), downloaded once into the project's cache.
+pub fn debian_kernel_flavour(flavour: Option<&str>) -> Result<PathBuf, String> {
+    let mut cmd = Command::new(repo_root().join("guest-image/debian-kernel"));
+    if let Some(f) = flavour {
+        cmd.env("HUSK_KERNEL_FLAVOUR", f);
+    }
+    run_tool(cmd.arg("vmlinuz")).map(PathBuf::from)
 }
 
 /// Builds a busybox initramfs at `out` whose `/init` is `init_script`, with the Debian
@@ -36,9 +45,24 @@ pub fn busybox_initramfs(
     modules: &[&str],
     bins: &[&str],
 ) -> Result<(), String> {
+    busybox_initramfs_flavour(None, out, init_script, modules, bins)
+}
+
+/// As [`busybox_initramfs`], with the modules of Debian's kernel `flavour` (see
+/// [`debian_kernel_flavour`]).
+pub fn busybox_initramfs_flavour(
+    flavour: Option<&str>,
+    out: &Path,
+    init_script: &str,
+    modules: &[&str],
+    bins: &[&str],
+) -> Result<(), String> {
     let init = out.with_extension("init.sh");
     std::fs::write(&init, init_script).map_err(|e| format!("{}: {e}", init.display()))?;
     let mut cmd = Command::new(repo_root().join("tests/lab/mkinitramfs"));
+    if let Some(f) = flavour {
+        cmd.env("HUSK_KERNEL_FLAVOUR", f);
+    }
     if !modules.is_empty() {
         cmd.arg("--modules").arg(modules.join(" "));
     }

@@ -10,7 +10,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use crate::api::server::{ApiSocket, Handles};
 use crate::boot::acpi::MmioDeviceInfo;
 use crate::boot::layout::{
-    ACPI_SLEEP_CONTROL_PORT, COM1_PORT, I8042_DATA_PORT, SERIAL_IRQ, VIRTIO_IRQ_FIRST,
+    ACPI_SLEEP_CONTROL_PORT, COM1_PORT, GED_IRQ, I8042_DATA_PORT, SERIAL_IRQ, VIRTIO_IRQ_FIRST,
     VIRTIO_IRQ_LAST, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
 };
 use crate::boot::{acpi, kernel, regs};
@@ -28,6 +28,7 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::transport::mmio::{MmioError, MmioTransport, REG_QUEUE_NOTIFY};
 use crate::devices::virtio::vsock::{Vsock, VsockError};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
+use crate::devices::vmgenid::{VmGenId, VmGenIdError};
 use crate::memory::{MemoryError, create_guest_memory};
 use crate::vstate::vcpu::{Buses, VcpuError, VcpuSet};
 use crate::vstate::vm::{Vm, VmError};
@@ -49,6 +50,8 @@ pub enum MachineError {
     Kernel(#[from] kernel::KernelError),
     #[error("ACPI tables")]
     Acpi(#[from] acpi::AcpiError),
+    #[error("VM generation ID")]
+    VmGenId(#[from] VmGenIdError),
     #[error("vCPU setup")]
     Regs(#[from] regs::RegsError),
     #[error("vCPU threads")]
@@ -137,6 +140,8 @@ pub struct Machine {
     serial: Arc<Mutex<SerialDevice>>,
     virtio: Vec<(MmioDeviceInfo, Arc<Mutex<MmioTransport>>)>,
     vcpus: Vec<VcpuFd>,
+    /// The VM generation ID (VMs built from a configuration; bare test VMs have none).
+    vmgenid: Option<VmGenId>,
 }
 
 impl std::fmt::Debug for Machine {
@@ -191,6 +196,7 @@ impl Machine {
             serial,
             virtio: Vec::new(),
             vcpus,
+            vmgenid: None,
         })
     }
 
@@ -250,6 +256,7 @@ impl Machine {
             &cmdline,
         )?;
         acpi::write(&m.mem, vcpus, &infos)?;
+        m.vmgenid = Some(VmGenId::new(&m.mem, m.vm.irqfd(GED_IRQ)?)?);
         for vcpu in &m.vcpus {
             regs::setup_vcpu(vcpu, &m.mem, loaded.entry.0)?;
         }
@@ -311,6 +318,11 @@ impl Machine {
                 .restore(s)
                 .map_err(|e| err(e.into()))?;
         }
+        // A clone: a new generation ID, and the GED's interrupt (after the irqchip and
+        // LAPICs are restored, so that it stays pending) tells the guest to reseed.
+        let vmgenid = VmGenId::attach(m.vm.irqfd(GED_IRQ)?);
+        vmgenid.renew(&m.mem)?;
+        m.vmgenid = Some(vmgenid);
         tracing::info!(dir = %dir.display(), ?mode, "VM restored from a snapshot");
         Ok(m)
     }

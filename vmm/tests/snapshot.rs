@@ -4,7 +4,9 @@
 //! host side (tests/guest/snapshot-host.py) snapshots it through the API, resumes it,
 //! restores 20 clones one after another (both memory modes) and four at once, each with
 //! its own disk and sockets, and checks that a damaged snapshot, a configuration of
-//! another shape and a missing folder are refused with exit status 2.
+//! another shape and a missing folder are refused with exit status 2. A second run on
+//! Debian's generic kernel (which has the vmgenid driver) checks that clones reseed
+//! their CRNG at restore from the new VM generation ID.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
@@ -50,17 +52,23 @@ fn part<'a>(answer: &'a str, key: &str) -> &'a str {
     }
 }
 
-#[test]
-fn snapshot_restores_clones_that_continue_where_the_template_stopped() {
-    let lab = require_lab!();
-    let dir = husk_tests::scratch_dir();
-    let d = dir.path();
-    let kernel = guest::debian_kernel().unwrap();
+/// Builds the guest (Debian's kernel of `flavour`, the busybox init) in `d` and runs
+/// tests/guest/snapshot-host.py in the lab: `clones` one after another, `at_once` at
+/// once. Returns the lab's result.
+fn lab_run(
+    lab: husk_tests::lab::Lab,
+    d: &Path,
+    flavour: Option<&str>,
+    clones: usize,
+    at_once: usize,
+) -> husk_tests::lab::LabOutput {
+    let kernel = guest::debian_kernel_flavour(flavour).unwrap();
     let init = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/snapshot-init.sh"),
     )
     .unwrap();
-    guest::busybox_initramfs(
+    guest::busybox_initramfs_flavour(
+        flavour,
         &d.join("initrd.cpio.gz"),
         &init,
         &[
@@ -76,17 +84,25 @@ fn snapshot_restores_clones_that_continue_where_the_template_stopped() {
     write_vm_json(d, &kernel);
 
     let host = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/snapshot-host.py");
-    let r = lab
-        .timeout(Duration::from_secs(540))
+    lab.timeout(Duration::from_secs(540))
         .run(&[
             "timeout".to_string(),
             "480".to_string(),
             host.display().to_string(),
             d.display().to_string(),
             env!("CARGO_BIN_EXE_husk-vmm").to_string(),
-            CLONES.to_string(),
+            clones.to_string(),
+            at_once.to_string(),
         ])
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn snapshot_restores_clones_that_continue_where_the_template_stopped() {
+    let lab = require_lab!();
+    let dir = husk_tests::scratch_dir();
+    let d = dir.path();
+    let r = lab_run(lab, d, None, CLONES, 4);
     let out = &r.stdout;
     let ctx = format!("stdout:\n{out}\nstderr:\n{}", r.stderr);
     let field = |k: &str| guest::field(out, k).unwrap_or_default().to_string();
@@ -189,5 +205,46 @@ fn snapshot_restores_clones_that_continue_where_the_template_stopped() {
         urandom.len(),
         answers.len(),
         snap["snapshot"]
+    );
+}
+
+/// Debian's generic kernel has the vmgenid driver (the cloud kernel has not): it binds
+/// to husk-vmm's VM generation ID, and each clone, given a new one at restore, reseeds
+/// its CRNG at once ("crng reseeded due to virtual machine fork"), so clones of one
+/// snapshot draw different random numbers without any host seed.
+#[test]
+fn clones_on_a_kernel_with_vmgenid_reseed_at_restore() {
+    let lab = require_lab!();
+    let dir = husk_tests::scratch_dir();
+    let d = dir.path();
+    let clones = 3;
+    let r = lab_run(lab, d, Some("amd64"), clones, 2);
+    let out = &r.stdout;
+    let ctx = format!("stdout:\n{out}\nstderr:\n{}", r.stderr);
+    let field = |k: &str| guest::field(out, k).unwrap_or_default().to_string();
+    assert_eq!(r.code, Some(0), "{ctx}");
+    assert_eq!(field("HOST-DONE"), "yes", "{ctx}");
+    let t = field("TEMPLATE-ANSWER");
+    assert_eq!(
+        part(&t, "vmgenid"),
+        "1",
+        "driver bound in the template: {ctx}"
+    );
+    assert_eq!(part(&t, "forks"), "0", "{ctx}");
+    // The template's own resume is no fork: its generation ID stays.
+    assert_eq!(part(&field("TEMPLATE-AFTER-RESUME"), "forks"), "0", "{ctx}");
+    let mut uuids = std::collections::BTreeSet::new();
+    for i in 0..clones {
+        let a = field(&format!("CLONE{i}-ANSWER"));
+        assert_eq!(part(&a, "count"), "2", "clone {i}: {ctx}");
+        uuids.insert(part(&a, "uuid").to_string());
+        // Asked again, after the notification's work has surely run.
+        let again = field(&format!("CLONE{i}-AGAIN"));
+        assert_eq!(part(&again, "forks"), "1", "clone {i}: {ctx}");
+    }
+    assert_eq!(uuids.len(), clones, "distinct random streams: {ctx}");
+    println!(
+        "MEASURE vmgenid clones={clones} distinct_uuids={}",
+        uuids.len()
     );
 }

@@ -5,17 +5,20 @@
 //! (see devices/acpi_pm.rs). The DSDT declares `\_S5` and every virtio-mmio device as
 //! `LNRO0005` with its MMIO window and interrupt: stock distribution kernels are built
 //! without CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES and find the devices only this way. The MADT
-//! lists one local APIC per vCPU and the IOAPIC.
+//! lists one local APIC per vCPU and the IOAPIC. It also declares the VM generation ID
+//! (`\_SB.VGEN`, devices/vmgenid.rs) and the Generic Event Device (`\_SB.GED`) whose
+//! interrupt notifies it when a restored VM gets a new one.
 
 use acpi_tables::Aml;
 use acpi_tables::aml::{
-    Device, EISAName, IO, Interrupt, Memory32Fixed, Name, Package, Path, ResourceTemplate,
+    Device, EISAName, IO, Interrupt, Memory32Fixed, Method, Name, Notify, Package, Path,
+    ResourceTemplate,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{
     ACPI_END, ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT,
-    ACPI_START, COM1_PORT, IOAPIC_ADDR, LAPIC_ADDR, SERIAL_IRQ,
+    ACPI_START, COM1_PORT, GED_IRQ, IOAPIC_ADDR, LAPIC_ADDR, SERIAL_IRQ, VMGENID_ADDR,
 };
 
 /// Why the tables could not be written.
@@ -165,6 +168,7 @@ fn dsdt(devices: &[MmioDeviceInfo]) -> Vec<u8> {
         com1_fields.iter().map(|n| n as &dyn Aml).collect(),
     )
     .to_aml_bytes(&mut aml);
+    vmgenid(&mut aml);
     for (i, d) in devices.iter().enumerate() {
         let name = format!("\\_SB_.V{i:03X}");
         let hid: &'static str = "LNRO0005";
@@ -179,6 +183,35 @@ fn dsdt(devices: &[MmioDeviceInfo]) -> Vec<u8> {
     }
     t.bytes.extend_from_slice(&aml);
     t.finish()
+}
+
+/// The VM generation ID as QEMU and Firecracker describe it (Linux's driver matches
+/// the `_CID`; `ADDR` is the identifier's address, low and high halves), and a Generic
+/// Event Device whose one interrupt ([`GED_IRQ`], edge) runs `_EVT`: notify VGEN (0x80).
+fn vmgenid(aml: &mut Vec<u8>) {
+    let hid = Name::new(Path::new("_HID"), &"HUSKVGID");
+    let cid = Name::new(Path::new("_CID"), &"VM_GEN_COUNTER");
+    let ddn = Name::new(Path::new("_DDN"), &"VM_GEN_COUNTER");
+    let low = VMGENID_ADDR as u32;
+    let high = (VMGENID_ADDR >> 32) as u32;
+    let addr = Name::new(Path::new("ADDR"), &Package::new(vec![&low, &high]));
+    Device::new(Path::new("\\_SB_.VGEN"), vec![&hid, &cid, &ddn, &addr]).to_aml_bytes(aml);
+
+    let ged_hid = Name::new(Path::new("_HID"), &"ACPI0013");
+    let ged_uid = 0u32;
+    let ged_uid = Name::new(Path::new("_UID"), &ged_uid);
+    let irq = Interrupt::new(true, true, false, false, GED_IRQ);
+    let crs = ResourceTemplate::new(vec![&irq]);
+    let ged_crs = Name::new(Path::new("_CRS"), &crs);
+    let vgen = Path::new("\\_SB_.VGEN");
+    let code = 0x80u8;
+    let notify = Notify::new(&vgen, &code);
+    let evt = Method::new(Path::new("_EVT"), 1, true, vec![&notify]);
+    Device::new(
+        Path::new("\\_SB_.GED_"),
+        vec![&ged_hid, &ged_uid, &ged_crs, &evt],
+    )
+    .to_aml_bytes(aml);
 }
 
 fn rsdp(xsdt_addr: u64) -> Vec<u8> {
@@ -278,6 +311,12 @@ mod tests {
         let count = dsdt.windows(8).filter(|w| w == b"LNRO0005").count();
         assert_eq!(count, 2);
         assert!(dsdt.windows(4).any(|w| w == b"_S5_"));
+        // The VM generation ID, its address, and the GED that notifies it.
+        assert!(dsdt.windows(14).any(|w| w == b"VM_GEN_COUNTER"));
+        assert!(dsdt.windows(8).any(|w| w == b"ACPI0013"));
+        assert!(dsdt.windows(4).any(|w| w == b"_EVT"));
+        let addr = (VMGENID_ADDR as u32).to_le_bytes();
+        assert!(dsdt.windows(4).any(|w| w == addr));
         // Two local APIC entries in the MADT.
         let madt = &tables[3].1;
         let lapics = madt[44..].windows(2).filter(|w| w == &[0, 8]).count();

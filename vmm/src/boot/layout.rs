@@ -3,6 +3,7 @@
 //! ```text
 //! 0x0000_0500  GDT                      0x0009_fc00  EBDA (start of the legacy hole)
 //! 0x0000_0520  IDT (empty)              0x000e_0000  ACPI: RSDP, then XSDT/FADT/MADT/DSDT
+//!                                       0x000f_f000  VM generation ID (16 bytes)
 //! 0x0000_7000  boot_params (zero page)  0x0010_0000  kernel (1 MiB)
 //! 0x0000_8ff0  boot stack top           ...          initramfs (end of low RAM)
 //! 0x0000_9000  PML4, PDPT, PD           0xd000_0000  MMIO gap: virtio-mmio devices
@@ -30,8 +31,11 @@ pub const CMDLINE_START: u64 = 0x2_0000;
 pub const EBDA_START: u64 = 0x9_fc00;
 /// ACPI tables; the RSDP first, in the 0xe0000–0xfffff range Linux scans.
 pub const ACPI_START: u64 = 0xe_0000;
-/// End of the ACPI area (exclusive).
-pub const ACPI_END: u64 = 0x10_0000;
+/// End of the ACPI tables' area (exclusive): the VM generation ID follows.
+pub const ACPI_END: u64 = VMGENID_ADDR;
+/// The ACPI VM generation ID (devices/vmgenid.rs): 16 bytes, 8-byte aligned as the
+/// specification asks, in the legacy area the e820 map does not give the guest as RAM.
+pub const VMGENID_ADDR: u64 = 0xf_f000;
 /// Where the kernel and everything above it may go.
 pub const HIMEM_START: u64 = 0x10_0000;
 
@@ -47,9 +51,12 @@ pub const LAPIC_ADDR: u64 = 0xfee0_0000;
 
 /// IRQ of COM1.
 pub const SERIAL_IRQ: u32 = 4;
-/// IRQs handed to virtio-mmio devices (the IOAPIC has 24 pins).
+/// IRQs handed to virtio-mmio devices (the IOAPIC has 24 pins; the last is the GED's).
 pub const VIRTIO_IRQ_FIRST: u32 = 5;
-pub const VIRTIO_IRQ_LAST: u32 = 23;
+pub const VIRTIO_IRQ_LAST: u32 = 22;
+/// IRQ of the ACPI Generic Event Device, which tells the guest its VM generation ID
+/// changed.
+pub const GED_IRQ: u32 = 23;
 
 /// I/O ports.
 pub const COM1_PORT: u16 = 0x3f8;

@@ -6,6 +6,7 @@ pub mod bus;
 pub mod i8042;
 pub mod serial;
 pub mod virtio;
+pub mod vmgenid;
 
 /// Why the VM stops, as a device or a vCPU reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Host side of the snapshot test (vmm/tests/snapshot.rs), run inside the lab.
 
-    snapshot-host.py DIR HUSK_VMM CLONES
+    snapshot-host.py DIR HUSK_VMM CLONES [AT_ONCE]
 
 Boots the template VM (DIR/vm.json), asks the guest for its state over vsock, takes a
 snapshot through the API, resumes the template and asks again, then restores CLONES
-clones one after another (every tenth with copied memory, the rest mapped) and 4 at once, each with its own
+clones one after another (every tenth with copied memory, the rest mapped) and AT_ONCE
+(default 4) at once, each with its own
 disk, vsock socket and console, and asks each. Then the refusals: a damaged state file,
 a configuration of another shape. Prints KEY VALUE lines; every wait is bounded."""
 
@@ -18,6 +19,7 @@ import sys
 import time
 
 d, vmm, clones = sys.argv[1], sys.argv[2], int(sys.argv[3])
+at_once = int(sys.argv[4]) if len(sys.argv) > 4 else 4
 snap = os.path.join(d, "snap")
 procs = []
 
@@ -144,9 +146,9 @@ try:
         log(f"CLONE{i}-AGAIN", ask(uds, 30))
         log(f"CLONE{i}-EXIT", stop(p, sock))
 
-    # Four at once.
+    # Several at once.
     both = []
-    for i in range(4):
+    for i in range(at_once):
         name = f"par{i}"
         cfg, uds = vm_json(name, disk(name))
         sock = os.path.join(d, f"{name}.api")
