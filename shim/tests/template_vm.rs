@@ -1,7 +1,9 @@
 //! System test of VM templates in the lab (shim/tests/template_vm.sh drives `husk run`
 //! there; docs/snapshots.md): `husk template build` builds the runs' template ahead
-//! (a second build finds it; bad options refused); `--network none` runs restore it, each with its own hostname, clock and random
-//! values, exit status and stdio as with a boot, two at once; `--no-template` boots; a
+//! (a second build finds it; bad options refused); `--network none` runs restore it:
+//! 20 clones one after another and 4 at once, each running a container from its own
+//! image, with its own hostname, clock and random values, exit status and stdio as
+//! with a boot; `--no-template` boots; a
 //! damaged template makes the run boot, is discarded and rebuilt by the next run; runs
 //! on the default network restore a template of their own shape, each guest NIC with
 //! the clone's MAC, the network working; `husk template rm --all`; nothing left behind.
@@ -19,11 +21,31 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// Clones one after another, then at once, each running a container from its own image.
+const CLONES: usize = 20;
+const AT_ONCE: usize = 4;
+
 #[test]
 fn vms_restored_from_templates_in_the_lab() {
     let lab = require_lab!();
     let f = husk_tests::cli_fixture(std::path::Path::new(env!("CARGO_BIN_EXE_husk")));
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/template_vm.sh");
+    // An image of its own for every clone: tags c1.. of the layout, each with its own
+    // /clone-image.
+    for i in 1..=CLONES + AT_ONCE {
+        let file = f.scratch.path().join("clone-image");
+        std::fs::write(&file, format!("image-{i}\n")).unwrap();
+        let st = std::process::Command::new("umoci")
+            .args(["insert", "--no-history", "--image"])
+            .arg(format!("{}:latest", f.image.display()))
+            .arg("--tag")
+            .arg(format!("c{i}"))
+            .arg(&file)
+            .arg("/clone-image")
+            .status()
+            .unwrap();
+        assert!(st.success(), "umoci insert c{i}: {st}");
+    }
     let t0 = Instant::now();
     let r = lab
         .mem_mib(3072)
@@ -33,6 +55,8 @@ fn vms_restored_from_templates_in_the_lab() {
             script.display().to_string(),
             env!("CARGO_BIN_EXE_husk").to_string(),
             f.image.display().to_string(),
+            CLONES.to_string(),
+            AT_ONCE.to_string(),
         ])
         .unwrap();
     eprintln!("lab run: {:.1} s", t0.elapsed().as_secs_f64());
@@ -62,25 +86,55 @@ fn vms_restored_from_templates_in_the_lab() {
     check("after_first", clean);
     let mut uuids = BTreeSet::new();
     let mut randoms = BTreeSet::new();
-    for i in 1..=3 {
-        let v = get(&format!("clone{i}"));
-        let parts: Vec<&str> = v.split(['_', ' ']).collect();
-        assert_eq!(parts[0], i.to_string(), "exit status, clone {i}\n{all}");
-        assert_eq!(parts[1], "1", "restored, clone {i}\n{all}");
-        assert_eq!(parts[2], format!("clone{i}"), "hostname, clone {i}\n{all}");
-        let guest: i64 = parts[3].parse().unwrap();
-        let host: i64 = get(&format!("clone{i}_host_time")).parse().unwrap();
-        assert!(
-            (host - guest).abs() <= 2 + 5,
-            "clock: guest {guest}, host {host} (after the run)\n{all}"
+    let mut probes: Vec<(String, usize, Vec<&str>)> = (1..=CLONES)
+        .map(|i| {
+            (
+                format!("clone{i}"),
+                i,
+                get(&format!("clone{i}")).split(['_', ' ']).collect(),
+            )
+        })
+        .collect();
+    probes.extend((1..=AT_ONCE).map(|j| {
+        (
+            format!("par{j}"),
+            CLONES + j,
+            get(&format!("par{j}")).split(['_', ' ']).collect(),
+        )
+    }));
+    for (name, image, parts) in &probes {
+        assert_eq!(
+            parts.len(),
+            7,
+            "{name}: status, restored, 5 probe values\n{all}"
         );
+        let want_status = match name.strip_prefix("par") {
+            Some(j) => j.to_string(),
+            None => (image % 100).to_string(),
+        };
+        assert_eq!(parts[0], want_status, "exit status, {name}\n{all}");
+        assert_eq!(parts[1], "1", "restored, {name}\n{all}");
+        if name.starts_with("clone") {
+            assert_eq!(parts[2], name, "hostname, {name}\n{all}");
+            let guest: i64 = parts[3].parse().unwrap();
+            let host: i64 = get(&format!("{name}_host_time")).parse().unwrap();
+            assert!(
+                (host - guest).abs() <= 2 + 5,
+                "clock: guest {guest}, host {host} (after the run), {name}\n{all}"
+            );
+        }
         uuids.insert(parts[4].to_string());
         randoms.insert(parts[5].to_string());
+        assert_eq!(
+            parts[6],
+            format!("image-{image}"),
+            "its own image, {name}\n{all}"
+        );
     }
-    assert_eq!(uuids.len(), 3, "each clone its own UUIDs\n{all}");
-    assert_eq!(randoms.len(), 3, "each clone its own /dev/urandom\n{all}");
+    let n = CLONES + AT_ONCE;
+    assert_eq!(uuids.len(), n, "each clone its own UUIDs\n{all}");
+    assert_eq!(randoms.len(), n, "each clone its own /dev/urandom\n{all}");
     check("stdin", "0_through-stdin_1");
-    check("parallel", "0_a_0_b");
     check("after_clones", clean);
     check("no_template", "0_booted_1");
     check("damaged", "0_survived_1_1_0");

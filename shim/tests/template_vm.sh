@@ -2,9 +2,11 @@
 # Host side of shim/tests/template_vm.rs, run inside the lab: `husk run --network none`
 # builds a VM template on first use, then restores later VMs from it; prints
 # `CASE name value` lines and `timing` lines on stderr.
-# Usage: template_vm.sh HUSK OCI_LAYOUT
+# Usage: template_vm.sh HUSK OCI_LAYOUT CLONES AT_ONCE
+# The layout's tags c1..c(CLONES+AT_ONCE) are images of their own (each with
+# /clone-image saying image-N): every clone runs a container from its own image.
 set -u
-real_husk=$1 img=$2
+real_husk=$1 img=$2 clones=$3 at_once=$4
 husk() { timeout -s KILL 300 "$real_husk" "$@"; }
 case_() { printf 'CASE %s %s\n' "$1" "$2"; }
 leftovers() {
@@ -41,26 +43,33 @@ case_ first_built "$(grep -c 'VM restored from a template' /tmp/first.err)"
 case_ templates "$(husk template ls | tail -n +2 | wc -l)"
 case_ after_first "$(leftovers)"
 
-# Clones one after another: each its own hostname, clock, random values; exit codes.
-for i in 1 2 3; do
+# Clones one after another, each from its own image: each its own hostname, clock,
+# random values; exit codes.
+for i in $(seq 1 "$clones"); do
     t0=$(now)
-    out=$(husk run --timings --network none --hostname "clone$i" "oci:$img" sh -c "$probe; exit $i" 2>/tmp/clone.err); st=$?
+    out=$(husk run --timings --network none --hostname "clone$i" "oci:$img:c$i" sh -c "$probe; cat /clone-image; exit $((i % 100))" 2>/tmp/clone.err); st=$?
     t1=$(now)
     echo "timing template: $(secs "$t0" "$t1") s" >&2
     grep -h 'VM restored' /tmp/clone.err | sed 's/^/phases template: /' >&2
-    case_ "clone$i" "${st}_$(grep -c 'VM restored from a template' /tmp/clone.err)_${out}"
+    case_ "clone$i" "${st}_$(grep -c 'VM restored from a template' /tmp/clone.err)_$(echo $out)"
     case_ "clone${i}_host_time" "$(date +%s)"
 done
 # stdin and stdout through a restored VM.
 out=$(echo through-stdin | husk run -i --network none "oci:$img" sh -c 'cat; echo err >&2' 2>/tmp/io.err)
 case_ stdin "$?_${out}_$(grep -c '^err$' /tmp/io.err)"
-# Two at once.
-husk run --network none "oci:$img" sh -c 'sleep 1; echo a' >/tmp/par_a 2>/dev/null &
-pa=$!
-husk run --network none "oci:$img" sh -c 'sleep 1; echo b' >/tmp/par_b 2>/dev/null &
-pb=$!
-wait $pa; sa=$?; wait $pb; sb=$?
-case_ parallel "${sa}_$(cat /tmp/par_a)_${sb}_$(cat /tmp/par_b)"
+# Several at once, each from its own image.
+pids=""
+for j in $(seq 1 "$at_once"); do
+    k=$((clones + j))
+    husk run --timings --network none "oci:$img:c$k" sh -c "sleep 1; $probe; cat /clone-image; exit $j" >/tmp/par_$j 2>/tmp/par_$j.err &
+    pids="$pids $!"
+done
+j=0
+for p in $pids; do
+    j=$((j + 1))
+    wait "$p"; st=$?
+    case_ "par$j" "${st}_$(grep -c 'VM restored from a template' /tmp/par_$j.err)_$(echo $(cat /tmp/par_$j))"
+done
 case_ after_clones "$(leftovers)"
 
 # A boot, for comparison (make bench has the full one, interleaved).
