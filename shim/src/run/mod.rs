@@ -12,7 +12,7 @@ use husk_agent_protocol::agent::Rootfs;
 use husk_agent_protocol::{spec, validate};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::config::{Config, MIN_MEMORY_MIB};
+use crate::config::Config;
 use crate::error::{Error, ErrorKind};
 use crate::guest::{GuestImage, vmm_binary};
 use crate::image::{ImageError, ImageRef, prepare_with};
@@ -22,6 +22,12 @@ use crate::sandbox::{Disk, Sandbox, SandboxSpec, reap_stale};
 use crate::scratch::Storage;
 use crate::stdio::{Input, Output, ProcessStdio};
 use crate::tty;
+
+mod options;
+mod timings;
+
+pub use options::{insecure_registries, parse_env_file, parse_memory, random_name};
+pub use timings::Timings;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -79,139 +85,6 @@ pub fn notify(n: &Notify, line: &str) {
     if let Some(mut f) = n.lock().unwrap_or_else(|p| p.into_inner()).take() {
         let _ = writeln!(f, "{line}");
     }
-}
-
-/// Reads an environment file as docker's `--env-file`: one `KEY=VALUE` per line (the
-/// value taken as written, no quotes removed), `KEY` alone for this process's value of
-/// KEY (skipped when unset), blank lines and lines starting with `#` ignored.
-pub fn parse_env_file(path: &std::path::Path) -> Result<Vec<String>, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("--env-file {}: {e}", path.display()))?;
-    let mut env = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim_start();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (key, value) = match line.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (line.trim_end(), None),
-        };
-        if key.is_empty() || key.chars().any(char::is_whitespace) {
-            return Err(format!(
-                "--env-file {} line {}: {key:?} is not a variable name (expected KEY=VALUE)",
-                path.display(),
-                n + 1
-            ));
-        }
-        match value {
-            Some(v) => env.push(format!("{key}={v}")),
-            None => {
-                if let Ok(v) = std::env::var(key) {
-                    env.push(format!("{key}={v}"));
-                }
-            }
-        }
-    }
-    Ok(env)
-}
-
-/// Parses a memory size like docker: a number with an optional b, k, m or g suffix
-/// (bytes without one). Returns MiB.
-pub fn parse_memory(s: &str) -> Result<u32, String> {
-    let t = s.trim().to_ascii_lowercase();
-    let (num, mult): (&str, u64) = match t.char_indices().last() {
-        Some((i, 'b')) => (&t[..i], 1),
-        Some((i, 'k')) => (&t[..i], 1 << 10),
-        Some((i, 'm')) => (&t[..i], 1 << 20),
-        Some((i, 'g')) => (&t[..i], 1 << 30),
-        _ => (&t[..], 1),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("--memory {s:?}: expected a size such as 512m or 1g"))?;
-    let mib = n.saturating_mul(mult) >> 20;
-    if mib < u64::from(MIN_MEMORY_MIB) {
-        return Err(format!(
-            "--memory {s}: at least {MIN_MEMORY_MIB}m is needed (the guest kernel and agent)"
-        ));
-    }
-    u32::try_from(mib).map_err(|_| format!("--memory {s}: too large"))
-}
-
-/// The configuration's plain-HTTP registries and `extra` (`--insecure-registry`).
-pub fn insecure_registries(config: &Config, extra: &[String]) -> Vec<String> {
-    let mut v = config.registry.insecure.clone();
-    v.extend(extra.iter().cloned());
-    v
-}
-
-/// Phase times of a run, for `--timings` and the benchmark.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Timings {
-    pub image: Duration,
-    /// Making the scratch disk (sparse file + mkfs.ext4).
-    pub scratch: Duration,
-    pub vm_start: Duration,
-    pub agent_ready: Duration,
-    pub guest_uptime: Duration,
-    pub container_start: Duration,
-    pub run: Duration,
-    pub stop: Duration,
-    /// CNI ADD (with the namespace), the tap and its redirect, the guest's interface
-    /// and routes (agent), CNI DEL with the namespace's removal.
-    pub cni_add: Duration,
-    pub tap: Duration,
-    pub guest_net: Duration,
-    pub cni_del: Duration,
-    /// Building the VM template (first use of a VM shape).
-    pub template_build: Duration,
-    /// The VM was restored from a template.
-    pub restored: bool,
-}
-
-impl Timings {
-    pub fn line(&self) -> String {
-        let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
-        let (vm, ready) = if self.restored {
-            (
-                format!(
-                    "VM restored from a template (template build {})",
-                    s(self.template_build)
-                ),
-                "restore + agent ready",
-            )
-        } else {
-            ("VM booted".to_string(), "kernel boot + agent ready")
-        };
-        format!(
-            "image {}, scratch disk {}, {vm}, VM start {}, {ready} {} (guest uptime {}), container start {}, run {}, stop {}, CNI ADD {}, tap {}, guest network {}, CNI DEL {}",
-            s(self.image),
-            s(self.scratch),
-            s(self.vm_start),
-            s(self.agent_ready),
-            s(self.guest_uptime),
-            s(self.container_start),
-            s(self.run),
-            s(self.stop),
-            s(self.cni_add),
-            s(self.tap),
-            s(self.guest_net),
-            s(self.cni_del)
-        )
-    }
-}
-
-/// A fresh container name: `husk-` and 12 hex digits.
-pub fn random_name() -> String {
-    let mut b = [0u8; 6];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
-    }
-    format!(
-        "husk-{}",
-        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-    )
 }
 
 /// The process the container runs: the image's defaults under the options.
@@ -772,113 +645,4 @@ pub fn reap(config: &Config) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn memory_sizes() {
-        assert_eq!(parse_memory("512m"), Ok(512));
-        assert_eq!(parse_memory("1g"), Ok(1024));
-        assert_eq!(parse_memory("1G"), Ok(1024));
-        assert_eq!(parse_memory(&format!("{}", 256u64 << 20)), Ok(256));
-        assert!(parse_memory("0").is_err());
-        assert!(parse_memory("10m").is_err());
-        assert!(parse_memory("lots").is_err());
-    }
-
-    fn opts(args: &[&str], entrypoint: Option<&str>) -> RunOptions {
-        RunOptions {
-            image: ImageRef::Rootfs("/".into()),
-            args: args.iter().map(|a| a.to_string()).collect(),
-            entrypoint: entrypoint.map(str::to_string),
-            env: vec![],
-            workdir: None,
-            user: None,
-            vcpus: None,
-            memory_mib: None,
-            storage: None,
-            volumes: vec![],
-            read_only: false,
-            name: None,
-            interactive: false,
-            tty: false,
-            quiet: true,
-            timings: false,
-            pull: Default::default(),
-            insecure_registries: vec![],
-            detached: None,
-            network: None,
-            publish: vec![],
-            dns: Default::default(),
-            hostname: None,
-            add_hosts: vec![],
-            no_jail: false,
-            no_template: false,
-        }
-    }
-
-    #[test]
-    fn entrypoint_as_docker() {
-        let image = crate::image::ImageConfig {
-            entrypoint: vec!["/entry".into(), "--flag".into()],
-            cmd: vec!["serve".into()],
-            ..Default::default()
-        };
-        let argv =
-            |o: &RunOptions| process_spec(o, &image, "h").unwrap()["process"]["args"].clone();
-        assert_eq!(
-            argv(&opts(&[], None)),
-            serde_json::json!(["/entry", "--flag", "serve"])
-        );
-        assert_eq!(
-            argv(&opts(&["x"], None)),
-            serde_json::json!(["/entry", "--flag", "x"])
-        );
-        // --entrypoint drops the image's Cmd; "" clears the entrypoint.
-        assert_eq!(
-            argv(&opts(&[], Some("/bin/sh"))),
-            serde_json::json!(["/bin/sh"])
-        );
-        assert_eq!(
-            argv(&opts(&["-c", "id"], Some("/bin/sh"))),
-            serde_json::json!(["/bin/sh", "-c", "id"])
-        );
-        assert_eq!(argv(&opts(&["ls"], Some(""))), serde_json::json!(["ls"]));
-        assert!(
-            process_spec(&opts(&[], Some("")), &image, "h").is_err(),
-            "no command left"
-        );
-    }
-
-    #[test]
-    fn env_files_as_docker() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("env");
-        // SAFETY: std's environment accessors are synchronized among themselves, and no
-        // other test in this binary reads the environment through libc meanwhile.
-        unsafe { std::env::set_var("HUSK_TEST_FROM_HOST", "host value") };
-        std::fs::write(
-            &f,
-            "# comment\n\nA=1\n  B=two words \nC=\"q\"\nHUSK_TEST_FROM_HOST\nHUSK_TEST_UNSET_X\nD=a=b\n",
-        )
-        .unwrap();
-        assert_eq!(
-            parse_env_file(&f).unwrap(),
-            [
-                "A=1",
-                "B=two words ",
-                "C=\"q\"",
-                "HUSK_TEST_FROM_HOST=host value",
-                "D=a=b"
-            ]
-        );
-        std::fs::write(&f, "OK=1\nBAD KEY=2\n").unwrap();
-        let err = parse_env_file(&f).unwrap_err();
-        assert!(err.contains("line 2") && err.contains("BAD KEY"), "{err}");
-        let err = parse_env_file(&dir.path().join("missing")).unwrap_err();
-        assert!(
-            err.contains("--env-file") && err.contains("missing"),
-            "{err}"
-        );
-    }
-}
+mod tests;
