@@ -5,7 +5,8 @@
 //! temporary file, mount or loop device), Ctrl-C passed on, the image's default
 //! command, `--rootfs`, storage (a 10 GiB sparse scratch disk by default: 300 MiB, or
 //! HUSK_STORAGE_TEST_MIB, written in a 256 MiB VM, `df /` shows the disk, the image gone
-//! after the run; `--storage tmpfs`), memory returned by free page reporting after a
+//! after the run; `--storage tmpfs`; a full host disk under the scratch disk: the
+//! container sees I/O errors and goes on, husk names the host's reason), memory returned by free page reporting after a
 //! container frees 300 MiB, volumes (-v rw and :ro, a single file, --tmpfs,
 //! --read-only; virtiofsd gone after), a stdout held open by a background process
 //! (husk returns), control sequences stripped on a terminal, lo up in the container, readdir's d_ino equal to stat's st_ino
@@ -152,6 +153,8 @@ fn husk_cli_in_the_lab() {
         "etc:same,upper.txt:same,newdir:same,bin:same,passwd:same,group:same,f:same,",
     );
     check("storage_tmpfs", "lo=0x9_ram_t:same_etc:same_bin:same");
+    // A full disk on the host under the container's scratch disk.
+    check("full_disk", "3_dd-failed_alive_1_0");
     check("scratch_file", "10737418240_sparse");
     check("memory_back", "back");
     check("stdout_held", "bg_4_bounded");

@@ -95,6 +95,17 @@ awk -v mib="$storage_mib" '/dd_seconds/ {printf "storage: %d MiB dd+fsync in the
 tmpfs_cmd='echo t >/t; echo "lo=$(cat /sys/class/net/lo/flags) df_kib=$(df -k / | awk "NR==2 {print \$2}") $(dino / t etc bin | tr "\n" " ")"'
 "$husk" run -q --storage tmpfs --rootfs "$rootfs" sh -c "$tmpfs_cmd" >/tmp/st_tmpfs 2>>/tmp/err
 case_ storage_tmpfs "$(awk '{split($2, a, "="); print $1, (a[2] < 1048576) ? "ram" : "big:" a[2], $3, $4, $5}' /tmp/st_tmpfs | tr ' ' _)"
+# A full disk under the scratch disks (a 48 MiB tmpfs on /var/lib/husk/scratch): the
+# container's write fails inside it (the VM's disk answers I/O errors), the container
+# goes on and its status is husk's, husk names the host's reason, and the scratch image
+# goes.
+mkdir -p /var/lib/husk/scratch
+mount -t tmpfs -o size=48m husk-full /var/lib/husk/scratch
+"$husk" run -q --network none "oci:$img" sh -c 'dd if=/dev/zero of=/big bs=1M count=96 conv=fsync 2>/dev/null && echo dd-ok || echo dd-failed; echo alive; exit 3' >/tmp/full 2>/tmp/full_err
+rc=$?
+cat /tmp/full_err >&2
+case_ full_disk "${rc}_$(tr '\n' _ </tmp/full)$(grep -c 'could not be written on the host (/var/lib/husk/scratch/.*No space left on device' /tmp/full_err)_$(ls -A /var/lib/husk/scratch | wc -l)"
+umount /var/lib/husk/scratch
 case_ after_foreground "$(leftovers)"
 
 # Volumes (one virtiofsd per VM): a rw folder (what the container writes there is on

@@ -458,6 +458,9 @@ async fn boot_and_run(
         // The agent's connection went because the VM did: say why.
         result = Err(Error::msg(ErrorKind::Unavailable, format!("{e}\n{why}")));
     }
+    if let Storage::Disk { .. } = storage {
+        warn_host_disk_errors(&sb.dir.vmm_log(), &cdir.scratch);
+    }
     let ts = Instant::now();
     sb.shutdown().await;
     t.stop = ts.elapsed();
@@ -467,6 +470,34 @@ async fn boot_and_run(
         let _ = std::fs::write(cdir.exit(), format!("{status}\n"));
     }
     result
+}
+
+/// Says so when husk-vmm reported (in `vmm_log`) that a disk's image on the host
+/// refused a write: the container saw I/O errors, and the reason (a full disk under the
+/// state folder, most often) is the host's, not the container's.
+fn warn_host_disk_errors(vmm_log: &std::path::Path, scratch: &std::path::Path) {
+    if let Some(why) = host_disk_error(&crate::sandbox::read_tail(vmm_log)) {
+        eprintln!(
+            "husk: warning: the container's writable layer could not be written on the host \
+             ({}: {why}); the container saw I/O errors",
+            scratch.display()
+        );
+    }
+}
+
+/// The host's error in husk-vmm's last "the disk's image refused" warning (see
+/// husk-vmm's block device), if its log has one.
+fn host_disk_error(log: &str) -> Option<String> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("the disk's image refused"))?;
+    let why = line
+        .split_once(" error=")
+        .map_or("an I/O error", |(_, rest)| {
+            rest.split(" failures=").next().unwrap_or(rest)
+        });
+    Some(why.to_string())
 }
 
 /// Configures the guest's NIC for `net`, if any.

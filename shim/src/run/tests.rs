@@ -105,3 +105,15 @@ fn env_files_as_docker() {
         "{err}"
     );
 }
+
+#[test]
+fn host_disk_errors_are_found_in_the_vmm_log() {
+    let log = "2026-12-03T07:20:00Z  WARN husk_vmm::devices::virtio::block::request: \
+               the disk's image refused a write: the guest gets an I/O error disk=\"husk1\" \
+               op=\"write\" error=No space left on device (os error 28) failures=4\n";
+    assert_eq!(
+        host_disk_error(&format!("booting\n{log}")).as_deref(),
+        Some("No space left on device (os error 28)")
+    );
+    assert_eq!(host_disk_error("all fine\n"), None);
+}

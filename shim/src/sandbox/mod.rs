@@ -216,7 +216,7 @@ pub(crate) fn describe_exit(st: std::process::ExitStatus) -> String {
 const LOG_TAIL_BYTES: u64 = 16 << 10;
 
 /// The last [`LOG_TAIL_BYTES`] of a file, as text; empty when it cannot be read.
-fn read_tail(path: &Path) -> String {
+pub(crate) fn read_tail(path: &Path) -> String {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut f) = std::fs::File::open(path) else {
         return String::new();

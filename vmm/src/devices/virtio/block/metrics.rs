@@ -12,5 +12,9 @@ pub struct Metrics {
     pub flushes: Counter,
     pub read_bytes: Counter,
     pub write_bytes: Counter,
+    /// Requests answered IOERR, for any reason (the guest's bad ones included).
     pub errors: Counter,
+    /// Reads, writes and flushes the host's file refused (a full disk, an I/O error):
+    /// the guest gets IOERR.
+    pub host_errors: Counter,
 }

@@ -88,8 +88,14 @@ impl Server {
             T_OUT => self.write(&header, &mut reader),
             T_FLUSH => {
                 self.metrics.flushes.inc();
-                let ok = self.read_only || self.disk.sync_data().is_ok();
-                (if ok { S_OK } else { S_IOERR }, 0)
+                if self.read_only {
+                    (S_OK, 0)
+                } else if let Err(e) = self.disk.sync_data() {
+                    self.host_error("flush", &e);
+                    (S_IOERR, 0)
+                } else {
+                    (S_OK, 0)
+                }
             }
             T_GET_ID => {
                 let n = data_len.min(ID_BYTES);
@@ -107,6 +113,18 @@ impl Server {
         (data_written + 1) as u32
     }
 
+    /// Counts a failure of the host's file and logs it: the 1st, 2nd, 4th, 8th... only,
+    /// so that a guest retrying forever cannot flood the log.
+    fn host_error(&self, op: &'static str, err: &std::io::Error) {
+        self.metrics.host_errors.inc();
+        let n = self.metrics.host_errors.get();
+        if n.is_power_of_two() {
+            let disk = String::from_utf8_lossy(&self.id);
+            let disk = disk.trim_end_matches('\0');
+            tracing::warn!(disk, op, error = %err, failures = n, "the disk's image refused a {op}: the guest gets an I/O error");
+        }
+    }
+
     /// The byte offset of `len` bytes at `sector`, if the range is inside the image.
     pub(super) fn range(&self, sector: u64, len: usize) -> Option<u64> {
         let offset = sector.checked_mul(SECTOR_SIZE)?;
@@ -119,7 +137,11 @@ impl Server {
             return (S_IOERR, 0);
         };
         let mut buf = vec![0u8; len];
-        if self.disk.read_exact_at(&mut buf, offset).is_err() || w.write_all(&buf).is_err() {
+        if let Err(e) = self.disk.read_exact_at(&mut buf, offset) {
+            self.host_error("read", &e);
+            return (S_IOERR, 0);
+        }
+        if w.write_all(&buf).is_err() {
             return (S_IOERR, 0);
         }
         self.metrics.reads.inc();
@@ -136,7 +158,11 @@ impl Server {
             return (S_IOERR, 0);
         };
         let mut buf = vec![0u8; len];
-        if r.read_exact(&mut buf).is_err() || self.disk.write_all_at(&buf, offset).is_err() {
+        if r.read_exact(&mut buf).is_err() {
+            return (S_IOERR, 0);
+        }
+        if let Err(e) = self.disk.write_all_at(&buf, offset) {
+            self.host_error("write", &e);
             return (S_IOERR, 0);
         }
         self.metrics.writes.inc();

@@ -129,6 +129,40 @@ fn hostile_requests_fail_cleanly() {
     assert_eq!(big.range(0, MAX_REQUEST_BYTES + 1), None);
 }
 
+/// A host file that refuses writes (a full disk: /dev/full answers ENOSPC): the guest
+/// gets IOERR, the failure is counted apart from the guest's bad requests, and the
+/// device goes on serving.
+#[test]
+fn a_full_host_disk_fails_writes_with_ioerr() {
+    let (_f, b) = disk(false);
+    let full = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let server = Server {
+        disk: std::sync::Arc::new(full),
+        ..b.server()
+    };
+    let tq = TestQueue::new();
+    let mut h = handler(&tq, &b);
+    h.server = server;
+    for i in 0..3u16 {
+        header(&tq, T_OUT, 0);
+        tq.add_chain(i * 3, &[(HDR, 16, 0), (DATA, 512, 0), (STATUS, 1, W)]);
+        h.process();
+        assert_eq!(tq.used(i), Some(1));
+        assert_eq!(tq.read(STATUS, 1), [S_IOERR]);
+    }
+    assert_eq!(h.server.metrics.host_errors.get(), 3);
+    assert_eq!(h.server.metrics.writes.get(), 0);
+    // Reads still work (/dev/full reads zeros).
+    header(&tq, T_IN, 0);
+    tq.add_chain(9, &[(HDR, 16, 0), (DATA, 512, W), (STATUS, 1, W)]);
+    h.process();
+    assert_eq!(tq.read(STATUS, 1), [S_OK]);
+}
+
 /// Random request headers and chain shapes: every request is answered or dropped,
 /// the disk is never written past its end, and nothing panics.
 #[test]
