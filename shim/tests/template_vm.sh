@@ -57,18 +57,21 @@ done
 # stdin and stdout through a restored VM.
 out=$(echo through-stdin | husk run -i --network none "oci:$img" sh -c 'cat; echo err >&2' 2>/tmp/io.err)
 case_ stdin "$?_${out}_$(grep -c '^err$' /tmp/io.err)"
-# Several at once, each from its own image.
+# Several at once, each from its own image (each one's host time taken as it ends).
 pids=""
 for j in $(seq 1 "$at_once"); do
     k=$((clones + j))
-    husk run --timings --network none "oci:$img:c$k" sh -c "sleep 1; $probe; cat /clone-image; exit $j" >/tmp/par_$j 2>/tmp/par_$j.err &
+    (
+        husk run --timings --network none --hostname "par$j" "oci:$img:c$k" sh -c "$probe; cat /clone-image; exit $j" >/tmp/par_$j 2>/tmp/par_$j.err
+        echo $? >/tmp/par_$j.rc
+        date +%s >/tmp/par_$j.time
+    ) &
     pids="$pids $!"
 done
-j=0
-for p in $pids; do
-    j=$((j + 1))
-    wait "$p"; st=$?
-    case_ "par$j" "${st}_$(grep -c 'VM restored from a template' /tmp/par_$j.err)_$(echo $(cat /tmp/par_$j))"
+wait $pids
+for j in $(seq 1 "$at_once"); do
+    case_ "par$j" "$(cat /tmp/par_$j.rc)_$(grep -c 'VM restored from a template' /tmp/par_$j.err)_$(echo $(cat /tmp/par_$j))"
+    case_ "par${j}_host_time" "$(cat /tmp/par_$j.time)"
 done
 case_ after_clones "$(leftovers)"
 

@@ -141,6 +141,7 @@ pub struct Machine {
     virtio: Vec<(MmioDeviceInfo, Arc<Mutex<MmioTransport>>)>,
     vcpus: Vec<VcpuFd>,
     /// The VM generation ID (VMs built from a configuration; bare test VMs have none).
+    /// Held, not read: it owns the GED's irqfd for as long as the VM lives.
     vmgenid: Option<VmGenId>,
 }
 
