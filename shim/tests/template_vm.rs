@@ -6,7 +6,8 @@
 //! with a boot; `--no-template` boots; a
 //! damaged template makes the run boot, is discarded and rebuilt by the next run; runs
 //! on the default network restore a template of their own shape, each guest NIC with
-//! the clone's MAC, the network working; `husk template rm --all`; nothing left behind.
+//! the clone's MAC, the network working; `husk template rm --all`; a full disk under
+//! the templates folder: the build fails naming it and the run boots; nothing left behind.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
@@ -142,6 +143,7 @@ fn vms_restored_from_templates_in_the_lab() {
     check("networked2", "0_1_hello-l1_own-mac");
     check("templates_net", "2");
     check("rm", "2_0");
+    check("template_full_disk", "0_booted-anyway_1_1_0");
     check("after_all", clean);
     let netns = get("netns");
     assert!(

@@ -112,5 +112,12 @@ mac2=$(echo "$out" | head -1)
 case_ networked2 "${st}_$(grep -c 'VM restored from a template' /tmp/net2.err)_$(echo "$out" | tail -1)_$([ "$mac2" != "$mac1" ] && [ "$mac2" != $tmac ] && echo own-mac)"
 case_ templates_net "$(husk template ls | tail -n +2 | wc -l)"
 case_ rm "$(husk template rm --all | wc -l)_$(husk template ls | tail -n +2 | wc -l)"
+# A full disk under the templates folder (a 16 MiB tmpfs): the build fails saving the
+# memory, says so, and the run boots; no build folder is left.
+mkdir -p /var/lib/husk/templates
+mount -t tmpfs -o size=16m husk-full /var/lib/husk/templates
+out=$(husk run --timings --network none "oci:$img" echo booted-anyway 2>/tmp/tf.err); st=$?
+case_ template_full_disk "${st}_${out}_$(grep -c 'no VM template.*No space left on device' /tmp/tf.err)_$(grep -c 'VM booted' /tmp/tf.err)_$(ls -A /var/lib/husk/templates | wc -l)"
+umount /var/lib/husk/templates
 case_ after_all "$(leftovers)"
 case_ netns "$(( $(lsns -n -t net 2>/dev/null | wc -l) - netns_before ))_${netns_before}"
