@@ -32,20 +32,33 @@ fn vms_restored_from_templates_in_the_lab() {
     let f = husk_tests::cli_fixture(std::path::Path::new(env!("CARGO_BIN_EXE_husk")));
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/template_vm.sh");
     // An image of its own for every clone: tags c1.. of the layout, each with its own
-    // /clone-image.
-    for i in 1..=CLONES + AT_ONCE {
-        let file = f.scratch.path().join("clone-image");
-        std::fs::write(&file, format!("image-{i}\n")).unwrap();
+    // /clone-image (unpacked once, then repacked per tag: `umoci insert` of a single
+    // file writes a truncated tar, which husk rightly refuses).
+    let bundle = f.scratch.path().join("bundle");
+    let umoci = |args: &[&str]| {
         let st = std::process::Command::new("umoci")
-            .args(["insert", "--no-history", "--image"])
-            .arg(format!("{}:latest", f.image.display()))
-            .arg("--tag")
-            .arg(format!("c{i}"))
-            .arg(&file)
-            .arg("/clone-image")
+            .args(args)
+            .stdout(std::process::Stdio::null())
             .status()
             .unwrap();
-        assert!(st.success(), "umoci insert c{i}: {st}");
+        assert!(st.success(), "umoci {args:?}: {st}");
+    };
+    let image = f.image.display().to_string();
+    umoci(&[
+        "unpack",
+        "--image",
+        &format!("{image}:latest"),
+        &bundle.display().to_string(),
+    ]);
+    for i in 1..=CLONES + AT_ONCE {
+        std::fs::write(bundle.join("rootfs/clone-image"), format!("image-{i}\n")).unwrap();
+        umoci(&[
+            "repack",
+            "--no-history",
+            "--image",
+            &format!("{image}:c{i}"),
+            &bundle.display().to_string(),
+        ]);
     }
     let t0 = Instant::now();
     let r = lab
