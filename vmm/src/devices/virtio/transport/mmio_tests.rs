@@ -142,20 +142,21 @@ fn full_initialisation_activates_once() {
     assert!(!t.queues[0].ready());
 }
 
+/// Drives `t` as a guest driver would: features (VERSION_1), queues 0 and 1, DRIVER_OK.
+fn activate(t: &mut MmioTransport) {
+    let s = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
+    w(t, REG_STATUS, s);
+    w(t, REG_DRIVER_FEATURES_SEL, 1);
+    w(t, REG_DRIVER_FEATURES, 1);
+    w(t, REG_STATUS, s | STATUS_FEATURES_OK);
+    setup_queue(t, 0, 0x1000);
+    setup_queue(t, 1, 0x2000);
+    w(t, REG_STATUS, s | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+}
+
 fn activated() -> (MmioTransport, Probe) {
     let (mut t, p) = transport();
-    let s = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
-    w(&mut t, REG_STATUS, s);
-    w(&mut t, REG_DRIVER_FEATURES_SEL, 1);
-    w(&mut t, REG_DRIVER_FEATURES, 1);
-    w(&mut t, REG_STATUS, s | STATUS_FEATURES_OK);
-    setup_queue(&mut t, 0, 0x1000);
-    setup_queue(&mut t, 1, 0x2000);
-    w(
-        &mut t,
-        REG_STATUS,
-        s | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
-    );
+    activate(&mut t);
     (t, p)
 }
 
@@ -398,18 +399,7 @@ fn a_clone_nic_with_its_own_mac_raises_a_config_change() {
     let template = [2, 0x68, 0x75, 0x73, 0x6b, 0];
     let clone = [2, 0, 0, 0, 0, 0x77];
     let mut t = nic(template);
-    let s = STATUS_ACKNOWLEDGE | STATUS_DRIVER;
-    w(&mut t, REG_STATUS, s);
-    w(&mut t, REG_DRIVER_FEATURES_SEL, 1);
-    w(&mut t, REG_DRIVER_FEATURES, 1); // VERSION_1
-    w(&mut t, REG_STATUS, s | STATUS_FEATURES_OK);
-    setup_queue(&mut t, 0, 0x1000);
-    setup_queue(&mut t, 1, 0x2000);
-    w(
-        &mut t,
-        REG_STATUS,
-        s | STATUS_FEATURES_OK | STATUS_DRIVER_OK,
-    );
+    activate(&mut t);
     assert!(t.activated);
     t.pause().unwrap();
     let snap = t.save().unwrap();
