@@ -28,6 +28,7 @@ pub(super) async fn wait_agent(
     let dir = spec.dir.path();
     let deadline = Instant::now() + RESTORE_TIMEOUT;
     let mut last = String::new();
+    let need = crate::template::min_agent_minor(spec);
     loop {
         if let Ok(Some(st)) = child.try_wait() {
             return Err(SandboxError::NotRestored(format!(
@@ -45,8 +46,7 @@ pub(super) async fn wait_agent(
         match tokio::time::timeout(Duration::from_secs(5), hello(endpoint)).await {
             // Before 0.5 the agent drops the entropy seed: every clone would share the
             // template's random state; before 0.6 its NICs keep the template's MAC.
-            Ok(Ok((_, minor))) if minor < crate::template::min_agent_minor(spec) => {
-                let need = crate::template::min_agent_minor(spec);
+            Ok(Ok((_, minor))) if minor < need => {
                 let why = if need >= 6 {
                     "entropy seed, NIC addresses"
                 } else {

@@ -116,11 +116,16 @@ fn refusal(state_dir: &Path, id: &str) -> PathBuf {
 /// The template folder for `spec`, when one has been built.
 pub fn find(state_dir: &Path, spec: &SandboxSpec) -> Result<Option<PathBuf>, TemplateError> {
     let (id, _) = key(spec)?;
-    let dir = templates_dir(state_dir).join(&id);
+    Ok(built(state_dir, &id))
+}
+
+/// The folder of template `id`, when it is whole.
+fn built(state_dir: &Path, id: &str) -> Option<PathBuf> {
+    let dir = templates_dir(state_dir).join(id);
     let whole = ["state", "memory", "key.json"]
         .iter()
         .all(|f| dir.join(f).is_file());
-    Ok(whole.then_some(dir))
+    whole.then_some(dir)
 }
 
 /// The VM `husk run --network none` makes without volumes, for building its template
@@ -169,18 +174,20 @@ pub async fn ensure(
         tracing::debug!(why, "booting without a template");
         return None;
     }
-    match find(state_dir, spec) {
-        Ok(Some(dir)) => return Some(dir),
-        Ok(None) => {}
+    // The key once (it reads the files' metadata): the lookup, the refusal, the build's
+    // outcome all use it.
+    let id = match key(spec) {
+        Ok((id, _)) => id,
         Err(e) => {
             tracing::warn!(error = %e, "cannot look up the VM template");
             return None;
         }
+    };
+    if let Some(dir) = built(state_dir, &id) {
+        return Some(dir);
     }
     // A guest image whose agent was found too old for this shape: boot, quietly.
-    if let Ok((id, _)) = key(spec)
-        && let Ok(why) = std::fs::read_to_string(refusal(state_dir, &id))
-    {
+    if let Ok(why) = std::fs::read_to_string(refusal(state_dir, &id)) {
         tracing::debug!(why, "booting: this guest image cannot make templates");
         return None;
     }
@@ -189,9 +196,7 @@ pub async fn ensure(
         Ok(dir) => Some(dir),
         Err(e) => {
             eprintln!("husk: warning: no VM template ({e}); booting");
-            if matches!(e, TemplateError::AgentTooOld { .. })
-                && let Ok((id, _)) = key(spec)
-            {
+            if matches!(e, TemplateError::AgentTooOld { .. }) {
                 let _ = std::fs::write(refusal(state_dir, &id), e.to_string());
             }
             None
