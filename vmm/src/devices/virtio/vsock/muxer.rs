@@ -18,6 +18,12 @@
 //! (Firecracker's 2 s), a host client that sends no `CONNECT` line, or a guest that
 //! does not answer our REQUEST, within [`HANDSHAKE_TIMEOUT`].
 //!
+//! After a snapshot's pause or a restore, the guest gets a transport reset event and
+//! resets every connection it has. Host clients wait in the listener's backlog until it
+//! has (it gives the event buffer back), for at most [`RESET_TAKE_TIMEOUT`]: Linux
+//! handles the event and the RX queue in separate works, so a REQUEST sent earlier could
+//! be accepted by a guest program and then torn down by the reset.
+//!
 //! Memory bound (worst case, a guest that fills every connection while no host peer
 //! reads): `max_conns` × [`CONN_BUF_SIZE`] of buffered guest data (1024 × 256 KiB =
 //! 256 MiB at the default limit), plus [`MAX_PENDING_REPLIES`] 16-byte replies, plus
@@ -58,6 +64,9 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a host client may take to send `CONNECT <port>\n`, and the guest to
 /// answer our REQUEST.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long host clients wait for the guest to take a transport reset before they are
+/// let through anyway (a guest that never gives the event buffer back).
+pub const RESET_TAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the listener rests after accept() ran out of descriptors or memory.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The timer's period while a deadline is pending.
@@ -83,6 +92,15 @@ enum Token {
     Conn(ConnKey),
     /// A host client that has not finished its `CONNECT` line.
     Pending,
+}
+
+/// A transport reset sent that the guest has not taken yet.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ResetWait {
+    /// The event queue's available index when the reset was sent: Linux adds the
+    /// buffer back (and kicks) once it has reset its connections.
+    avail_idx: u16,
+    sent: Instant,
 }
 
 #[derive(Debug)]
@@ -114,6 +132,10 @@ pub struct Muxer {
     timer_armed: bool,
     /// The listener is out of epoll until then, after accept() hit EMFILE & co.
     accept_paused_until: Option<Instant>,
+    /// Whether the listener is in epoll (out while accepting is paused or held).
+    listener_watched: bool,
+    /// Host clients are held in the backlog until the guest has taken this reset.
+    pub(super) reset_wait: Option<ResetWait>,
     conns: HashMap<ConnKey, Conn>,
     tokens: HashMap<u64, Token>,
     pending: HashMap<u64, Pending>,
@@ -162,6 +184,8 @@ impl Muxer {
             timer: None,
             timer_armed: false,
             accept_paused_until: None,
+            listener_watched: false,
+            reset_wait: None,
             conns: HashMap::new(),
             tokens: HashMap::new(),
             pending: HashMap::new(),
@@ -215,8 +239,49 @@ impl Muxer {
             tracing::warn!(error = %e, "vsock: cannot return the event buffer");
             return false;
         }
+        if written == 4 {
+            // Read before the guest is told: it can only add the buffer back after.
+            match evq.avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire) {
+                Ok(idx) => {
+                    self.reset_wait = Some(ResetWait {
+                        avail_idx: idx.0,
+                        sent: Instant::now(),
+                    })
+                }
+                Err(e) => tracing::warn!(error = %e, "vsock: cannot read the event queue"),
+            }
+        }
         self.interrupt.signal_used_queue();
         written == 4
+    }
+
+    /// Whether host clients may connect: no transport reset is waiting for the guest,
+    /// it has taken the last one (the event queue's available index moved), or it did
+    /// not within [`RESET_TAKE_TIMEOUT`] of `now`.
+    pub(super) fn reset_taken(&mut self, now: Instant) -> bool {
+        let Some(w) = self.reset_wait else {
+            return true;
+        };
+        let moved = self.evq.as_ref().is_none_or(|q| {
+            q.avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire)
+                .map_or(true, |i| i.0 != w.avail_idx)
+        });
+        let waited = now.saturating_duration_since(w.sent);
+        if moved {
+            tracing::debug!(
+                ms = waited.as_millis() as u64,
+                "vsock: the guest took the transport reset"
+            );
+        } else if waited >= RESET_TAKE_TIMEOUT {
+            tracing::warn!(
+                secs = RESET_TAKE_TIMEOUT.as_secs(),
+                "vsock: the guest did not take the transport reset; host connections go ahead"
+            );
+        } else {
+            return false;
+        }
+        self.reset_wait = None;
+        true
     }
 
     /// The queues with their index in the device (for a snapshot).
@@ -605,6 +670,7 @@ impl EventHandler for Muxer {
         add_fd(epoll, &self.evts[1], EventSet::IN, TOKEN_TX)?;
         add_fd(epoll, &self.evts[2], EventSet::IN, TOKEN_EV)?;
         add_fd(epoll, &self.listener, EventSet::IN, TOKEN_LISTENER)?;
+        self.listener_watched = true;
         // Made now, not when first needed: by then descriptors may have run out.
         let timer = TimerFd::new()?;
         add_fd(epoll, &timer, EventSet::IN, TOKEN_TIMER)?;
@@ -621,8 +687,10 @@ impl EventHandler for Muxer {
                 let _ = self.evts[1].read();
             }
             TOKEN_EV => {
-                // We never send events (only used for live migration); just drain.
+                // The guest gave an event buffer back: after a transport reset, that
+                // means it has reset its connections, and held host clients may come.
                 let _ = self.evts[2].read();
+                self.resume_listener(epoll, Instant::now());
             }
             TOKEN_LISTENER => self.accept(epoll),
             TOKEN_TIMER => {

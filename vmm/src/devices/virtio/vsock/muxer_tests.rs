@@ -442,3 +442,54 @@ fn emfile_child() {
     drop(client);
     println!("EMFILE-CHILD-OK");
 }
+
+/// After a transport reset, host clients wait in the backlog until the guest gives the
+/// event buffer back (it has reset its connections), or at most RESET_TAKE_TIMEOUT.
+#[test]
+fn host_clients_wait_until_the_guest_has_taken_a_transport_reset() {
+    const EV_BUF: u64 = 0x40_000;
+    let mut r = Rig::new();
+    r.m.evq = Some(r.tq.queue_n(2));
+    // Without an event buffer there is no reset to wait for.
+    assert!(!r.m.send_transport_reset());
+    assert!(r.m.reset_wait.is_none());
+    // Linux gives its event buffers at probe time.
+    r.tq.add_chain_n(2, 0, &[(EV_BUF, 8, W)]);
+    r.tq.add_chain_n(2, 1, &[(EV_BUF + 8, 8, W)]);
+    assert!(r.m.send_transport_reset());
+    assert_eq!(r.tq.used_n(2, 0), Some(4));
+    assert_eq!(r.tq.read(EV_BUF, 4), 0u32.to_le_bytes());
+    let uds = r.dir.path().join("v.sock");
+    let mut c = UnixStream::connect(&uds).unwrap();
+    c.write_all(b"CONNECT 5000\n").unwrap();
+    r.m.accept(&r.epoll);
+    assert!(
+        r.m.pending.is_empty(),
+        "accepted before the guest took the reset"
+    );
+    assert!(!r.m.listener_watched && r.m.timer_armed);
+    // Ticks (the second buffer given at probe time does not count) keep it waiting.
+    r.m.expire(&r.epoll, Instant::now());
+    assert!(r.m.pending.is_empty());
+    // The guest handled the event and gave the buffer back.
+    r.tq.add_chain_n(2, 2, &[(EV_BUF, 8, W)]);
+    r.m.resume_listener(&r.epoll, Instant::now());
+    assert!(r.m.reset_wait.is_none() && r.m.listener_watched);
+    let token =
+        *r.m.pending
+            .keys()
+            .next()
+            .expect("the held client is accepted");
+    r.m.pending_readable(&r.epoll, token);
+    assert_eq!(r.receive().unwrap().0, OP_REQUEST);
+
+    // A guest that never gives the buffer back holds clients for RESET_TAKE_TIMEOUT.
+    assert!(r.m.send_transport_reset());
+    let _late = UnixStream::connect(&uds).unwrap();
+    r.m.accept(&r.epoll);
+    assert_eq!(r.m.pending.len(), 0);
+    r.m.expire(&r.epoll, Instant::now() + RESET_TAKE_TIMEOUT);
+    assert!(r.m.reset_wait.is_none() && r.m.listener_watched);
+    assert_eq!(r.m.pending.len(), 1);
+    drop(c);
+}

@@ -25,6 +25,11 @@ impl Muxer {
     }
 
     pub(super) fn accept(&mut self, epoll: &Epoll) {
+        if !self.reset_taken(Instant::now()) {
+            // The client waits in the backlog until the guest has reset its connections.
+            self.pause_listener(epoll);
+            return;
+        }
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
@@ -54,14 +59,41 @@ impl Muxer {
                     // instead of spinning on the same error.
                     tracing::warn!(error = %e, "vsock: cannot accept a host connection; pausing");
                     self.metrics.accept_backoffs.inc();
-                    Self::unwatch_fd(epoll, self.listener.as_raw_fd());
                     self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
-                    self.arm_timer(epoll);
+                    self.pause_listener(epoll);
                     return;
                 }
                 Err(_) => return, // WouldBlock, or a transient error
             }
         }
+    }
+
+    /// Takes the listener out of epoll (its clients wait in the backlog); the timer's
+    /// ticks bring it back.
+    fn pause_listener(&mut self, epoll: &Epoll) {
+        if self.listener_watched {
+            Self::unwatch_fd(epoll, self.listener.as_raw_fd());
+            self.listener_watched = false;
+        }
+        self.arm_timer(epoll);
+    }
+
+    /// Puts a paused listener back in epoll and accepts, once its back-off is over and
+    /// the guest has taken any transport reset.
+    pub(super) fn resume_listener(&mut self, epoll: &Epoll, now: Instant) {
+        if self.listener_watched
+            || self.accept_paused_until.is_some_and(|t| t > now)
+            || !self.reset_taken(now)
+        {
+            return;
+        }
+        self.accept_paused_until = None;
+        if let Err(e) = add_fd(epoll, &self.listener, EventSet::IN, TOKEN_LISTENER) {
+            tracing::warn!(error = %e, "vsock: cannot watch the listener again");
+            return;
+        }
+        self.listener_watched = true;
+        self.accept(epoll);
     }
 
     /// Arms the timer's periodic tick (once) while a deadline is pending.
@@ -123,14 +155,8 @@ impl Muxer {
                 self.metrics.conns_timed_out.inc();
             }
         }
-        if self.accept_paused_until.is_some_and(|t| t <= now) {
-            self.accept_paused_until = None;
-            if let Err(e) = add_fd(epoll, &self.listener, EventSet::IN, TOKEN_LISTENER) {
-                tracing::warn!(error = %e, "vsock: cannot watch the listener again");
-            }
-            self.accept(epoll);
-        }
-        let waiting = self.accept_paused_until.is_some()
+        self.resume_listener(epoll, now);
+        let waiting = !self.listener_watched
             || !self.pending.is_empty()
             || self.conns.values().any(|c| c.deadline.is_some());
         if !waiting
