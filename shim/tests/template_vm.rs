@@ -2,7 +2,7 @@
 //! there; docs/snapshots.md): `husk template build` builds the runs' template ahead
 //! (a second build finds it; bad options refused); `--network none` runs restore it:
 //! 20 clones one after another and 4 at once, each running a container from its own
-//! image, with its own hostname, clock and random values, exit status and stdio as
+//! image (converted here, used from the L1's image cache), with its own hostname, clock and random values, exit status and stdio as
 //! with a boot; `--no-template` boots; a
 //! damaged template makes the run boot, is discarded and rebuilt by the next run; runs
 //! on the default network restore a template of their own shape, each guest NIC with
@@ -60,6 +60,18 @@ fn vms_restored_from_templates_in_the_lab() {
             &bundle.display().to_string(),
         ]);
     }
+    // Their erofs cache entries, converted here (the script copies them into the L1's
+    // state folder): converting 24 images in the emulated L1 took 2-3 minutes of this
+    // test, and husk_run.rs tests conversions in the lab.
+    let state = f.scratch.path().join("state");
+    for i in 1..=CLONES + AT_ONCE {
+        let r = husk::image::ImageRef::OciDir {
+            dir: f.image.clone(),
+            tag: Some(format!("c{i}")),
+        };
+        husk::image::prepare(&r, &state, f.scratch.path(), &|_| {})
+            .unwrap_or_else(|e| panic!("converting c{i}: {e}"));
+    }
     let t0 = Instant::now();
     let r = lab
         .mem_mib(3072)
@@ -71,6 +83,7 @@ fn vms_restored_from_templates_in_the_lab() {
             f.image.display().to_string(),
             CLONES.to_string(),
             AT_ONCE.to_string(),
+            state.join("images").display().to_string(),
         ])
         .unwrap();
     eprintln!("lab run: {:.1} s", t0.elapsed().as_secs_f64());
@@ -147,6 +160,7 @@ fn vms_restored_from_templates_in_the_lab() {
     let n = CLONES + AT_ONCE;
     assert_eq!(uuids.len(), n, "each clone its own UUIDs\n{all}");
     assert_eq!(randoms.len(), n, "each clone its own /dev/urandom\n{all}");
+    check("seeded", &format!("{n}_0"));
     check("stdin", "0_through-stdin_1");
     check("after_clones", clean);
     check("no_template", "0_booted_1");
