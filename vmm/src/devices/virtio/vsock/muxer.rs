@@ -94,13 +94,20 @@ enum Token {
     Pending,
 }
 
-/// A transport reset sent that the guest has not taken yet.
+/// Transport resets sent that the guest has not all taken yet.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ResetWait {
-    /// The event queue's available index when the reset was sent: Linux adds the
-    /// buffer back (and kicks) once it has reset its connections.
-    avail_idx: u16,
+    /// The event queue's available index once the guest has taken them: Linux adds
+    /// each event's buffer back (and kicks) after resetting its connections, so each
+    /// reset moves the index by one from where it was when the first was sent.
+    target: u16,
+    /// When the last was sent.
     sent: Instant,
+}
+
+/// Whether available index `avail` has reached `target` (ring indexes wrap at 2^16).
+fn reached(avail: u16, target: u16) -> bool {
+    avail.wrapping_sub(target) as i16 >= 0
 }
 
 #[derive(Debug)]
@@ -241,10 +248,17 @@ impl Muxer {
         }
         if written == 4 {
             // Read before the guest is told: it can only add the buffer back after.
+            // A reset still pending (a pause and resume soon after another) adds one
+            // more buffer to wait for: one refill must not let clients through while
+            // the second reset is still queued in the guest.
             match evq.avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire) {
                 Ok(idx) => {
+                    let target = match self.reset_wait {
+                        Some(w) if !reached(idx.0, w.target) => w.target.wrapping_add(1),
+                        _ => idx.0.wrapping_add(1),
+                    };
                     self.reset_wait = Some(ResetWait {
-                        avail_idx: idx.0,
+                        target,
                         sent: Instant::now(),
                     })
                 }
@@ -256,15 +270,15 @@ impl Muxer {
     }
 
     /// Whether host clients may connect: no transport reset is waiting for the guest,
-    /// it has taken the last one (the event queue's available index moved), or it did
-    /// not within [`RESET_TAKE_TIMEOUT`] of `now`.
+    /// it has taken them (the event queue's available index moved on by as many), or
+    /// it did not within [`RESET_TAKE_TIMEOUT`] of the last one, before `now`.
     pub(super) fn reset_taken(&mut self, now: Instant) -> bool {
         let Some(w) = self.reset_wait else {
             return true;
         };
         let moved = self.evq.as_ref().is_none_or(|q| {
             q.avail_idx(&self.mem, std::sync::atomic::Ordering::Acquire)
-                .map_or(true, |i| i.0 != w.avail_idx)
+                .map_or(true, |i| reached(i.0, w.target))
         });
         let waited = now.saturating_duration_since(w.sent);
         if moved {

@@ -493,3 +493,35 @@ fn host_clients_wait_until_the_guest_has_taken_a_transport_reset() {
     assert_eq!(r.m.pending.len(), 1);
     drop(c);
 }
+
+/// Two resets before the guest took the first (a pause and resume soon after another):
+/// clients wait for both buffers to come back, not one.
+#[test]
+fn a_second_reset_before_the_first_was_taken_waits_for_both() {
+    const EV_BUF: u64 = 0x40_000;
+    let mut r = Rig::new();
+    r.m.evq = Some(r.tq.queue_n(2));
+    for i in 0..3 {
+        r.tq.add_chain_n(2, i, &[(EV_BUF + 8 * u64::from(i), 8, W)]);
+    }
+    assert!(r.m.send_transport_reset());
+    assert!(r.m.send_transport_reset());
+    let _c = UnixStream::connect(r.dir.path().join("v.sock")).unwrap();
+    r.m.accept(&r.epoll);
+    // The guest handled the first event and gave its buffer back: not yet.
+    r.tq.add_chain_n(2, 3, &[(EV_BUF, 8, W)]);
+    r.m.resume_listener(&r.epoll, Instant::now());
+    assert!(r.m.pending.is_empty() && r.m.reset_wait.is_some());
+    // And the second.
+    r.tq.add_chain_n(2, 4, &[(EV_BUF + 8, 8, W)]);
+    r.m.resume_listener(&r.epoll, Instant::now());
+    assert!(r.m.reset_wait.is_none());
+    assert_eq!(r.m.pending.len(), 1);
+}
+
+#[test]
+fn ring_indexes_are_compared_across_the_wrap() {
+    assert!(reached(5, 5) && reached(6, 5) && !reached(4, 5));
+    assert!(reached(0, u16::MAX) && reached(1, u16::MAX));
+    assert!(!reached(u16::MAX, 0) && !reached(u16::MAX - 1, 0));
+}

@@ -26,8 +26,15 @@ impl Muxer {
 
     pub(super) fn accept(&mut self, epoll: &Epoll) {
         if !self.reset_taken(Instant::now()) {
-            // The client waits in the backlog until the guest has reset its connections.
+            // The client waits in the backlog until the guest has reset its connections
+            // (unless no timer could be armed to end the wait: then it comes now).
             self.pause_listener(epoll);
+            if self.timer_armed {
+                return;
+            }
+            tracing::warn!("vsock: no timer to bound the wait for the transport reset");
+            self.reset_wait = None;
+            self.resume_listener(epoll, Instant::now());
             return;
         }
         loop {
