@@ -2,12 +2,13 @@
 //! there; docs/snapshots.md): `husk template build` builds the runs' template ahead
 //! (a second build finds it; bad options refused); `--network none` runs restore it:
 //! 20 clones one after another and 4 at once, each running a container from its own
-//! image (converted here, used from the L1's image cache), with its own hostname, clock and random values, exit status and stdio as
-//! with a boot; `--no-template` boots; a
-//! damaged template makes the run boot, is discarded and rebuilt by the next run; runs
-//! on the default network restore a template of their own shape, each guest NIC with
-//! the clone's MAC, the network working; `husk template rm --all`; a full disk under
-//! the templates folder: the build fails naming it and the run boots; nothing left behind.
+//! image (converted here, used from the L1's image cache), with its own hostname,
+//! clock and random values, exit status and stdio as with a boot; `--no-template`
+//! boots; a damaged template makes the run boot, is discarded and rebuilt by the next
+//! run; runs on the default network restore a template of their own shape, each guest
+//! NIC with the clone's MAC, the network working; `husk template rm --all`; a full
+//! disk under the templates folder: the build fails naming it and the run boots;
+//! nothing left behind.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 
