@@ -268,11 +268,14 @@ impl Machine {
     /// describes: its host-side paths (disks, sockets, taps, console) are this VM's
     /// own; its shape (vCPUs, memory, devices in order) must be the snapshot's. No
     /// kernel is loaded: memory, vCPUs, irqchip and devices continue where they were.
+    /// `mode` says how memory comes back: mapped by default, copied into shared memory
+    /// (the only way there) when the VM has virtio-fs shares, whose backend maps it.
     pub fn restore(
         config: &VmConfig,
         dir: &std::path::Path,
-        mode: crate::snapshot::memory::MemoryMode,
+        mode: Option<crate::snapshot::memory::MemoryMode>,
     ) -> Result<Machine, MachineError> {
+        use crate::snapshot::memory::MemoryMode;
         use crate::snapshot::{self, SnapshotError};
         let err = |source: SnapshotError| MachineError::Restore {
             dir: dir.to_path_buf(),
@@ -290,13 +293,20 @@ impl Machine {
                 state.shape.memory_bytes >> 20
             ))));
         }
-        if config.shared_memory() {
-            return Err(err(SnapshotError::Mismatch(
-                "virtio-fs devices cannot be restored (they need shared guest memory)".into(),
-            )));
-        }
-        let mem = snapshot::memory::restore(&dir.join(snapshot::MEMORY_FILE), memory_bytes, mode)
-            .map_err(|e| err(e.into()))?;
+        let shared = config.shared_memory();
+        let mode = match mode {
+            None if shared => MemoryMode::Copy,
+            None => MemoryMode::Map,
+            Some(MemoryMode::Map) if shared => {
+                return Err(err(SnapshotError::Mismatch(
+                    "--restore-memory map: this VM's memory must be shared (virtio-fs shares, or memory_shared), which a mapped restore is not; restore it with copy".into(),
+                )));
+            }
+            Some(m) => m,
+        };
+        let mem =
+            snapshot::memory::restore(&dir.join(snapshot::MEMORY_FILE), memory_bytes, mode, shared)
+                .map_err(|e| err(e.into()))?;
         let out = SerialOut::open(&config.serial.0)?;
         let mut m = Machine::with_memory(mem, vcpus, out)?;
         snapshot::check_host(&state, dir, &m.vm.cpuid_fingerprint()).map_err(err)?;
@@ -324,7 +334,7 @@ impl Machine {
         let vmgenid = VmGenId::attach(m.vm.irqfd(GED_IRQ)?);
         vmgenid.renew(&m.mem)?;
         m.vmgenid = Some(vmgenid);
-        tracing::info!(dir = %dir.display(), ?mode, "VM restored from a snapshot");
+        tracing::info!(dir = %dir.display(), ?mode, shared, "VM restored from a snapshot");
         Ok(m)
     }
 

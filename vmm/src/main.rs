@@ -48,10 +48,11 @@ struct Cli {
     #[arg(long, value_name = "DIR")]
     restore: Option<PathBuf>,
     /// How a restore gets guest memory: `map` (copy-on-write from the snapshot's memory
-    /// file, shared with other VMs restored from it) or `copy` (read into private
-    /// memory first).
-    #[arg(long, value_name = "MODE", default_value = "map", requires = "restore")]
-    restore_memory: husk_vmm::snapshot::memory::MemoryMode,
+    /// file, shared with other VMs restored from it; the default) or `copy` (read into
+    /// memory of this VM's own first). A VM with virtio-fs shares needs `copy` (into
+    /// shared memory its virtiofsd maps), which is then the default.
+    #[arg(long, value_name = "MODE", requires = "restore")]
+    restore_memory: Option<husk_vmm::snapshot::memory::MemoryMode>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -128,7 +129,7 @@ fn run(
     api_sock: Option<&Path>,
     report: Option<&Path>,
     seccomp: bool,
-    restore: Option<(&Path, MemoryMode)>,
+    restore: Option<(&Path, Option<MemoryMode>)>,
 ) -> Result<ExitReason, MachineError> {
     let started = std::time::Instant::now();
     let config = VmConfig::from_file(path)?;

@@ -23,7 +23,8 @@ pub enum MemoryMode {
     /// first write; clones of one template share the unwritten ones.
     #[default]
     Map,
-    /// Read the whole file into private anonymous memory first.
+    /// Read the whole file into memory of the VM's own first: private anonymous
+    /// memory, or a shared memfd when a vhost-user backend (virtiofsd) must map it.
     Copy,
 }
 
@@ -98,11 +99,19 @@ pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<(u64, u64), MemoryFile
         while done < len {
             let n = usize::try_from((len - done).min(CHUNK as u64)).unwrap_or(CHUNK);
             let addr = GuestAddress(start.0 + done);
-            mem.read_slice(&mut buf[..n], addr)
-                .map_err(|e| MemoryFileError::Guest {
-                    addr: addr.0,
-                    why: e.to_string(),
-                })?;
+            let guest_err = |why: String| MemoryFileError::Guest { addr: addr.0, why };
+            match region.file_offset() {
+                // Shared memory (a memfd): read(2) of a hole reads zeroes without
+                // allocating a page, where a read through the mapping would fault one
+                // in, making the whole guest memory resident.
+                Some(fo) => fo
+                    .file()
+                    .read_exact_at(&mut buf[..n], fo.start() + done)
+                    .map_err(|e| guest_err(e.to_string()))?,
+                None => mem
+                    .read_slice(&mut buf[..n], addr)
+                    .map_err(|e| guest_err(e.to_string()))?,
+            }
             for (i, page) in buf[..n].chunks(PAGE).enumerate() {
                 if is_zero(page) {
                     continue;
@@ -120,11 +129,14 @@ pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<(u64, u64), MemoryFile
     Ok((offset, data))
 }
 
-/// Guest memory of `size` bytes from the file at `path`, as `mode` says.
+/// Guest memory of `size` bytes from the file at `path`, as `mode` says; `shared`
+/// (with [`MemoryMode::Copy`] only) copies into a shared memfd that other processes can
+/// map (crate::memory).
 pub fn restore(
     path: &Path,
     size: u64,
     mode: MemoryMode,
+    shared: bool,
 ) -> Result<GuestMemoryMmap, MemoryFileError> {
     let rerr = |source| MemoryFileError::Read {
         path: path.to_path_buf(),
@@ -149,6 +161,9 @@ pub fn restore(
         why,
     };
     match mode {
+        MemoryMode::Map if shared => Err(map_err(
+            "a mapped restore's memory is private to this VM; shared memory (virtio-fs) needs a copy".into(),
+        )),
         MemoryMode::Map => {
             let mut regions = Vec::new();
             let mut offset = 0u64;
@@ -170,37 +185,219 @@ pub fn restore(
         }
         MemoryMode::Copy => {
             let mib = size >> 20;
-            let mem = crate::memory::create_guest_memory(mib, false)
+            let mem = crate::memory::create_guest_memory(mib, shared)
                 .map_err(|e| map_err(e.to_string()))?;
-            let mut buf = vec![0u8; CHUNK];
-            let mut offset = 0u64;
-            for (addr, len) in ram_ranges(size) {
-                let mut done = 0u64;
-                while done < len {
-                    let n = usize::try_from((len - done).min(CHUNK as u64)).unwrap_or(CHUNK);
-                    file.read_exact_at(&mut buf[..n], offset + done)
-                        .map_err(rerr)?;
-                    // Untouched pages of fresh anonymous memory are zero already.
-                    if !buf[..n].chunks(PAGE).all(is_zero) {
-                        mem.write_slice(&buf[..n], GuestAddress(addr.0 + done))
-                            .map_err(|e| MemoryFileError::Guest {
-                                addr: addr.0 + done,
-                                why: e.to_string(),
-                            })?;
-                    }
-                    done += n as u64;
-                }
-                offset += len;
-            }
+            copy_in(&file, path, size, &mem)?;
             Ok(mem)
         }
     }
+}
+
+/// The data extents of `file` (offset, length), as SEEK_DATA/SEEK_HOLE find them: the
+/// pages [`save`] wrote. A file system without them gives the whole file.
+fn data_extents(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let seek = |off: u64, whence| -> std::io::Result<Option<u64>> {
+        let off = i64::try_from(off).map_err(std::io::Error::other)?;
+        // SAFETY: lseek on an fd this function borrows; it moves only the file's
+        // offset, which no one else uses during a restore.
+        let r = unsafe { libc::lseek(fd, off, whence) };
+        if r >= 0 {
+            return Ok(Some(r as u64));
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            // No data after `off`.
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(e),
+        }
+    };
+    let mut out = Vec::new();
+    let mut off = 0u64;
+    while off < size {
+        let data = match seek(off, libc::SEEK_DATA) {
+            Ok(Some(d)) => d,
+            Ok(None) => break,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && out.is_empty() => {
+                return Ok(vec![(0, size)]);
+            }
+            Err(e) => return Err(e),
+        };
+        if data >= size {
+            break;
+        }
+        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(size).min(size);
+        if hole <= data {
+            break;
+        }
+        out.push((data, hole - data));
+        off = hole;
+    }
+    Ok(out)
+}
+
+/// Copies the memory file's data into `mem` (fresh, so zero): only its data extents,
+/// each straight into guest memory: with `sendfile` into a shared memfd (a copy in
+/// the kernel, no page faults in this process), else with `pread` into the mapping.
+/// A page of zeroes inside an extent (a file system's larger blocks) is copied too.
+fn copy_in(
+    file: &File,
+    path: &Path,
+    size: u64,
+    mem: &GuestMemoryMmap,
+) -> Result<(), MemoryFileError> {
+    let rerr = |source| MemoryFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let extents = data_extents(file, size).map_err(rerr)?;
+    // The file holds the RAM ranges one after another.
+    let mut layout = Vec::new();
+    let mut offset = 0u64;
+    for (addr, len) in ram_ranges(size) {
+        layout.push((offset, addr, len));
+        offset += len;
+    }
+    let mut kernel_copy = true;
+    for (start, len) in extents {
+        for &(foff, addr, rlen) in &layout {
+            // The part of the extent in this range.
+            let a = start.max(foff);
+            let b = (start + len).min(foff + rlen);
+            if a >= b {
+                continue;
+            }
+            let at = GuestAddress(addr.0 + (a - foff));
+            let n = b - a;
+            let guest_err = |why: String| MemoryFileError::Guest { addr: at.0, why };
+            let region = mem
+                .find_region(at)
+                .ok_or_else(|| guest_err("not in guest memory".into()))?;
+            let in_region = at.0 - region.start_addr().0;
+            if in_region + n > region.len() {
+                return Err(guest_err("crosses a memory region's end".into()));
+            }
+            if kernel_copy && let Some(fo) = region.file_offset() {
+                match send(file, a, fo.file(), fo.start() + in_region, n) {
+                    Ok(()) => continue,
+                    // Not between these files here: copy through the mapping.
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EINVAL)
+                            || e.raw_os_error() == Some(libc::ENOSYS) =>
+                    {
+                        kernel_copy = false;
+                    }
+                    Err(e) => return Err(rerr(e)),
+                }
+            }
+            let host = mem
+                .get_host_address(at)
+                .map_err(|e| guest_err(e.to_string()))?;
+            let n_usize = usize::try_from(n).map_err(|e| guest_err(e.to_string()))?;
+            // SAFETY: [host, host + n) lies inside one live guest memory region (checked
+            // above); the guest is not running yet, so nothing else accesses it, and the
+            // slice does not outlive this statement.
+            let dst = unsafe { std::slice::from_raw_parts_mut(host, n_usize) };
+            file.read_exact_at(dst, a).map_err(rerr)?;
+        }
+    }
+    Ok(())
+}
+
+/// `n` bytes from `src` at `src_off` to `dst` at `dst_off`, with sendfile(2) (the
+/// destination's file offset is set first: sendfile writes there).
+fn send(src: &File, src_off: u64, dst: &File, dst_off: u64, n: u64) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (mut from, to) = (
+        i64::try_from(src_off).map_err(std::io::Error::other)?,
+        i64::try_from(dst_off).map_err(std::io::Error::other)?,
+    );
+    // SAFETY: lseek on a borrowed fd; only its offset changes (used by nothing else
+    // during a restore).
+    if unsafe { libc::lseek(dst.as_raw_fd(), to, libc::SEEK_SET) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut left = n;
+    while left > 0 {
+        let chunk = usize::try_from(left.min(1 << 30)).unwrap_or(1 << 30);
+        // SAFETY: both fds are borrowed and open; `from` is a valid i64 the kernel
+        // updates.
+        let r = unsafe { libc::sendfile(dst.as_raw_fd(), src.as_raw_fd(), &mut from, chunk) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        left -= r as u64;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn saving_shared_memory_allocates_no_page_of_it() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let mem = crate::memory::create_guest_memory(64, true).unwrap();
+        mem.write_obj(0xabcdu16, GuestAddress(0x2000)).unwrap();
+        let path = dir.path().join("memory");
+        let (_, data) = save(&mem, &path).unwrap();
+        assert_eq!(data, PAGE as u64);
+        // The memfd holds the one page written (THP may round it up to 2 MiB), not
+        // the 64 MiB a read through the mapping would have faulted in.
+        // Bytes the memfd of `m` holds.
+        let resident = |m: &GuestMemoryMmap| {
+            let region = m.iter().next().unwrap();
+            let fd = region.file_offset().unwrap().file().as_raw_fd();
+            let meta = std::fs::metadata(format!("/proc/self/fd/{fd}")).unwrap();
+            meta.blocks() * 512
+        };
+        assert!(
+            resident(&mem) <= 4 << 20,
+            "{} bytes resident",
+            resident(&mem)
+        );
+        // A copied restore into shared memory writes only the data pages.
+        let back = restore(&path, 64 << 20, MemoryMode::Copy, true).unwrap();
+        assert_eq!(back.read_obj::<u16>(GuestAddress(0x2000)).unwrap(), 0xabcd);
+        assert!(
+            resident(&back) <= 4 << 20,
+            "{} bytes resident",
+            resident(&back)
+        );
+    }
+
+    #[test]
+    fn data_extents_are_the_pages_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = crate::memory::create_guest_memory(16, false).unwrap();
+        for addr in [0x3000u64, 0x4000, 0x10_0000, (16 << 20) - PAGE as u64] {
+            mem.write_obj(1u8, GuestAddress(addr)).unwrap();
+        }
+        let path = dir.path().join("memory");
+        save(&mem, &path).unwrap();
+        let f = File::open(&path).unwrap();
+        let ext = data_extents(&f, 16 << 20).unwrap();
+        let bytes: u64 = ext.iter().map(|(_, l)| l).sum();
+        // The file system may allocate in larger blocks; never less than the data.
+        assert!((3 * PAGE as u64..=3 << 20).contains(&bytes), "{ext:?}");
+        assert!(
+            ext[0].0 <= 0x3000 && ext[0].0 + ext[0].1 >= 0x5000,
+            "{ext:?}"
+        );
+        let last = ext.last().unwrap();
+        assert_eq!(last.0 + last.1, 16 << 20, "{ext:?}");
+    }
 
     #[test]
     fn zero_pages_are_told_apart() {
@@ -231,8 +428,16 @@ mod tests {
         let blocks = std::fs::metadata(&path).unwrap().blocks();
         assert!(blocks * 512 < 1 << 20, "{blocks} blocks");
         assert!(save(&mem, &path).is_err(), "never overwrites");
-        for mode in [MemoryMode::Map, MemoryMode::Copy] {
-            let m = restore(&path, size, mode).unwrap();
+        for (mode, shared) in [
+            (MemoryMode::Map, false),
+            (MemoryMode::Copy, false),
+            (MemoryMode::Copy, true),
+        ] {
+            let m = restore(&path, size, mode, shared).unwrap();
+            if mode == MemoryMode::Copy {
+                // Only a shared copy has a file (a memfd) a backend could map.
+                assert_eq!(m.iter().all(|r| r.file_offset().is_some()), shared);
+            }
             assert_eq!(
                 m.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
                 0x1234_5678
@@ -244,12 +449,14 @@ mod tests {
             // Private: a write does not reach the file.
             m.write_obj(7u32, GuestAddress(0x1000)).unwrap();
         }
-        let again = restore(&path, size, MemoryMode::Map).unwrap();
+        let e = restore(&path, size, MemoryMode::Map, true).unwrap_err();
+        assert!(e.to_string().contains("needs a copy"), "{e}");
+        let again = restore(&path, size, MemoryMode::Map, false).unwrap();
         assert_eq!(
             again.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
             0x1234_5678
         );
-        let e = restore(&path, 32 << 20, MemoryMode::Map).unwrap_err();
+        let e = restore(&path, 32 << 20, MemoryMode::Map, false).unwrap_err();
         assert!(e.to_string().contains("holds 16777216 bytes"), "{e}");
     }
 }

@@ -118,6 +118,9 @@ pub enum ActivateError {
     /// A vhost-user backend refused or failed a request.
     #[error("the device's backend failed")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A restored device's saved state does not fit this device.
+    #[error("{0}")]
+    Restore(String),
     /// The device failed earlier and cannot start again.
     #[error("the device failed earlier and stays failed")]
     BackendFailed,

@@ -30,6 +30,8 @@ pub enum DeviceStateError {
         saved: usize,
         have: usize,
     },
+    #[error("{device} device cannot be saved now: {why}")]
+    InUse { device: &'static str, why: String },
     #[error("{device}: bad device state in the snapshot: {why}")]
     BadState { device: &'static str, why: String },
 }

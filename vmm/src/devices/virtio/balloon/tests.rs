@@ -98,9 +98,13 @@ fn a_restored_vms_private_copies_are_released() {
         .unwrap();
     let path = dir.path().join("memory");
     crate::snapshot::memory::save(&orig, &path).unwrap();
-    let mem =
-        crate::snapshot::memory::restore(&path, 4 << 20, crate::snapshot::memory::MemoryMode::Map)
-            .unwrap();
+    let mem = crate::snapshot::memory::restore(
+        &path,
+        4 << 20,
+        crate::snapshot::memory::MemoryMode::Map,
+        false,
+    )
+    .unwrap();
     mem.write_obj(0x2222_2222u32, GuestAddress(0x2000)).unwrap();
     super::report::release(&mem, 0x2000, 0x1000).unwrap();
     assert_eq!(

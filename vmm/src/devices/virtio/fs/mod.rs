@@ -30,12 +30,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use virtio_queue::QueueT;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::{Epoll, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use self::metrics::FsMetrics;
 use self::vhost_user::{Connection, VhostUserError};
+use super::state::{DeviceStateError, QueueSnapshot};
 use super::worker::{EventHandler, Worker, add_fd};
 use super::{
     ActivateContext, ActivateError, Interrupt, TYPE_FS, VIRTIO_F_VERSION_1, VirtioDevice,
@@ -84,6 +86,9 @@ pub struct Fs {
     failed: bool,
     /// The backend holds the rings (between a successful activation and reset).
     running: bool,
+    /// What the last activation handed the backend: guest memory and the queues, for
+    /// [`VirtioDevice::pause`] to check that the guest never used them.
+    active: Option<(GuestMemoryMmap, Vec<Queue>)>,
     metrics: Arc<FsMetrics>,
 }
 
@@ -140,8 +145,18 @@ impl Fs {
             worker: None,
             failed: false,
             running: false,
+            active: None,
             metrics: Arc::default(),
         })
+    }
+
+    /// The tag, as the guest reads it (the configuration space's first bytes).
+    fn tag(&self) -> String {
+        let end = self.config[..TAG_LEN]
+            .iter()
+            .position(|b| *b == 0)
+            .unwrap_or(TAG_LEN);
+        String::from_utf8_lossy(&self.config[..end]).into_owned()
     }
 
     fn backend_failed(&mut self, e: &VhostUserError) {
@@ -200,15 +215,78 @@ impl VirtioDevice for Fs {
         read_config_bytes(&self.config, offset, data);
     }
 
-    /// No pause/save: the vhost-user backend (virtiofsd) owns the queues and its own
-    /// state (open files, inodes), which it cannot hand over (docs/snapshots.md).
-    fn pause(
+    /// A snapshot of an unused share only: the vhost-user backend (virtiofsd) owns the
+    /// queues and its FUSE session (open files, inodes), which it cannot hand over. A
+    /// guest that never sent a request (nothing mounted: the first request is a mount's
+    /// FUSE_INIT) has no such state; its queues are saved at index 0, and a restored
+    /// VM hands them to a fresh backend of its own (docs/snapshots.md). The vCPUs are
+    /// paused, so the rings cannot move meanwhile; the backend keeps them. The idx
+    /// fields are the guest's to write: this check is for templates, where no tenant
+    /// code has run, not a defence against a guest that wants a used share saved (its
+    /// restored requests would then fail against the new backend).
+    fn pause(&mut self) -> Result<Vec<(usize, QueueSnapshot)>, DeviceStateError> {
+        if self.failed {
+            return Err(DeviceStateError::WorkerGone("fs"));
+        }
+        let Some((mem, queues)) = self.active.as_ref().filter(|_| self.running) else {
+            return Ok(Vec::new());
+        };
+        let mut saved = Vec::with_capacity(queues.len());
+        for (i, q) in queues.iter().enumerate() {
+            // The rings' idx fields (2.7.6, 2.7.8): what the driver made available and
+            // what the backend used. Both 0: the guest never sent a request.
+            let idx = |ring: u64| {
+                ring.checked_add(2)
+                    .and_then(|a| mem.read_obj::<u16>(GuestAddress(a)).ok())
+            };
+            match (idx(q.avail_ring()), idx(q.used_ring())) {
+                (Some(0), Some(0)) => {}
+                (avail, used) => {
+                    return Err(DeviceStateError::InUse {
+                        device: "fs",
+                        why: format!(
+                            "the guest has used the share (queue {i}: available index {avail:?}, used index {used:?}); only a VM that never mounted it can be saved"
+                        ),
+                    });
+                }
+            }
+            let mut s = QueueSnapshot::of(q);
+            s.next_avail = 0;
+            s.next_used = 0;
+            saved.push((i, s));
+        }
+        Ok(saved)
+    }
+
+    /// The tag: the guest knows its share by the tag it read when it probed.
+    fn save(&self) -> serde_json::Value {
+        serde_json::json!({ "tag": self.tag() })
+    }
+
+    /// Hands a restored VM's saved queues (index 0, see [`pause`](Self::pause)) to this
+    /// VM's own backend, as an activation does. The tag must be the saved one.
+    fn restore(
         &mut self,
-    ) -> Result<Vec<(usize, super::state::QueueSnapshot)>, super::state::DeviceStateError> {
-        Err(super::state::DeviceStateError::NotSupported(
-            "virtio-fs",
-            "its vhost-user backend (virtiofsd) owns the queues and the open files",
-        ))
+        state: &serde_json::Value,
+        ctx: ActivateContext,
+    ) -> Result<(), ActivateError> {
+        let saved = state.get("tag").and_then(serde_json::Value::as_str);
+        if saved != Some(self.tag().as_str()) {
+            return Err(ActivateError::Restore(format!(
+                "the snapshot's share has tag {saved:?}, this VM's {:?}; the guest mounts by the tag it read at boot",
+                self.tag()
+            )));
+        }
+        if ctx
+            .queues
+            .iter()
+            .any(|q| q.next_avail() != 0 || q.next_used() != 0)
+        {
+            return Err(ActivateError::Restore(
+                "the snapshot's queues are not at index 0: the share was in use".into(),
+            ));
+        }
+        self.activate(ctx)
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
@@ -249,6 +327,7 @@ impl VirtioDevice for Fs {
             return Err(ActivateError::Backend(Box::new(e)));
         }
         self.running = true;
+        self.active = Some((ctx.mem, ctx.queues));
         self.metrics.activations.inc();
         tracing::info!(socket = %self.socket.display(), features = ctx.acked_features, "virtio-fs active");
         Ok(())
@@ -263,6 +342,7 @@ impl VirtioDevice for Fs {
             }
         }
         self.running = false;
+        self.active = None;
         self.worker = None;
         // Drop notifications the backend sent for the old rings.
         for c in &self.calls {

@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use super::*;
@@ -496,5 +496,101 @@ fn a_queue_left_out_is_refused_without_failing_the_device() {
         fs.activate(context(&mem)).unwrap();
         fs
     });
+    assert_eq!(fs.metrics()["failed"], false);
+}
+
+fn device(tag: &str) -> (Fs, mpsc::Receiver<Seen>) {
+    let (c, rx) = connected(FakeOptions::default());
+    drain(&rx);
+    (Fs::with_connection(tag, c, Path::new("/x"), 0).unwrap(), rx)
+}
+
+#[test]
+fn an_unused_share_is_saved_at_index_zero_and_restored_onto_a_new_backend() {
+    let (mut fs, rx) = device("share");
+    // Never activated (the guest did not probe it): nothing to save.
+    assert!(fs.pause().unwrap().is_empty());
+    let mem = create_guest_memory(16, true).unwrap();
+    let m = mem.clone();
+    let mut fs = bounded(10, move || {
+        fs.activate(context(&m)).unwrap();
+        fs
+    });
+    drain(&rx);
+    let saved = fs.pause().unwrap();
+    assert_eq!(saved.len(), NUM_QUEUES);
+    let want = ready_queues(&mem);
+    for ((i, s), q) in saved.iter().zip(&want) {
+        assert_eq!((s.next_avail, s.next_used), (0, 0), "queue {i}");
+        assert_eq!(s.desc_table, q.desc_table());
+        assert_eq!(s.avail_ring, q.avail_ring());
+    }
+    // Pausing asks the backend nothing: it keeps the rings for a resume.
+    assert!(drain(&rx).is_empty());
+    assert_eq!(fs.save(), serde_json::json!({"tag": "share"}));
+
+    // A clone: a fresh device on its own backend gets the queues from index 0.
+    let (mut clone, crx) = device("share");
+    let state = fs.save();
+    let m = mem.clone();
+    let clone = bounded(10, move || {
+        clone.restore(&state, context(&m)).unwrap();
+        clone
+    });
+    let seen = drain(&crx);
+    let bases: Vec<u32> = seen
+        .iter()
+        .filter(|s| s.request == SET_VRING_BASE)
+        .map(|s| u32::from_le_bytes(s.payload[4..8].try_into().unwrap()))
+        .collect();
+    assert_eq!(bases, [0; NUM_QUEUES]);
+    assert!(requests(&seen).contains(&SET_MEM_TABLE));
+    assert_eq!(clone.metrics()["activations"], 1);
+}
+
+#[test]
+fn a_share_the_guest_used_is_not_saved() {
+    let (fs, rx) = device("share");
+    let mem = create_guest_memory(16, true).unwrap();
+    let m = mem.clone();
+    let mut fs = bounded(10, move || {
+        let mut fs = fs;
+        fs.activate(context(&m)).unwrap();
+        fs
+    });
+    drain(&rx);
+    // The driver made a request available on the request queue (a mount's FUSE_INIT).
+    let q = &ready_queues(&mem)[1];
+    mem.write_obj(1u16, GuestAddress(q.avail_ring() + 2))
+        .unwrap();
+    let e = fs.pause().unwrap_err().to_string();
+    assert!(e.contains("used the share") && e.contains("queue 1"), "{e}");
+    // A used index the backend moved counts too.
+    mem.write_obj(0u16, GuestAddress(q.avail_ring() + 2))
+        .unwrap();
+    mem.write_obj(1u16, GuestAddress(q.used_ring() + 2))
+        .unwrap();
+    assert!(fs.pause().is_err());
+}
+
+#[test]
+fn a_restore_with_another_tag_or_used_queues_is_refused() {
+    let mem = create_guest_memory(16, true).unwrap();
+    let (mut fs, rx) = device("share");
+    let e = fs
+        .restore(&serde_json::json!({"tag": "other"}), context(&mem))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"other\"") && e.contains("\"share\""), "{e}");
+    assert!(fs.restore(&serde_json::Value::Null, context(&mem)).is_err());
+    let mut ctx = context(&mem);
+    ctx.queues[0].set_next_avail(3);
+    let e = fs
+        .restore(&serde_json::json!({"tag": "share"}), ctx)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("index 0"), "{e}");
+    // Refused before the backend heard of anything.
+    assert!(drain(&rx).is_empty());
     assert_eq!(fs.metrics()["failed"], false);
 }
