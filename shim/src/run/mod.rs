@@ -252,7 +252,7 @@ async fn run_prepared(
     opts: &RunOptions,
     cdir: &ContainerDir,
     network: Option<&crate::network::cni::NetworkList>,
-    progress: &dyn Fn(&str),
+    progress: &(dyn Fn(&str) + Sync),
     t: &mut Timings,
 ) -> Result<i32, Error> {
     let t0 = Instant::now();
@@ -361,7 +361,7 @@ async fn boot_and_run(
     storage: Storage,
     hostname: &str,
     net: Option<&crate::network::Attached>,
-    progress: &dyn Fn(&str),
+    progress: &(dyn Fn(&str) + Sync),
     t: &mut Timings,
 ) -> Result<i32, Error> {
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();

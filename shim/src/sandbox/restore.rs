@@ -17,6 +17,19 @@ use super::{BootTimes, SandboxError, SandboxSpec, console_tail, ctx, describe_ex
 /// few seconds; much longer means the template is bad, and the VM boots instead.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// More for a VM whose memory is copied (one with the virtio-fs share): per MiB of
+/// guest memory, about 4× what the emulated lab took to copy (6.8 s for 256 MiB).
+const COPY_TIMEOUT_PER_MIB: Duration = Duration::from_millis(100);
+
+/// [`RESTORE_TIMEOUT`], plus the memory copy's time for a VM with the share.
+fn restore_timeout(spec: &SandboxSpec) -> Duration {
+    if spec.has_share() {
+        RESTORE_TIMEOUT + COPY_TIMEOUT_PER_MIB * spec.memory_mib
+    } else {
+        RESTORE_TIMEOUT
+    }
+}
+
 /// Connects to the restored VM's agent and greets it.
 pub(super) async fn wait_agent(
     child: &mut Child,
@@ -26,7 +39,8 @@ pub(super) async fn wait_agent(
     times: &mut BootTimes,
 ) -> Result<(AgentClient, (u32, u32)), SandboxError> {
     let dir = spec.dir.path();
-    let deadline = Instant::now() + RESTORE_TIMEOUT;
+    let timeout = restore_timeout(spec);
+    let deadline = Instant::now() + timeout;
     let mut last = String::new();
     let need = crate::template::min_agent_minor(spec);
     loop {
@@ -39,7 +53,7 @@ pub(super) async fn wait_agent(
         }
         if Instant::now() > deadline {
             return Err(SandboxError::NotRestored(format!(
-                "the agent did not answer within {RESTORE_TIMEOUT:?} (last: {last}){}",
+                "the agent did not answer within {timeout:?} (last: {last}){}",
                 console_tail(dir)
             )));
         }
@@ -58,7 +72,17 @@ pub(super) async fn wait_agent(
             }
             Ok(Ok((agent, minor))) => {
                 times.agent_ready = t0.elapsed();
-                greet(&agent, spec, minor, "(restored from a template)").await?;
+                // CreateSandbox is the restored VM's first real work (it mounts the
+                // share: the first request its virtio-fs device serves). No container
+                // exists yet, so a failure here discards the template and boots.
+                greet(&agent, spec, minor, "(restored from a template)")
+                    .await
+                    .map_err(|e| {
+                        SandboxError::NotRestored(format!(
+                            "its agent failed CreateSandbox: {e}{}",
+                            console_tail(dir)
+                        ))
+                    })?;
                 times.connected = t0.elapsed();
                 tracing::debug!(
                     ms = t0.elapsed().as_millis() as u64,

@@ -1,5 +1,6 @@
 //! Building a template: boot a VM of the sandbox's shape with placeholder disks (and
-//! NICs on taps of its own network namespace, never up in the guest), wait
+//! NICs on taps of its own network namespace, never up in the guest; the share served
+//! by a throwaway virtiofsd of an empty folder, never mounted in the guest), wait
 //! for its agent's readiness line (nothing else is sent to it: the guest holds no
 //! container, no connection, no per-VM identity), snapshot it through husk-vmm's API,
 //! stop it, and move the snapshot into place.
@@ -108,8 +109,9 @@ pub async fn build(
         dir: vm_dir.clone(),
         disks,
         nics,
+        // The share's device, on the throwaway virtiofsd below.
         exports: Vec::new(),
-        pod_share: false,
+        pod_share: spec.has_share(),
         name_files: None,
         jail: None,
         template: None,
@@ -127,6 +129,17 @@ pub async fn build(
     std::fs::write(&vm_json, config).map_err(dir_err(&vm_json))?;
     let ready_path = vm_dir.ready_socket();
     let ready = tokio::net::UnixListener::bind(&ready_path).map_err(dir_err(&ready_path))?;
+    // A throwaway virtiofsd for the share's device (an empty folder in a mount namespace
+    // of its own): husk-vmm connects to it and the guest probes the device; nothing is
+    // mounted, so it never hears a request. Stopped when the build ends.
+    let _share = match bspec.has_share() {
+        true => Some(
+            crate::share::Server::start(vm_dir.path(), &[])
+                .await
+                .map_err(|e| TemplateError::Build(format!("the template's virtiofsd: {e}")))?,
+        ),
+        false => None,
+    };
     let api = vm_dir.path().join("api.sock");
     let log = std::fs::File::create(vm_dir.vmm_log()).map_err(dir_err(vm_dir.path()))?;
     let mut cmd = Command::new(&spec.vmm);

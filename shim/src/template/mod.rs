@@ -5,12 +5,15 @@
 //! A template lives in `<state_dir>/templates/<id>/` (`state`, `memory`, `key.json`).
 //! Its id is a hash of everything that shapes the saved VM: husk-vmm, the kernel and
 //! initramfs (path, size, modification time, inode), vCPUs, memory, the kernel command
-//! line and the device layout (disks and whether each is read-only; rng, balloon and
-//! vsock always). A change to any of these gives another id, so a stale template is
+//! line and the device layout (disks and whether each is read-only; NICs and their MTUs;
+//! the share's tag; rng, balloon and vsock always). A change to any of these gives another id, so a stale template is
 //! never used; `husk template rm` removes old ones.
 //!
-//! Which VMs use one: those without a virtio-fs share (virtiofsd's state belongs to the
-//! template VM; docs/snapshots.md). Each clone gets its own disks, taps, sockets and
+//! Every VM shape can use one. A shape with the virtio-fs share (volumes, pods) is
+//! built with a throwaway virtiofsd that the guest never hears from: the template is
+//! saved before anything is mounted, and each clone hands the saved queues to its own
+//! virtiofsd, with its memory copied into shared memory that virtiofsd maps
+//! (docs/snapshots.md, "virtio-fs and templates"). Each clone gets its own disks, taps, sockets and
 //! console from its configuration; its own hostname, clock and entropy from the
 //! CreateSandbox request the runtime sends after restoring (crate::sandbox); and its
 //! NICs their own MAC addresses from UpdateInterface (agent protocol 0.6: the template
@@ -48,12 +51,6 @@ pub enum TemplateError {
 /// The templates folder under the state folder.
 pub fn templates_dir(state_dir: &Path) -> PathBuf {
     state_dir.join("templates")
-}
-
-/// Why `spec` cannot be restored from a template, if it cannot.
-pub fn ineligible(spec: &SandboxSpec) -> Option<&'static str> {
-    spec.has_share()
-        .then_some("VMs with volumes (virtio-fs) are not restored from templates yet")
 }
 
 /// The MAC address of the template VM's NIC `index`: locally administered, unicast
@@ -100,6 +97,8 @@ pub fn key(spec: &SandboxSpec) -> Result<(String, serde_json::Value), TemplateEr
         "rng": config.rng,
         "balloon": config.balloon.is_some(),
         "vsock": config.vsock.is_some(),
+        // The guest knows a share by the tag it read when it probed.
+        "fs": config.fs.iter().map(|f| f.tag.as_str()).collect::<Vec<_>>(),
     });
     let digest = Sha256::digest(key.to_string().as_bytes());
     let id = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
@@ -168,12 +167,8 @@ pub async fn ensure(
     state_dir: &Path,
     run_dir: &Path,
     spec: &SandboxSpec,
-    progress: &dyn Fn(&str),
+    progress: &(dyn Fn(&str) + Sync),
 ) -> Option<PathBuf> {
-    if let Some(why) = ineligible(spec) {
-        tracing::debug!(why, "booting without a template");
-        return None;
-    }
     // The key once (it reads the files' metadata): the lookup, the refusal, the build's
     // outcome all use it.
     let id = match key(spec) {

@@ -96,16 +96,27 @@ fn list_find_and_remove() {
 }
 
 #[test]
-fn vms_with_shares_boot_and_nics_count_in_the_key() {
+fn the_share_and_nics_count_in_the_key() {
     let d = tempfile::tempdir().unwrap();
     let s = spec(d.path());
-    assert!(ineligible(&s).is_none());
     assert_eq!(min_agent_minor(&s), 5);
+    // A VM with the share has another template than one without; a pod's share and a
+    // volume's are the same device.
     let shared = SandboxSpec {
         pod_share: true,
         ..s.clone()
     };
-    assert!(ineligible(&shared).unwrap().contains("volumes"));
+    let (shared_id, _) = key(&shared).unwrap();
+    assert_ne!(shared_id, key(&s).unwrap().0);
+    let volume = SandboxSpec {
+        exports: vec![crate::share::Export {
+            name: "v0".into(),
+            source: d.path().to_path_buf(),
+            read_only: false,
+        }],
+        ..s.clone()
+    };
+    assert_eq!(key(&volume).unwrap().0, shared_id);
     let nic = |mac: &str, mtu| crate::sandbox::Nic {
         fd: 3,
         mac: mac.into(),
@@ -115,7 +126,6 @@ fn vms_with_shares_boot_and_nics_count_in_the_key() {
         nics: vec![nic("02:00:00:00:00:01", 1500)],
         ..s.clone()
     };
-    assert!(ineligible(&one).is_none());
     assert_eq!(min_agent_minor(&one), 6);
     let (id, _) = key(&one).unwrap();
     assert_ne!(id, key(&s).unwrap().0);
