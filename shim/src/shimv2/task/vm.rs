@@ -100,8 +100,20 @@ impl Service {
             hostname: hostname.to_string(),
             ..SandboxSpec::new(id, dir, vmm, &guest)
         };
-        info!(cid = %id, vcpus = size.vcpus, memory_mib = size.memory_mib, "booting the pod's VM");
-        let sb = match Sandbox::boot(&sb_spec).await {
+        // From the template of the pod's shape (built by the first pod of that shape),
+        // unless the configuration turns templates off (docs/snapshots.md).
+        let template = if config.vm.templates {
+            let progress = |m: &str| info!(cid = %id, "{m}");
+            crate::template::ensure(&config.state_dir, &config.run_dir, &sb_spec, &progress).await
+        } else {
+            None
+        };
+        let sb_spec = SandboxSpec {
+            template,
+            ..sb_spec
+        };
+        info!(cid = %id, vcpus = size.vcpus, memory_mib = size.memory_mib, restore = sb_spec.template.is_some(), "starting the pod's VM");
+        let mut sb = match Sandbox::boot(&sb_spec).await {
             Ok(sb) => sb,
             Err(e) => {
                 if let Some(n) = net {
@@ -110,9 +122,35 @@ impl Service {
                 return Err(Error::from(e).into());
             }
         };
-        if let Some(n) = &net
-            && let Err(e) = sb.configure_network(&n.guest).await
+        let mut configured = match &net {
+            Some(n) => sb.configure_network(&n.guest).await,
+            None => Ok(()),
+        };
+        // As `husk run` does: a clone that cannot take its network is not used
+        // half-way (no container has started); the template is discarded and the VM
+        // boots.
+        if let (Err(e), Some(template), Some(n)) = (&configured, &sb_spec.template, &net)
+            && sb.times.restored
         {
+            warn!(cid = %id, error = %e, "the pod's VM restored from its template could not take its network; booting");
+            crate::template::discard(template);
+            sb.shutdown().await;
+            let boot = SandboxSpec {
+                template: None,
+                ..sb_spec.clone()
+            };
+            sb = match Sandbox::boot(&boot).await {
+                Ok(sb) => sb,
+                Err(e) => {
+                    if let Some(n) = net {
+                        n.detach();
+                    }
+                    return Err(Error::from(e).into());
+                }
+            };
+            configured = sb.configure_network(&n.guest).await;
+        }
+        if let Err(e) = configured {
             let mut sb = sb;
             sb.kill();
             if let Some(n) = net {
