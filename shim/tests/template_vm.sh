@@ -119,6 +119,22 @@ kill $hp
 mac2=$(echo "$out" | head -1)
 case_ networked2 "${st}_$(grep -c 'VM restored from a template' /tmp/net2.err)_$(echo "$out" | tail -1)_$([ "$mac2" != "$mac1" ] && [ "$mac2" != $tmac ] && echo own-mac)"
 case_ templates_net "$(husk template ls | tail -n +2 | wc -l)"
+# Volumes (the virtio-fs share): the first run with -v builds the share shape's
+# template (a throwaway virtiofsd; nothing mounted), later runs restore it with their
+# own virtiofsd (memory copied into shared memory that virtiofsd maps). Each container
+# reads and writes the host folder, and has its own UUID.
+mkdir -p /tmp/tpl-vol && echo from-host >/tmp/tpl-vol/in
+for n in 1 2 3; do
+    t0=$(now)
+    out=$(husk run --timings --network none -v /tmp/tpl-vol:/data "oci:$img" sh -c "cat /data/in; echo vol$n >/data/out$n; cat /proc/sys/kernel/random/uuid" 2>/tmp/vol.err); st=$?
+    echo "timing volume $n: $(secs "$t0" "$(now)") s" >&2
+    grep -h 'VM restored' /tmp/vol.err | sed "s/^/phases volume $n: /" >&2
+    [ "$st" = 0 ] || sed "s/^/volume $n: /" /tmp/vol.err >&2
+    echo "$out" | tail -1 >>/tmp/vol.uuids
+    case_ "volume$n" "${st}_$(grep -c 'VM restored from a template' /tmp/vol.err)_$(echo "$out" | head -1)_$(cat /tmp/tpl-vol/out$n 2>/dev/null)"
+done
+case_ volume_uuids "$(sort -u /tmp/vol.uuids | grep -c .)"
+case_ templates_vol "$(husk template ls | tail -n +2 | wc -l)"
 case_ rm "$(husk template rm --all | wc -l)_$(husk template ls | tail -n +2 | wc -l)"
 # A full disk under the templates folder (a 16 MiB tmpfs): the build fails saving the
 # memory, says so, and the run boots; no build folder is left.
