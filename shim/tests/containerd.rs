@@ -107,4 +107,11 @@ fn containerd_runs_husk_pods() {
     check("after_vmm_kill", nothing);
     check("shim_found", "yes");
     check("after_shim_kill", &format!("{nothing} 0"));
+    // Every pod's VM came from a template.
+    assert!(
+        get("pods_restored").parse::<u32>().unwrap_or(0) >= 5,
+        "pods restored from templates\n{all}"
+    );
+    check("pods_booted", "0");
+    check("restore_failed", "0");
 }

@@ -203,5 +203,11 @@ ctr task rm -f s1 >/dev/null 2>&1
 ctr c rm s1
 sleep 2
 case_ after_shim_kill "$(leftovers) $(ctr c ls -q | wc -l)"
+# Pods' VMs are restored from VM templates (the first pod of each shape built its
+# own); none booted because a restore failed.
+grep "starting the pod's VM" "$work/containerd.log" | head -2 >&2
+case_ pods_restored "$(grep "starting the pod's VM" "$work/containerd.log" | grep -c 'restore=true')"
+case_ pods_booted "$(grep "starting the pod's VM" "$work/containerd.log" | grep -c 'restore=false')"
+case_ restore_failed "$(grep -c 'did not restore from its template' "$work/containerd.log")"
 grep -E "stdin|level=(error|warning)" "$work/containerd.log" | grep -vE "plugin|cni|devmapper" | tail -40 >&2
 exit 0
