@@ -103,12 +103,13 @@ pub fn save(mem: &GuestMemoryMmap, path: &Path) -> Result<(u64, u64), MemoryFile
             match region.file_offset() {
                 // Shared memory (a memfd): read(2) of a hole reads zeroes without
                 // allocating a page, where a read through the mapping would fault one
-                // in, making the whole guest memory resident.
-                Some(fo) => fo
+                // in, making the whole guest memory resident. Not a private mapping
+                // (a mapped restore): its file lacks the pages the guest wrote since.
+                Some(fo) if region.flags() & libc::MAP_SHARED != 0 => fo
                     .file()
                     .read_exact_at(&mut buf[..n], fo.start() + done)
                     .map_err(|e| guest_err(e.to_string()))?,
-                None => mem
+                _ => mem
                     .read_slice(&mut buf[..n], addr)
                     .map_err(|e| guest_err(e.to_string()))?,
             }
@@ -456,6 +457,13 @@ mod tests {
             again.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
             0x1234_5678
         );
+        // A snapshot of a mapped restore saves what the guest wrote since, not the
+        // file's pages under it.
+        again.write_obj(0x99u32, GuestAddress(0x1000)).unwrap();
+        let second = dir.path().join("memory2");
+        save(&again, &second).unwrap();
+        let back = restore(&second, size, MemoryMode::Copy, false).unwrap();
+        assert_eq!(back.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0x99);
         let e = restore(&path, 32 << 20, MemoryMode::Map, false).unwrap_err();
         assert!(e.to_string().contains("holds 16777216 bytes"), "{e}");
     }
