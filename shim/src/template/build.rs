@@ -132,13 +132,11 @@ pub async fn build(
     // A throwaway virtiofsd for the share's device (an empty folder in a mount namespace
     // of its own): husk-vmm connects to it and the guest probes the device; nothing is
     // mounted, so it never hears a request. Stopped when the build ends.
-    let _share = match bspec.has_share() {
-        true => Some(
-            crate::share::Server::start(vm_dir.path(), &[])
-                .await
-                .map_err(|e| TemplateError::Build(format!("the template's virtiofsd: {e}")))?,
-        ),
-        false => None,
+    let _share = if bspec.has_share() {
+        let server = crate::share::Server::start(vm_dir.path(), &[]).await;
+        Some(server.map_err(|e| TemplateError::Build(format!("the template's virtiofsd: {e}")))?)
+    } else {
+        None
     };
     let api = vm_dir.path().join("api.sock");
     let log = std::fs::File::create(vm_dir.vmm_log()).map_err(dir_err(vm_dir.path()))?;
