@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use husk::config::Config;
 
-/// `husk template ls`: id, size on disk, vCPUs, memory, disks, NICs (their MTUs).
+/// `husk template ls`: id, size on disk, vCPUs, memory, disks, whether the VM has the
+/// virtio-fs share (volumes, pods), NICs (their MTUs).
 pub fn ls(config: &Config) -> ExitCode {
     let list = match husk::template::list(&config.state_dir) {
         Ok(l) => l,
@@ -15,8 +16,8 @@ pub fn ls(config: &Config) -> ExitCode {
         }
     };
     println!(
-        "{:<34} {:>10} {:>6} {:>8} {:<8} NICS",
-        "TEMPLATE", "ON DISK", "CPUS", "MEMORY", "DISKS"
+        "{:<34} {:>10} {:>6} {:>8} {:<8} {:<5} NICS",
+        "TEMPLATE", "ON DISK", "CPUS", "MEMORY", "DISKS", "SHARE"
     );
     for t in list {
         let k = &t.key["key"];
@@ -39,13 +40,16 @@ pub fn ls(config: &Config) -> ExitCode {
                     .join(",")
             })
             .unwrap_or_else(|| "-".into());
+        let share = k["fs"].as_array().is_some_and(|f| !f.is_empty());
         println!(
-            "{:<34} {:>9}M {:>6} {:>7}M {:<8} {}",
+            "{:<34} {:>9}M {:>6} {:>7}M {:<8} {:<5} {}",
             t.id,
             t.disk_bytes >> 20,
-            k["vcpus"],
-            k["memory_mib"],
+            // A JSON value's Display ignores widths: format its text.
+            k["vcpus"].to_string(),
+            k["memory_mib"].to_string(),
             disks,
+            if share { "yes" } else { "-" },
             nics
         );
     }
