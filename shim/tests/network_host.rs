@@ -130,7 +130,14 @@ fn inner() {
             _ => continue,
         };
         let t = &buf[at..at + 4];
-        arp_for = Some(std::net::IpAddr::from([t[0], t[1], t[2], t[3]]));
+        let target = std::net::Ipv4Addr::from([t[0], t[1], t[2], t[3]]);
+        // Not ours: the host's own multicast (an IGMP report to 224.0.0.22 when the
+        // link comes up) or a broadcast can come first.
+        if target.is_multicast() || target.is_broadcast() {
+            seen.push(format!("to {target}"));
+            continue;
+        }
+        arp_for = Some(std::net::IpAddr::V4(target));
         break;
     }
     assert_eq!(
