@@ -58,6 +58,7 @@ for i in $(seq 1 "$clones"); do
     grep -h 'VM restored' /tmp/clone.err | sed 's/^/phases template: /' >&2
     case_ "clone$i" "${st}_$(grep -c 'VM restored from a template' /tmp/clone.err)_$(echo $out)"
     case_ "clone${i}_host_time" "$(date +%s)"
+    case_ "clone${i}_start_time" "${t0%.*}"
 done
 # The clones used the entries converted on the host (none converted again; the first
 # run, before them, converted the layout's latest).
@@ -65,11 +66,13 @@ case_ seeded "$(ls "$image_cache"/*.erofs | wc -l)_$(find /var/lib/husk/images -
 # stdin and stdout through a restored VM.
 out=$(echo through-stdin | husk run -i --network none "oci:$img" sh -c 'cat; echo err >&2' 2>/tmp/io.err)
 case_ stdin "$?_${out}_$(grep -c '^err$' /tmp/io.err)"
-# Several at once, each from its own image (each one's host time taken as it ends).
+# Several at once, each from its own image (each one's host time taken as it starts
+# and as it ends).
 pids=""
 for j in $(seq 1 "$at_once"); do
     k=$((clones + j))
     (
+        date +%s >/tmp/par_$j.start
         husk run --timings --network none --hostname "par$j" "oci:$img:c$k" sh -c "$probe; cat /clone-image; exit $j" >/tmp/par_$j 2>/tmp/par_$j.err
         echo $? >/tmp/par_$j.rc
         date +%s >/tmp/par_$j.time
@@ -80,6 +83,7 @@ wait $pids
 for j in $(seq 1 "$at_once"); do
     case_ "par$j" "$(cat /tmp/par_$j.rc)_$(grep -c 'VM restored from a template' /tmp/par_$j.err)_$(echo $(cat /tmp/par_$j))"
     case_ "par${j}_host_time" "$(cat /tmp/par_$j.time)"
+    case_ "par${j}_start_time" "$(cat /tmp/par_$j.start)"
 done
 case_ after_clones "$(leftovers)"
 
