@@ -35,7 +35,10 @@
 //! backend error the device is failed, stays failed and counts exactly one error; a
 //! backend that answered every request properly gets an activation of valid queues in
 //! shared memory done (unless it timed out); while the device is active a backend call
-//! reaches the guest's interrupt; the metrics count what happened.
+//! reaches the guest's interrupt; pause saves the queues (at index 0) exactly when the
+//! device is active and the guest never used its rings (both rings' idx 0, read from
+//! guest memory), saves nothing when it is not active, and is refused otherwise (in
+//! use, or failed); the metrics count what happened.
 
 // Test harness code (compiled into tests and fuzz targets): a set-up that fails is a
 // failed test, so expect() is the point.
@@ -51,12 +54,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use husk_vmm::devices::virtio::fs::vhost_user::{Connection, VhostUserError};
 use husk_vmm::devices::virtio::fs::{Fs, NUM_REQUEST_QUEUES, TAG_LEN};
+use husk_vmm::devices::virtio::state::DeviceStateError;
 use husk_vmm::devices::virtio::{
     ActivateContext, ActivateError, INT_VRING, Interrupt, VIRTIO_F_VERSION_1, VirtioDevice,
 };
@@ -346,7 +350,7 @@ pub enum Op {
     Call,
     /// 5: metrics().
     Metrics,
-    /// 6: pause() (always refused: the backend owns the queues).
+    /// 6: pause(): refused once the guest used the rings or the device failed.
     Pause,
 }
 
@@ -419,6 +423,44 @@ struct Model {
     active: bool,
     activations: u64,
     resets: u64,
+    /// The active queues' avail and used ring addresses (for pause's check).
+    rings: Vec<(u64, u64)>,
+}
+
+/// pause() against the model: refused for a failed device, nothing saved for an idle
+/// one, the queues at index 0 for an active one whose rings the guest never used (both
+/// idx fields 0), refused as in use otherwise.
+fn check_pause(fs: &mut Fs, mem: &GuestMemoryMmap, m: &Model) {
+    let failed = fs.metrics()["failed"] == true;
+    let r = fs.pause();
+    if failed {
+        assert!(matches!(r, Err(DeviceStateError::WorkerGone(_))), "{r:?}");
+        return;
+    }
+    if !m.active {
+        assert!(r.as_ref().is_ok_and(Vec::is_empty), "idle pause: {r:?}");
+        return;
+    }
+    let idx = |ring: u64| {
+        ring.checked_add(2)
+            .and_then(|a| mem.read_obj::<u16>(GuestAddress(a)).ok())
+    };
+    let unused = m
+        .rings
+        .iter()
+        .all(|&(avail, used)| idx(avail) == Some(0) && idx(used) == Some(0));
+    match r {
+        Ok(saved) => {
+            assert!(unused, "paused with rings in use");
+            assert_eq!(saved.len(), NUM_QUEUES);
+            for (i, (n, q)) in saved.iter().enumerate() {
+                assert_eq!(*n, i);
+                assert_eq!((q.next_avail, q.next_used), (0, 0), "queue {i}");
+            }
+        }
+        Err(DeviceStateError::InUse { .. }) => assert!(!unused, "unused rings refused"),
+        Err(e) => panic!("pause: {e:?}"),
+    }
 }
 
 fn metric(fs: &Fs, name: &str) -> u64 {
@@ -535,6 +577,8 @@ fn drive(
                     continue;
                 }
                 m.tried = true;
+                let rings: Vec<(u64, u64)> =
+                    qs.iter().map(|q| (q.avail_ring(), q.used_ring())).collect();
                 let ctx = ActivateContext {
                     mem: mem.clone(),
                     queue_evts: qs.iter().map(|_| eventfd()).collect(),
@@ -553,6 +597,7 @@ fn drive(
                     Ok(()) => {
                         m.active = true;
                         m.activations += 1;
+                        m.rings = rings;
                     }
                     Err(ActivateError::Backend(e)) => {
                         m.failed = true;
@@ -606,7 +651,7 @@ fn drive(
                 }
             }
             Op::Metrics => check_metrics(&fs, &m),
-            Op::Pause => assert!(fs.pause().is_err(), "virtio-fs paused"),
+            Op::Pause => check_pause(&mut fs, mem, &m),
         }
     }
     check_metrics(&fs, &m);
