@@ -11,7 +11,8 @@ R=io.containerd.husk.v2
 work=$(mktemp -d /tmp/husk-containerd-test.XXXXXX)
 # containerd's overlayfs snapshots cannot live on the lab's overlay root: a tmpfs.
 mount -t tmpfs tmpfs "$work"
-case_() { printf 'CASE %s %s\n' "$1" "$(echo "$2" | tr '\n' ' ' | sed 's/ *$//')"; }
+# Each case also notes on stderr the seconds since the script began (where CI time goes).
+case_() { printf 'CASE %s %s\n' "$1" "$(echo "$2" | tr '\n' ' ' | sed 's/ *$//')"; printf 'case %s at %d s\n' "$1" "$SECONDS" >&2; }
 now() { date +%s.%N; }
 took() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.1f", b - a}'; }
 diag() {

@@ -113,7 +113,11 @@ fn husk_cli_in_the_lab() {
         .unwrap();
     // The measurements, in the test's output also when it passes.
     for l in r.stderr.lines() {
-        if l.starts_with("storage: ") || l.starts_with("memory: ") || l.contains("timings:") {
+        if l.starts_with("storage: ")
+            || l.starts_with("memory: ")
+            || l.contains("timings:")
+            || l.starts_with("case ")
+        {
             eprintln!("{l}");
         }
     }

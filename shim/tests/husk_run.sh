@@ -20,7 +20,8 @@ husk() {
 }
 husk=husk
 export HUSK_RUN_QUIET=1
-case_() { printf 'CASE %s %s\n' "$1" "$2"; }
+# Each case also notes on stderr the seconds since the script began (where CI time goes).
+case_() { printf 'CASE %s %s\n' "$1" "$2"; printf 'case %s at %d s\n' "$1" "$SECONDS" >&2; }
 leftovers() {
     local procs dirs
     procs=$(pgrep -x 'husk-vmm|virtiofsd' | wc -l)

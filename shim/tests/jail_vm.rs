@@ -30,7 +30,7 @@ fn jailed_vms_in_the_lab() {
         ])
         .unwrap();
     eprintln!("lab run: {:.1} s", t0.elapsed().as_secs_f64());
-    let shown = [" run: ", "jail: ", "timing "];
+    let shown = [" run: ", "jail: ", "timing ", "case "];
     for l in r
         .stderr
         .lines()

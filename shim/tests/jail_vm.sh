@@ -6,7 +6,8 @@ set -u
 real_husk=$1 img=$2
 husk() { timeout -s KILL 300 "$real_husk" "$@"; }
 export HUSK_RUN_QUIET=1
-case_() { printf 'CASE %s %s\n' "$1" "$2"; }
+# Each case also notes on stderr the seconds since the script began (where CI time goes).
+case_() { printf 'CASE %s %s\n' "$1" "$2"; printf 'case %s at %d s\n' "$1" "$SECONDS" >&2; }
 leftovers() {
     # (pgrep -x matches names of at most 15 bytes: one pattern per name.)
     echo "vmm=$(( $(pgrep -x husk-vmm | wc -l) + $(pgrep -x husk-jail | wc -l) + $(pgrep -x virtiofsd | wc -l) ))" \

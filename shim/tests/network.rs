@@ -46,7 +46,7 @@ fn networks_in_the_lab() {
     eprintln!("lab run: {:.0} s", started.elapsed().as_secs_f64());
     // The measurements, in the test's output also when it passes.
     for l in r.stderr.lines() {
-        if l.starts_with("MEASURE ") || l.contains("timings:") {
+        if l.starts_with("MEASURE ") || l.contains("timings:") || l.starts_with("case ") {
             eprintln!("{l}");
         }
     }

@@ -20,7 +20,8 @@ husk() {
 }
 # Our files: the L1's /tmp is the host's (under an overlay), where names may be taken.
 w=$(mktemp -d /tmp/husk-network-test.XXXXXX)
-case_() { printf 'CASE %s %s\n' "$1" "$2"; }
+# Each case also notes on stderr the seconds since the script began (where CI time goes).
+case_() { printf 'CASE %s %s\n' "$1" "$2"; printf 'case %s at %d s\n' "$1" "$SECONDS" >&2; }
 now() { date +%s.%N; }
 took() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.1f", b - a}'; }
 # What a container may leave behind: husk's namespaces, veths in the L1, iptables rules

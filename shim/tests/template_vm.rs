@@ -88,11 +88,9 @@ fn vms_restored_from_templates_in_the_lab() {
         ])
         .unwrap();
     eprintln!("lab run: {:.1} s", t0.elapsed().as_secs_f64());
-    for l in r
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("phases ") || l.starts_with("template build:"))
-    {
+    for l in r.stderr.lines().filter(|l| {
+        l.starts_with("phases ") || l.starts_with("template build:") || l.starts_with("case ")
+    }) {
         eprintln!("{l}");
     }
     let all = format!("--- stdout\n{}\n--- stderr\n{}", r.stdout, r.stderr);

@@ -10,7 +10,8 @@
 set -u
 real_husk=$1 img=$2 clones=$3 at_once=$4 image_cache=$5
 husk() { timeout -s KILL 300 "$real_husk" "$@"; }
-case_() { printf 'CASE %s %s\n' "$1" "$2"; }
+# Each case also notes on stderr the seconds since the script began (where CI time goes).
+case_() { printf 'CASE %s %s\n' "$1" "$2"; printf 'case %s at %d s\n' "$1" "$SECONDS" >&2; }
 leftovers() {
     echo "vmm=$(( $(pgrep -x husk-vmm | wc -l) + $(pgrep -x husk-jail | wc -l) ))" \
          "dirs=$(ls -A /run/husk 2>/dev/null | wc -l)" \

@@ -67,7 +67,11 @@ fn cri_runs_husk_pods() {
         ])
         .unwrap();
     eprintln!("lab run: {:.0} s", started.elapsed().as_secs_f64());
-    for l in r.stderr.lines().filter(|l| l.starts_with("MEASURE ")) {
+    for l in r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("MEASURE ") || l.starts_with("case "))
+    {
         eprintln!("{l}");
     }
     let all = format!("--- stdout\n{}\n--- stderr\n{}", r.stdout, r.stderr);

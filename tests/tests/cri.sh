@@ -9,7 +9,8 @@ set -u
 bin_dir=$1 archive=$2
 export PATH="$bin_dir:$PATH"
 . "$(dirname "$0")/../cri/containerd.sh"
-case_() { printf 'CASE %s %s\n' "$1" "$(echo "$2" | tr '\n' ' ' | sed 's/ *$//')"; }
+# Each case also notes on stderr the seconds since the script began (where CI time goes).
+case_() { printf 'CASE %s %s\n' "$1" "$(echo "$2" | tr '\n' ' ' | sed 's/ *$//')"; printf 'case %s at %d s\n' "$1" "$SECONDS" >&2; }
 work=$(mktemp -d /tmp/husk-cri-test.XXXXXX)
 trap cri_stop EXIT
 cri_start "$work" "$archive" || exit 1
