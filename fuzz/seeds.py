@@ -289,6 +289,12 @@ def fs():
         + RESET + activate() + call(1) + PAUSE + read_config(0xFFF0, 16, high=True) \
         + read_config(30, 20) + RESET + METRICS
     write("virtio_fs", "handshake-activate-reset", head() + driver)
+    # pause() while active with the rings unused (the queues saved at index 0), then
+    # after a reset (nothing to save).
+    paused = read_config(0, 40) + FEATURES + activate() + PAUSE + call(1) + call(0) + METRICS \
+        + RESET + PAUSE + activate() + call(1) + PAUSE + read_config(0xFFF0, 16, high=True) \
+        + read_config(30, 20) + RESET + METRICS
+    write("virtio_fs", "pause-active-and-idle", head() + paused)
     write("virtio_fs", "no-protocol-features",
           head(features=VERSION_1, protocol=0) + driver)
     write("virtio_fs", "refused-ack", head(at(8, b"\1" + struct.pack("<Q", 1))) + driver)
