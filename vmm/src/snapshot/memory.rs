@@ -167,8 +167,7 @@ pub fn restore(
         )),
         MemoryMode::Map => {
             let mut regions = Vec::new();
-            let mut offset = 0u64;
-            for (addr, len) in ram_ranges(size) {
+            for (offset, addr, len) in file_layout(size) {
                 let len_usize = usize::try_from(len).map_err(|e| map_err(e.to_string()))?;
                 let f = file.try_clone().map_err(rerr)?;
                 let region = MmapRegionBuilder::new(len_usize)
@@ -180,7 +179,6 @@ pub fn restore(
                 let r = GuestRegionMmap::new(region, addr)
                     .ok_or_else(|| map_err(format!("region at {:#x} overflows", addr.0)))?;
                 regions.push(r);
-                offset += len;
             }
             GuestMemoryMmap::from_regions(regions).map_err(|e| map_err(e.to_string()))
         }
@@ -192,6 +190,21 @@ pub fn restore(
             Ok(mem)
         }
     }
+}
+
+/// Where guest memory of `size` bytes lies in its memory file: (file offset, guest
+/// address, length) per RAM range, the ranges one after another as [`save`] writes a
+/// VM's regions (which are these ranges).
+fn file_layout(size: u64) -> Vec<(u64, GuestAddress, u64)> {
+    let mut offset = 0u64;
+    ram_ranges(size)
+        .into_iter()
+        .map(|(addr, len)| {
+            let at = offset;
+            offset += len;
+            (at, addr, len)
+        })
+        .collect()
 }
 
 /// The data extents of `file` (offset, length), as SEEK_DATA/SEEK_HOLE find them: the
@@ -253,13 +266,7 @@ fn copy_in(
         source,
     };
     let extents = data_extents(file, size).map_err(rerr)?;
-    // The file holds the RAM ranges one after another.
-    let mut layout = Vec::new();
-    let mut offset = 0u64;
-    for (addr, len) in ram_ranges(size) {
-        layout.push((offset, addr, len));
-        offset += len;
-    }
+    let layout = file_layout(size);
     let mut kernel_copy = true;
     for (start, len) in extents {
         for &(foff, addr, rlen) in &layout {
@@ -344,6 +351,20 @@ fn send(src: &File, src_off: u64, dst: &File, dst_off: u64, n: u64) -> std::io::
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn the_file_holds_the_ram_ranges_one_after_another() {
+        use crate::boot::layout::{MMIO_GAP_END, MMIO_GAP_START};
+        assert_eq!(file_layout(256 << 20), [(0, GuestAddress(0), 256 << 20)]);
+        let size = MMIO_GAP_START + (64 << 20);
+        assert_eq!(
+            file_layout(size),
+            [
+                (0, GuestAddress(0), MMIO_GAP_START),
+                (MMIO_GAP_START, GuestAddress(MMIO_GAP_END), 64 << 20),
+            ]
+        );
+    }
 
     #[test]
     fn saving_shared_memory_allocates_no_page_of_it() {
