@@ -38,6 +38,10 @@ leftovers() {
 # MiB the storage case writes into a 256 MiB VM (HUSK_STORAGE_TEST_MIB; CI: 300, the
 # lab's emulated disk I/O is slow).
 storage_mib=${HUSK_STORAGE_TEST_MIB:-300}
+# The runs of a VM shape used once here (-m 256m, --storage tmpfs, --network none, a
+# volume) boot (--no-template): the first run of a shape builds its template, which in
+# the emulated lab costs more than the one boot it would save (template_vm.rs tests
+# those shapes' templates).
 
 out=$("$husk" run -q "oci:$img" sh -c 'exit 3'); case_ exit3 "$?"
 out=$("$husk" run -q -e GREETING=hi -w /tmp/made/by/husk "oci:$img" sh -c 'echo $GREETING $(pwd)'); case_ envwd "$(echo $out | tr ' ' _)"
@@ -83,7 +87,7 @@ EOF
 )
 # Bounded at 600 s, not 300: the write is slow in the nested lab (512 MiB took 355 s
 # with the host loaded).
-timeout -s KILL $((600 + storage_mib)) "$real_husk" run -q -m 256m -e STORAGE_MIB="$storage_mib" --rootfs "$rootfs" sh -c "$storage_script" >/tmp/st_disk 2>/tmp/st_disk_err
+timeout -s KILL $((600 + storage_mib)) "$real_husk" run -q --no-template -m 256m -e STORAGE_MIB="$storage_mib" --rootfs "$rootfs" sh -c "$storage_script" >/tmp/st_disk 2>/tmp/st_disk_err
 case_ storage_disk_rc "$?"
 cat /tmp/st_disk_err >&2
 case_ lo_up "$(grep -o 'lo=[^ ]*' /tmp/st_disk)"
@@ -94,7 +98,7 @@ case_ ino_disk "$(grep -o '[a-z.]*:[a-z]*' /tmp/st_disk | tr '\n' ,)"
 awk -v mib="$storage_mib" '/dd_seconds/ {printf "storage: %d MiB dd+fsync in the guest took %.1f s\n", mib, $3 - $2}' /tmp/st_disk_err >&2
 # --storage tmpfs: today's tmpfs upper (half the guest's RAM), lo and inodes too.
 tmpfs_cmd='echo t >/t; echo "lo=$(cat /sys/class/net/lo/flags) df_kib=$(df -k / | awk "NR==2 {print \$2}") $(dino / t etc bin | tr "\n" " ")"'
-"$husk" run -q --storage tmpfs --rootfs "$rootfs" sh -c "$tmpfs_cmd" >/tmp/st_tmpfs 2>>/tmp/err
+"$husk" run -q --no-template --storage tmpfs --rootfs "$rootfs" sh -c "$tmpfs_cmd" >/tmp/st_tmpfs 2>>/tmp/err
 case_ storage_tmpfs "$(awk '{split($2, a, "="); print $1, (a[2] < 1048576) ? "ram" : "big:" a[2], $3, $4, $5}' /tmp/st_tmpfs | tr ' ' _)"
 # A full disk under the scratch disks (a 48 MiB tmpfs on /var/lib/husk/scratch): the
 # container's write fails inside it (the VM's disk answers I/O errors), the container
@@ -102,7 +106,7 @@ case_ storage_tmpfs "$(awk '{split($2, a, "="); print $1, (a[2] < 1048576) ? "ra
 # goes.
 mkdir -p /var/lib/husk/scratch
 mount -t tmpfs -o size=48m husk-full /var/lib/husk/scratch
-"$husk" run -q --network none "oci:$img" sh -c 'dd if=/dev/zero of=/big bs=1M count=96 conv=fsync 2>/dev/null && echo dd-ok || echo dd-failed; echo alive; exit 3' >/tmp/full 2>/tmp/full_err
+"$husk" run -q --no-template --network none "oci:$img" sh -c 'dd if=/dev/zero of=/big bs=1M count=96 conv=fsync 2>/dev/null && echo dd-ok || echo dd-failed; echo alive; exit 3' >/tmp/full 2>/tmp/full_err
 rc=$?
 cat /tmp/full_err >&2
 case_ full_disk "${rc}_$(tr '\n' _ </tmp/full)$(grep -c 'could not be written on the host (/var/lib/husk/scratch/.*No space left on device' /tmp/full_err)_$(ls -A /var/lib/husk/scratch | wc -l)"
@@ -114,7 +118,7 @@ case_ after_foreground "$(leftovers)"
 # tmpfs, a read-only root; a host path that does not exist: 125 naming it.
 mkdir -p /tmp/vol && echo host-file >/tmp/vol/in.txt && echo single >/tmp/single.txt && rm -f /tmp/vol/out.txt
 vol_script='cat /data/in.txt; echo from-guest >/data/out.txt; (echo x >/ro/no) 2>/dev/null && echo ro-writable || echo ro-refused; cat /etc/single.txt; echo t >/scratch/t && echo tmpfs-ok; (touch /rootfile) 2>/dev/null && echo root-writable || echo root-ro'
-out=$("$husk" run -q -v /tmp/vol:/data -v /tmp/vol:/ro:ro -v /tmp/single.txt:/etc/single.txt:ro --tmpfs /scratch:size=8m --read-only "oci:$img" sh -c "$vol_script" 2>>/tmp/err)
+out=$("$husk" run -q --no-template -v /tmp/vol:/data -v /tmp/vol:/ro:ro -v /tmp/single.txt:/etc/single.txt:ro --tmpfs /scratch:size=8m --read-only "oci:$img" sh -c "$vol_script" 2>>/tmp/err)
 case_ volumes "$(echo $out | tr ' ' _)"
 case_ volume_on_host "$(cat /tmp/vol/out.txt 2>&1)"
 case_ virtiofsd_left "$(pgrep -x virtiofsd | wc -l)"
