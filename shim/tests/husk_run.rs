@@ -11,8 +11,9 @@
 //! --read-only; virtiofsd gone after), a stdout held open by a background process
 //! (husk returns), control sequences stripped on a terminal, lo up in the container, readdir's d_ino equal to stat's st_ino
 //! on lower and upper files (shim/tests/dino.c), and bad input (125; 127 for a command
-//! not in the image; nothing left behind). Every run is on the default network (the lab's
-//! L1 loads the network modules at boot): no veth or IPAM lease is left either.
+//! not in the image; nothing left behind). Every run but the full-disk one is on the default
+//! network (the lab's L1 loads the network modules at boot): no veth or IPAM lease is left
+//! either.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure
 

@@ -38,10 +38,11 @@ leftovers() {
 # MiB the storage case writes into a 256 MiB VM (HUSK_STORAGE_TEST_MIB; CI: 300, the
 # lab's emulated disk I/O is slow).
 storage_mib=${HUSK_STORAGE_TEST_MIB:-300}
-# The runs of a VM shape used once here (-m 256m, --storage tmpfs, --network none, a
-# volume) boot (--no-template): the first run of a shape builds its template, which in
-# the emulated lab costs more than the one boot it would save (template_vm.rs tests
-# those shapes' templates).
+# Three runs of a VM shape used once here boot (--no-template): the first run of a shape
+# builds its template, which in the emulated lab costs more than the one boot it would
+# save. -m 256m differs from the default shape in memory only; template_vm.rs restores
+# --network none and volume shapes. The --storage tmpfs run still builds and restores
+# its template: the one lab run of a template without a scratch disk.
 
 out=$("$husk" run -q "oci:$img" sh -c 'exit 3'); case_ exit3 "$?"
 out=$("$husk" run -q -e GREETING=hi -w /tmp/made/by/husk "oci:$img" sh -c 'echo $GREETING $(pwd)'); case_ envwd "$(echo $out | tr ' ' _)"
@@ -98,7 +99,7 @@ case_ ino_disk "$(grep -o '[a-z.]*:[a-z]*' /tmp/st_disk | tr '\n' ,)"
 awk -v mib="$storage_mib" '/dd_seconds/ {printf "storage: %d MiB dd+fsync in the guest took %.1f s\n", mib, $3 - $2}' /tmp/st_disk_err >&2
 # --storage tmpfs: today's tmpfs upper (half the guest's RAM), lo and inodes too.
 tmpfs_cmd='echo t >/t; echo "lo=$(cat /sys/class/net/lo/flags) df_kib=$(df -k / | awk "NR==2 {print \$2}") $(dino / t etc bin | tr "\n" " ")"'
-"$husk" run -q --no-template --storage tmpfs --rootfs "$rootfs" sh -c "$tmpfs_cmd" >/tmp/st_tmpfs 2>>/tmp/err
+"$husk" run -q --storage tmpfs --rootfs "$rootfs" sh -c "$tmpfs_cmd" >/tmp/st_tmpfs 2>>/tmp/err
 case_ storage_tmpfs "$(awk '{split($2, a, "="); print $1, (a[2] < 1048576) ? "ram" : "big:" a[2], $3, $4, $5}' /tmp/st_tmpfs | tr ' ' _)"
 # A full disk under the scratch disks (a 48 MiB tmpfs on /var/lib/husk/scratch): the
 # container's write fails inside it (the VM's disk answers I/O errors), the container
