@@ -295,6 +295,14 @@ def fs():
         + RESET + PAUSE + activate() + call(1) + PAUSE + read_config(0xFFF0, 16, high=True) \
         + read_config(30, 20) + RESET + METRICS
     write("virtio_fs", "pause-active-and-idle", head() + paused)
+    # pause() after the guest moved a ring's idx (op byte 0x84: which ring, the value):
+    # refused as in use; put back, saved; a "move" to 0 is no use.
+    def moved(which, value):
+        return bytes([0x84, which]) + struct.pack("<H", value)
+
+    used_rings = activate() + moved(0, 1) + PAUSE + moved(3, 0x8000) + moved(1, 0) + RESET \
+        + moved(2, 7) + METRICS
+    write("virtio_fs", "pause-after-the-guest-used-a-ring", head() + used_rings)
     write("virtio_fs", "no-protocol-features",
           head(features=VERSION_1, protocol=0) + driver)
     write("virtio_fs", "refused-ack", head(at(8, b"\1" + struct.pack("<Q", 1))) + driver)

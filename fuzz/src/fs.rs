@@ -350,7 +350,9 @@ pub enum Op {
     Call,
     /// 5: metrics().
     Metrics,
-    /// 6: pause(): refused once the guest used the rings or the device failed.
+    /// 6: pause(): refused once the guest used the rings or the device failed. With the
+    /// op byte's bit 7 (0x84, 0x8b, ...): the guest first moves a ring's idx (a byte
+    /// choosing avail or used of a queue, a u16 value), put back after.
     Pause,
 }
 
@@ -430,9 +432,29 @@ struct Model {
 /// pause() against the model: refused for a failed device, nothing saved for an idle
 /// one, the queues at index 0 for an active one whose rings the guest never used (both
 /// idx fields 0), refused as in use otherwise.
-fn check_pause(fs: &mut Fs, mem: &GuestMemoryMmap, m: &Model) {
+fn check_pause(fs: &mut Fs, mem: &GuestMemoryMmap, m: &Model, moved: Option<(u8, u16)>) {
+    // The moved idx's address and its old value, put back once pause has answered (the
+    // harness's guest memory outlives the input).
+    let restore = moved.and_then(|(which, value)| {
+        let rings: Vec<u64> = m.rings.iter().flat_map(|&(a, u)| [a, u]).collect();
+        let ring = *rings.get(usize::from(which) % rings.len().max(1))?;
+        let at = GuestAddress(ring.checked_add(2)?);
+        let old = mem.read_obj::<u16>(at).ok()?;
+        mem.write_obj(value, at).ok()?;
+        Some((at, old))
+    });
     let failed = fs.metrics()["failed"] == true;
     let r = fs.pause();
+    let unused = m.rings.iter().all(|&(avail, used)| {
+        let idx = |ring: u64| {
+            ring.checked_add(2)
+                .and_then(|a| mem.read_obj::<u16>(GuestAddress(a)).ok())
+        };
+        idx(avail) == Some(0) && idx(used) == Some(0)
+    });
+    if let Some((at, old)) = restore {
+        mem.write_obj(old, at).expect("the idx written before");
+    }
     if failed {
         assert!(matches!(r, Err(DeviceStateError::WorkerGone(_))), "{r:?}");
         return;
@@ -441,14 +463,6 @@ fn check_pause(fs: &mut Fs, mem: &GuestMemoryMmap, m: &Model) {
         assert!(r.as_ref().is_ok_and(Vec::is_empty), "idle pause: {r:?}");
         return;
     }
-    let idx = |ring: u64| {
-        ring.checked_add(2)
-            .and_then(|a| mem.read_obj::<u16>(GuestAddress(a)).ok())
-    };
-    let unused = m
-        .rings
-        .iter()
-        .all(|&(avail, used)| idx(avail) == Some(0) && idx(used) == Some(0));
     match r {
         Ok(saved) => {
             assert!(unused, "paused with rings in use");
@@ -651,7 +665,12 @@ fn drive(
                 }
             }
             Op::Metrics => check_metrics(&fs, &m),
-            Op::Pause => check_pause(&mut fs, mem, &m),
+            Op::Pause => {
+                // Bit 7: the guest moves a ring's idx first (which ring: a byte, avail
+                // and used of each queue in turn; the value: a u16), back after.
+                let moved = (op & 0x80 != 0).then(|| (input.u8(), input.u16()));
+                check_pause(&mut fs, mem, &m, moved);
+            }
         }
     }
     check_metrics(&fs, &m);
